@@ -1,0 +1,52 @@
+// Command mailfwd is the relay and its tools:
+//
+//	mailfwd serve [-config FILE]         run the relay (no -config: the embedded default)
+//	mailfwd check-config [-config FILE]  validate a config file and exit
+//	mailfwd sink [-listen ADDR] [-dir D] a tiny SMTP server printing what it receives (demo next hop)
+//	mailfwd send [-server ADDR] -to A    send one test message
+package main
+
+import (
+	"fmt"
+	"os"
+)
+
+const usage = `usage: mailfwd <command> [flags]
+
+commands:
+  serve         run the relay (-config FILE; without it, the embedded default)
+  check-config  validate a config file (-config FILE) and exit non-zero on error
+  sink          a minimal SMTP server that prints each message it receives
+  send          send one test message through an SMTP server
+
+"mailfwd <command> -h" shows a command's flags.
+`
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	var err error
+	args := os.Args[2:]
+	switch os.Args[1] {
+	case "serve":
+		err = serve(args)
+	case "check-config":
+		err = checkConfig(args)
+	case "sink":
+		err = sink(args)
+	case "send":
+		err = send(args)
+	case "-h", "-help", "--help", "help":
+		fmt.Print(usage)
+		return
+	default:
+		fmt.Fprintf(os.Stderr, "mailfwd: unknown command %q\n\n%s", os.Args[1], usage)
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "mailfwd %s: %v\n", os.Args[1], err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,164 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"mailfwd/config"
+	"mailfwd/deploy"
+	"mailfwd/queue"
+	"mailfwd/relay"
+	"mailfwd/routing"
+)
+
+func loadConfig(fs *flag.FlagSet, args []string) (*config.Config, string, error) {
+	path := fs.String("config", "", "config file (default: the embedded default)")
+	if err := fs.Parse(args); err != nil {
+		return nil, "", err
+	}
+	if *path == "" {
+		wd, err := os.Getwd()
+		if err != nil {
+			return nil, "", err
+		}
+		c, err := config.Parse(deploy.DefaultConfig, wd)
+		if err != nil {
+			return nil, "", fmt.Errorf("embedded default config: %w", err)
+		}
+		return c, "(embedded default)", nil
+	}
+	c, err := config.Load(*path)
+	return c, *path, err
+}
+
+func checkConfig(args []string) error {
+	c, name, err := loadConfig(flag.NewFlagSet("check-config", flag.ContinueOnError), args)
+	if err != nil {
+		return err
+	}
+	if _, err := newSource(c, slog.Default()); err != nil {
+		return err
+	}
+	fmt.Printf("%s: ok (%d relay domains, next hop %s)\n", name, len(c.RelayDomains), c.Delivery.NextHop)
+	return nil
+}
+
+func newLogger(c *config.Config) *slog.Logger {
+	var level slog.Level
+	level.UnmarshalText([]byte(c.Log.Level))
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Log.Format == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}
+
+func newSource(c *config.Config, log *slog.Logger) (routing.Source, error) {
+	switch {
+	case c.Directory.LDAP != nil:
+		lc, err := c.Directory.LDAP.LDAPConfig(c)
+		if err != nil {
+			return nil, err
+		}
+		return routing.NewLDAPSource(lc, log)
+	case c.Directory.LDIF.File == "":
+		return routing.NewLDIFBytes(deploy.SeedLDIF, c.Directory.LDIF.RoutingSchema())
+	default:
+		return routing.NewLDIFFile(c.Path(c.Directory.LDIF.File), c.Directory.LDIF.RoutingSchema(), log)
+	}
+}
+
+func serve(args []string) error {
+	c, name, err := loadConfig(flag.NewFlagSet("serve", flag.ContinueOnError), args)
+	if err != nil {
+		return err
+	}
+	log := newLogger(c)
+	slog.SetDefault(log)
+	src, err := newSource(c, log)
+	if err != nil {
+		return err
+	}
+	spool, err := queue.OpenSpool(c.Path(c.SpoolDir), log)
+	if err != nil {
+		return err
+	}
+	defer spool.Close()
+	hop := &queue.SMTPHop{Addr: c.Delivery.NextHop, LocalName: c.Hostname, Timeout: c.Delivery.ConnectTimeout}
+	defer hop.Close()
+	sched := &queue.Scheduler{
+		Spool: spool, Hop: hop, Workers: c.Delivery.Workers, Log: log,
+		Retry: queue.Retry{Min: c.Delivery.RetryMin, Max: c.Delivery.RetryMax},
+	}
+	exp := &routing.Expander{Source: src, Limits: routing.DefaultLimits}
+	be, err := relay.NewBackend(relay.Config{
+		Hostname: c.Hostname, RelayDomains: c.RelayDomains, LookupTimeout: c.LookupTimeout,
+		MaxRecipients: c.MaxRecipients, MaxSize: c.MaxMessageSize,
+	}, exp, spool, sched.Submit, log)
+	if err != nil {
+		return err
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	var listeners []net.Listener
+	for _, addr := range c.Listen {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			for _, l := range listeners {
+				l.Close()
+			}
+			return err
+		}
+		listeners = append(listeners, l)
+	}
+	schedCtx, stopSched := context.WithCancel(context.Background())
+	schedDone := make(chan error, 1)
+	go func() { schedDone <- sched.Run(schedCtx) }()
+
+	var servers []*smtp.Server
+	var wg sync.WaitGroup
+	for _, l := range listeners {
+		srv := be.NewServer()
+		servers = append(servers, srv)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := srv.Serve(l); err != nil && !errors.Is(err, smtp.ErrServerClosed) {
+				log.Error("smtp server stopped", "listen", l.Addr().String(), "err", err)
+				stop()
+			}
+		}()
+		log.Info("listening", "addr", l.Addr().String())
+	}
+	log.Info("mailfwd started", "config", name, "spool", c.Path(c.SpoolDir), "next_hop", c.Delivery.NextHop)
+
+	select {
+	case <-ctx.Done():
+	case err := <-schedDone:
+		stopSched()
+		return err
+	}
+	log.Info("stopping: no new connections; open sessions get 30s to finish")
+	shut, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, s := range servers {
+		s.Shutdown(shut)
+	}
+	wg.Wait()
+	stopSched()
+	<-schedDone
+	log.Info("stopped")
+	return nil
+}

@@ -1,0 +1,331 @@
+// Package config reads mailfwd's one YAML file. Decoding is strict: an
+// unknown or misspelt key is an error naming the key and its line, because
+// a silently ignored setting in a mail relay means mail going where the
+// admin did not intend.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"mailfwd/routing"
+)
+
+// Config is the whole file.
+type Config struct {
+	// Hostname is our name in the banner, EHLO and Received headers.
+	Hostname string `yaml:"hostname"`
+	// Listen addresses for SMTP (host:port).
+	Listen []string `yaml:"listen"`
+	// RelayDomains are the domains we accept mail for; anything else is
+	// refused at RCPT with 554 5.7.1.
+	RelayDomains []string `yaml:"relay_domains"`
+	// SpoolDir holds the queue. Relative paths are relative to the config
+	// file's directory (or the working directory for the embedded default).
+	SpoolDir string `yaml:"spool_dir"`
+	// LookupTimeout bounds the directory work for one RCPT.
+	LookupTimeout  time.Duration `yaml:"lookup_timeout"`
+	MaxMessageSize int64         `yaml:"max_message_size"`
+	MaxRecipients  int           `yaml:"max_recipients"`
+	Directory      Directory     `yaml:"directory"`
+	Delivery       Delivery      `yaml:"delivery"`
+	Log            Log           `yaml:"log"`
+
+	// dir is the directory relative paths are resolved against.
+	dir string
+}
+
+// Directory selects exactly one source.
+type Directory struct {
+	LDIF *LDIF `yaml:"ldif"`
+	LDAP *LDAP `yaml:"ldap"`
+}
+
+// LDIF is a directory held in an LDIF file.
+type LDIF struct {
+	// File is the LDIF file, re-read when it changes. Empty: the seed
+	// directory built into the binary.
+	File   string `yaml:"file"`
+	Schema Schema `yaml:",inline"`
+}
+
+// Schema names the attributes: mailRecipient by default.
+type Schema struct {
+	QueryAttributes   []string `yaml:"query_attributes"`
+	ResultAttributes  []string `yaml:"result_attributes"`
+	FallbackAttribute *string  `yaml:"fallback_attribute"`
+}
+
+// LDAP is an LDAP directory (389-DS, OpenLDAP).
+type LDAP struct {
+	Servers          []string      `yaml:"servers"`
+	StartTLS         bool          `yaml:"start_tls"`
+	CAFile           string        `yaml:"ca_file"`
+	TLSRequireCert   *bool         `yaml:"tls_require_cert"`
+	BindDN           string        `yaml:"bind_dn"`
+	BindPasswordFile string        `yaml:"bind_password_file"`
+	BindPasswordEnv  string        `yaml:"bind_password_env"`
+	SearchBase       string        `yaml:"search_base"`
+	QueryFilter      string        `yaml:"query_filter"`
+	ResultAttributes []string      `yaml:"result_attributes"`
+	FallbackAttr     *string       `yaml:"fallback_attribute"`
+	Timeout          time.Duration `yaml:"timeout"`
+	PoolSize         int           `yaml:"pool_size"`
+	SizeLimit        int           `yaml:"size_limit"`
+}
+
+// Delivery is the queue manager and next hop.
+type Delivery struct {
+	// NextHop is the SMTP server (Postfix) every message is handed to.
+	NextHop        string        `yaml:"next_hop"`
+	Workers        int           `yaml:"workers"`
+	RetryMin       time.Duration `yaml:"retry_min"`
+	RetryMax       time.Duration `yaml:"retry_max"`
+	ConnectTimeout time.Duration `yaml:"connect_timeout"`
+}
+
+// Log is the logging setup.
+type Log struct {
+	Level  string `yaml:"level"`  // debug, info, warn, error
+	Format string `yaml:"format"` // text or json
+}
+
+// Load reads and validates a config file.
+func Load(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, err
+	}
+	c, err := Parse(b, filepath.Dir(abs))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return c, nil
+}
+
+var unknownField = regexp.MustCompile(`line (\d+): field (\S+) not found in type`)
+
+// Parse decodes and validates YAML; relative paths resolve against dir.
+func Parse(b []byte, dir string) (*Config, error) {
+	c := &Config{dir: dir}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil {
+		msg := err.Error()
+		if m := unknownField.FindAllStringSubmatch(msg, -1); m != nil {
+			var parts []string
+			for _, x := range m {
+				parts = append(parts, fmt.Sprintf("line %s: unknown key %q", x[1], x[2]))
+			}
+			return nil, errors.New(strings.Join(parts, "; "))
+		}
+		return nil, errors.New(strings.TrimPrefix(msg, "yaml: "))
+	}
+	c.setDefaults()
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Config) setDefaults() {
+	if c.Hostname == "" {
+		if h, err := os.Hostname(); err == nil {
+			c.Hostname = h
+		} else {
+			c.Hostname = "localhost"
+		}
+	}
+	if len(c.Listen) == 0 {
+		c.Listen = []string{"127.0.0.1:2525"}
+	}
+	if c.SpoolDir == "" {
+		c.SpoolDir = "/var/spool/mailfwd"
+	}
+	if c.LookupTimeout == 0 {
+		c.LookupTimeout = 10 * time.Second
+	}
+	if c.MaxMessageSize == 0 {
+		c.MaxMessageSize = 50 << 20
+	}
+	if c.MaxRecipients == 0 {
+		c.MaxRecipients = 1000
+	}
+	if l := c.Directory.LDAP; l != nil {
+		if l.QueryFilter == "" {
+			l.QueryFilter = "(|(mail=%s)(mailAlternateAddress=%s))"
+		}
+		if len(l.ResultAttributes) == 0 {
+			l.ResultAttributes = []string{"mailForwardingAddress"}
+		}
+		if l.Timeout == 0 {
+			l.Timeout = 5 * time.Second
+		}
+		if l.PoolSize == 0 {
+			l.PoolSize = 8
+		}
+	}
+	d := &c.Delivery
+	if d.Workers == 0 {
+		d.Workers = 16
+	}
+	if d.RetryMin == 0 {
+		d.RetryMin = 10 * time.Second
+	}
+	if d.RetryMax == 0 {
+		d.RetryMax = 5 * time.Minute
+	}
+	if d.ConnectTimeout == 0 {
+		d.ConnectTimeout = 30 * time.Second
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = "text"
+	}
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	for _, l := range c.Listen {
+		if _, _, err := net.SplitHostPort(l); err != nil {
+			bad("listen: %q is not host:port", l)
+		}
+	}
+	if len(c.RelayDomains) == 0 {
+		bad("relay_domains: at least one domain is needed (mailfwd refuses mail for any other domain)")
+	}
+	for _, d := range c.RelayDomains {
+		if _, err := routing.NormalizeDomain(d); err != nil {
+			bad("relay_domains: %v", err)
+		}
+	}
+	switch {
+	case c.Directory.LDIF == nil && c.Directory.LDAP == nil:
+		bad("directory: configure one source, ldif or ldap")
+	case c.Directory.LDIF != nil && c.Directory.LDAP != nil:
+		bad("directory: configure one source, not both ldif and ldap")
+	}
+	if l := c.Directory.LDAP; l != nil {
+		if len(l.Servers) == 0 {
+			bad("directory.ldap.servers: at least one ldap:// or ldaps:// URL is needed")
+		}
+		for _, s := range l.Servers {
+			if !strings.HasPrefix(s, "ldap://") && !strings.HasPrefix(s, "ldaps://") {
+				bad("directory.ldap.servers: %q: want ldap://host:port or ldaps://host:port", s)
+			}
+		}
+		if l.SearchBase == "" {
+			bad("directory.ldap.search_base is required")
+		}
+		if !strings.ContainsAny(l.QueryFilter, "%") {
+			bad("directory.ldap.query_filter %q has no %%s, %%u or %%d", l.QueryFilter)
+		}
+		if l.BindDN != "" && l.BindPasswordFile == "" && l.BindPasswordEnv == "" {
+			bad("directory.ldap: bind_dn needs bind_password_file or bind_password_env")
+		}
+		if l.BindPasswordFile != "" && l.BindPasswordEnv != "" {
+			bad("directory.ldap: set bind_password_file or bind_password_env, not both")
+		}
+	}
+	if c.Delivery.NextHop == "" {
+		bad("delivery.next_hop is required (host:port of the Postfix that takes our mail)")
+	} else if _, _, err := net.SplitHostPort(c.Delivery.NextHop); err != nil {
+		bad("delivery.next_hop: %q is not host:port", c.Delivery.NextHop)
+	}
+	if c.Delivery.RetryMax < c.Delivery.RetryMin {
+		bad("delivery.retry_max (%s) is below retry_min (%s)", c.Delivery.RetryMax, c.Delivery.RetryMin)
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log.level: %q: want debug, info, warn or error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		bad("log.format: %q: want text or json", c.Log.Format)
+	}
+	return errors.Join(errs...)
+}
+
+// Path resolves a path from the config against the config's directory.
+func (c *Config) Path(p string) string {
+	if p == "" || filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(c.dir, p)
+}
+
+// BindPassword reads the LDAP bind password from its file or environment
+// variable. It is returned, never logged.
+func (l *LDAP) BindPassword(c *Config) (string, error) {
+	switch {
+	case l.BindPasswordFile != "":
+		b, err := os.ReadFile(c.Path(l.BindPasswordFile))
+		if err != nil {
+			return "", fmt.Errorf("directory.ldap.bind_password_file: %w", err)
+		}
+		return strings.TrimRight(string(b), "\r\n"), nil
+	case l.BindPasswordEnv != "":
+		v, ok := os.LookupEnv(l.BindPasswordEnv)
+		if !ok {
+			return "", fmt.Errorf("directory.ldap.bind_password_env: $%s is not set", l.BindPasswordEnv)
+		}
+		return v, nil
+	}
+	return "", nil
+}
+
+// routingSchema is the mailRecipient schema with the configured overrides.
+func routingSchema(query, result []string, fallback *string) routing.Schema {
+	s := routing.MailRecipientSchema
+	if len(query) > 0 {
+		s.QueryAttributes = query
+	}
+	if len(result) > 0 {
+		s.ResultAttributes = result
+	}
+	if fallback != nil {
+		s.FallbackAttribute = *fallback
+	}
+	return s
+}
+
+// Schema is the LDIF source's attribute schema.
+func (l *LDIF) RoutingSchema() routing.Schema {
+	return routingSchema(l.Schema.QueryAttributes, l.Schema.ResultAttributes, l.Schema.FallbackAttribute)
+}
+
+// LDAPConfig builds the routing LDAP configuration (reads the password).
+func (l *LDAP) LDAPConfig(c *Config) (routing.LDAPConfig, error) {
+	pw, err := l.BindPassword(c)
+	if err != nil {
+		return routing.LDAPConfig{}, err
+	}
+	require := true
+	if l.TLSRequireCert != nil {
+		require = *l.TLSRequireCert
+	}
+	return routing.LDAPConfig{
+		URLs: l.Servers, StartTLS: l.StartTLS, CAFile: c.Path(l.CAFile), RequireCert: require,
+		BindDN: l.BindDN, BindPassword: pw, Base: l.SearchBase, Filter: l.QueryFilter,
+		Schema:  routingSchema(nil, l.ResultAttributes, l.FallbackAttr),
+		Timeout: l.Timeout, PoolSize: l.PoolSize, SizeLimit: l.SizeLimit,
+	}, nil
+}

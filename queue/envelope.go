@@ -1,0 +1,71 @@
+package queue
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// Status is a recipient's delivery state.
+type Status string
+
+const (
+	// Pending recipients are still to be delivered (never tried, or
+	// deferred by a 4xx or a connection failure).
+	Pending Status = "pending"
+	// Sent recipients were accepted by the next hop (2xx).
+	Sent Status = "sent"
+	// Failed recipients were refused permanently (5xx); never retried.
+	Failed Status = "failed"
+)
+
+// Recipient is one final envelope recipient.
+type Recipient struct {
+	Addr string `json:"addr"`
+	// OrigTo is the address the client gave at RCPT, before rewriting.
+	OrigTo    string `json:"orig_to,omitempty"`
+	Status    Status `json:"status"`
+	LastReply string `json:"last_reply,omitempty"`
+}
+
+// Envelope is everything about a message except its bytes.
+type Envelope struct {
+	ID         string      `json:"id"`
+	From       string      `json:"from"` // "" is the null sender <>
+	Recipients []Recipient `json:"recipients"`
+	Received   time.Time   `json:"received"`
+	ClientAddr string      `json:"client_addr,omitempty"`
+	ClientHelo string      `json:"client_helo,omitempty"`
+	SMTPUTF8   bool        `json:"smtputf8,omitempty"`
+	Body8Bit   bool        `json:"body_8bit,omitempty"`
+	Size       int64       `json:"size"`
+	// Attempts counts delivery attempts started. NextAttempt is written
+	// before an attempt starts, so a crash during it cannot cause a hot
+	// retry loop on restart.
+	Attempts    int       `json:"attempts"`
+	NextAttempt time.Time `json:"next_attempt"`
+}
+
+// Pending returns the recipients still to deliver.
+func (e *Envelope) Pending() []*Recipient {
+	var out []*Recipient
+	for i := range e.Recipients {
+		if e.Recipients[i].Status == Pending {
+			out = append(out, &e.Recipients[i])
+		}
+	}
+	return out
+}
+
+func (e *Envelope) marshal() ([]byte, error) { return json.MarshalIndent(e, "", "  ") }
+
+func unmarshalEnvelope(b []byte) (*Envelope, error) {
+	var e Envelope
+	if err := json.Unmarshal(b, &e); err != nil {
+		return nil, err
+	}
+	if e.ID == "" || len(e.Recipients) == 0 {
+		return nil, fmt.Errorf("envelope without id or recipients")
+	}
+	return &e, nil
+}

@@ -1,0 +1,365 @@
+package queue
+
+import (
+	"bufio"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// ErrSpoolFull marks a message that could not be written for lack of space
+// or permission: temporary for the client (452 4.3.1), never half-accepted.
+var ErrSpoolFull = errors.New("spool cannot store the message")
+
+const (
+	bodySuffix = ".body"
+	envSuffix  = ".env"
+	tmpSuffix  = ".tmp"
+)
+
+// Spool is the on-disk queue directory. All files live in one directory so
+// that a rename and the directory fsync after it are all a commit needs.
+type Spool struct {
+	dir     string
+	log     *slog.Logger
+	syncer  *dirSyncer
+	corrupt string
+}
+
+// OpenSpool creates dir if needed and starts its directory syncer.
+func OpenSpool(dir string, log *slog.Logger) (*Spool, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	msgDir := filepath.Join(dir, "msg")
+	if err := os.MkdirAll(msgDir, 0o700); err != nil {
+		return nil, fmt.Errorf("spool: %w", err)
+	}
+	ds, err := newDirSyncer(msgDir)
+	if err != nil {
+		return nil, fmt.Errorf("spool: %w", err)
+	}
+	return &Spool{dir: msgDir, log: log, syncer: ds, corrupt: filepath.Join(dir, "corrupt")}, nil
+}
+
+// Close stops the directory syncer.
+func (s *Spool) Close() error { return s.syncer.close() }
+
+// Dir is where message files live.
+func (s *Spool) Dir() string { return s.dir }
+
+// NewID returns a queue ID: time-ordered hex, unique across restarts.
+func NewID() string {
+	var r [3]byte
+	rand.Read(r[:])
+	return fmt.Sprintf("%013X%s", time.Now().UnixMicro(), strings.ToUpper(hex.EncodeToString(r[:])))
+}
+
+// Writer streams one message body to disk. Nothing is visible to the
+// scheduler until Commit returns.
+type Writer struct {
+	s    *Spool
+	id   string
+	f    *os.File
+	bw   *bufio.Writer
+	n    int64
+	done bool
+}
+
+// Create starts a new message.
+func (s *Spool) Create() (*Writer, error) {
+	id := NewID()
+	f, err := os.OpenFile(s.path(id, bodySuffix+tmpSuffix), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, classify(err)
+	}
+	return &Writer{s: s, id: id, f: f, bw: bufio.NewWriterSize(f, 64<<10)}, nil
+}
+
+// ID is the queue ID of the message being written.
+func (w *Writer) ID() string { return w.id }
+
+// Size is the number of body bytes written so far.
+func (w *Writer) Size() int64 { return w.n }
+
+func (w *Writer) Write(p []byte) (int, error) {
+	n, err := w.bw.Write(p)
+	w.n += int64(n)
+	if err != nil {
+		return n, classify(err)
+	}
+	return n, nil
+}
+
+// Commit makes the message durable: body fsynced, envelope written and
+// fsynced, both renamed into place (body first), and the directory fsynced.
+// Only when Commit returns nil may the client be told 250.
+//
+// A crash before the directory fsync may leave an envelope without its body
+// (renames are not ordered on disk); the client never got a 250 for such a
+// message, and Scan discards it.
+func (w *Writer) Commit(env *Envelope) error {
+	if w.done {
+		return errors.New("spool: message already committed or aborted")
+	}
+	env.ID = w.id
+	env.Size = w.n
+	err := w.bw.Flush()
+	if err == nil {
+		err = w.f.Sync()
+	}
+	if cerr := w.f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		w.Abort()
+		return classify(err)
+	}
+	w.done = true
+	s := w.s
+	if err := s.writeEnvelopeFile(env, false); err != nil {
+		os.Remove(s.path(w.id, bodySuffix+tmpSuffix))
+		return err
+	}
+	if err := os.Rename(s.path(w.id, bodySuffix+tmpSuffix), s.path(w.id, bodySuffix)); err != nil {
+		os.Remove(s.path(w.id, envSuffix+tmpSuffix))
+		os.Remove(s.path(w.id, bodySuffix+tmpSuffix))
+		return classify(err)
+	}
+	if err := os.Rename(s.path(w.id, envSuffix+tmpSuffix), s.path(w.id, envSuffix)); err != nil {
+		os.Remove(s.path(w.id, envSuffix+tmpSuffix))
+		os.Remove(s.path(w.id, bodySuffix))
+		return classify(err)
+	}
+	if err := s.syncer.sync(); err != nil {
+		// The files may or may not be durable; without a 250 the client
+		// retries, and a duplicate is better than a loss.
+		return classify(err)
+	}
+	return nil
+}
+
+// Abort discards an uncommitted message.
+func (w *Writer) Abort() {
+	if w.done {
+		return
+	}
+	w.done = true
+	w.f.Close()
+	os.Remove(w.s.path(w.id, bodySuffix+tmpSuffix))
+}
+
+func (s *Spool) path(id, suffix string) string { return filepath.Join(s.dir, id+suffix) }
+
+// writeEnvelopeFile writes env to a fsynced temp file; with install it is
+// also renamed into place and the directory synced.
+func (s *Spool) writeEnvelopeFile(env *Envelope, install bool) error {
+	b, err := env.marshal()
+	if err != nil {
+		return err
+	}
+	tmp := s.path(env.ID, envSuffix+tmpSuffix)
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return classify(err)
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return classify(err)
+	}
+	if !install {
+		return nil
+	}
+	if err := os.Rename(tmp, s.path(env.ID, envSuffix)); err != nil {
+		os.Remove(tmp)
+		return classify(err)
+	}
+	return classify(s.syncer.sync())
+}
+
+// Update durably replaces a message's envelope (recipient states, next
+// attempt time).
+func (s *Spool) Update(env *Envelope) error { return s.writeEnvelopeFile(env, true) }
+
+// Remove deletes a finished message: envelope first, so a crash in between
+// leaves an orphan body that Scan removes, never an envelope without body.
+func (s *Spool) Remove(id string) error {
+	if err := os.Remove(s.path(id, envSuffix)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	if err := os.Remove(s.path(id, bodySuffix)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return s.syncer.sync()
+}
+
+// OpenBody opens a committed message's body for reading.
+func (s *Spool) OpenBody(id string) (*os.File, error) { return os.Open(s.path(id, bodySuffix)) }
+
+// Load reads one envelope.
+func (s *Spool) Load(id string) (*Envelope, error) {
+	b, err := os.ReadFile(s.path(id, envSuffix))
+	if err != nil {
+		return nil, err
+	}
+	return unmarshalEnvelope(b)
+}
+
+// Scan returns every committed message, oldest first, after cleaning up
+// what a crash can leave: temp files, bodies without an envelope and
+// envelopes without a body (both from commits that never answered 250).
+// An envelope that does not parse is moved aside, never deleted.
+func (s *Spool) Scan() ([]*Envelope, error) {
+	ents, err := os.ReadDir(s.dir)
+	if err != nil {
+		return nil, err
+	}
+	bodies, envs := map[string]bool{}, []string{}
+	for _, e := range ents {
+		name := e.Name()
+		switch {
+		case strings.HasSuffix(name, tmpSuffix):
+			s.log.Info("spool: removing partial file from an interrupted write", "file", name)
+			os.Remove(filepath.Join(s.dir, name))
+		case strings.HasSuffix(name, bodySuffix):
+			bodies[strings.TrimSuffix(name, bodySuffix)] = true
+		case strings.HasSuffix(name, envSuffix):
+			envs = append(envs, strings.TrimSuffix(name, envSuffix))
+		}
+	}
+	sort.Strings(envs)
+	var out []*Envelope
+	for _, id := range envs {
+		if !bodies[id] {
+			s.log.Warn("spool: envelope without body (commit interrupted before 250), removing", "queue_id", id)
+			os.Remove(s.path(id, envSuffix))
+			continue
+		}
+		delete(bodies, id)
+		env, err := s.Load(id)
+		if err != nil {
+			s.log.Error("spool: unreadable envelope, moving aside", "queue_id", id, "err", err)
+			s.quarantine(id)
+			continue
+		}
+		out = append(out, env)
+	}
+	for id := range bodies {
+		s.log.Info("spool: removing body without envelope", "queue_id", id)
+		os.Remove(s.path(id, bodySuffix))
+	}
+	return out, s.syncer.sync()
+}
+
+func (s *Spool) quarantine(id string) {
+	if err := os.MkdirAll(s.corrupt, 0o700); err != nil {
+		s.log.Error("spool: cannot create corrupt dir", "err", err)
+		return
+	}
+	for _, suf := range []string{envSuffix, bodySuffix} {
+		os.Rename(s.path(id, suf), filepath.Join(s.corrupt, id+suf))
+	}
+}
+
+// classify maps storage errors the client should retry later (no space,
+// quota, read-only or permission trouble) to ErrSpoolFull.
+func classify(err error) error {
+	if err == nil {
+		return nil
+	}
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		switch errno {
+		case syscall.ENOSPC, syscall.EDQUOT, syscall.EROFS, syscall.EACCES, syscall.EPERM, syscall.EIO:
+			return fmt.Errorf("%w: %w", ErrSpoolFull, err)
+		}
+	}
+	return err
+}
+
+// dirSyncer batches directory fsyncs: callers that renamed a file ask for
+// a sync; one fsync that starts after their rename covers all of them.
+type dirSyncer struct {
+	dir  *os.File
+	reqs chan chan error
+	quit chan struct{}
+	once sync.Once
+	wg   sync.WaitGroup
+}
+
+func newDirSyncer(path string) (*dirSyncer, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	d := &dirSyncer{dir: f, reqs: make(chan chan error, 1024), quit: make(chan struct{})}
+	d.wg.Add(1)
+	go d.loop()
+	return d, nil
+}
+
+func (d *dirSyncer) loop() {
+	defer d.wg.Done()
+	batch := make([]chan error, 0, 64)
+	for {
+		select {
+		case r := <-d.reqs:
+			batch = append(batch[:0], r)
+		case <-d.quit:
+			return
+		}
+	drain: // everyone who asked before this fsync starts is covered by it
+		for {
+			select {
+			case r := <-d.reqs:
+				batch = append(batch, r)
+			default:
+				break drain
+			}
+		}
+		err := d.dir.Sync()
+		for _, r := range batch {
+			r <- err
+		}
+	}
+}
+
+func (d *dirSyncer) sync() error {
+	r := make(chan error, 1)
+	select {
+	case d.reqs <- r:
+	case <-d.quit:
+		return errors.New("spool closed")
+	}
+	select {
+	case err := <-r:
+		return err
+	case <-d.quit:
+		return errors.New("spool closed")
+	}
+}
+
+func (d *dirSyncer) close() error {
+	d.once.Do(func() { close(d.quit) })
+	d.wg.Wait()
+	return d.dir.Close()
+}
+
+var _ io.Writer = (*Writer)(nil)
