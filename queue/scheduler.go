@@ -103,10 +103,7 @@ func (q *Scheduler) schedule(env *Envelope, at time.Time) {
 // outage does not hit the next hop with the whole queue at once.
 func (q *Scheduler) Run(ctx context.Context) error {
 	q.init()
-	envs, err := q.Spool.Scan()
-	if err != nil {
-		return fmt.Errorf("scanning spool: %w", err)
-	}
+	envs := q.Spool.TakeRecovered()
 	now := time.Now()
 	spread := time.Duration(len(envs)) * time.Millisecond
 	if spread > 5*time.Second {

@@ -30,13 +30,18 @@ const (
 // Spool is the on-disk queue directory. All files live in one directory so
 // that a rename and the directory fsync after it are all a commit needs.
 type Spool struct {
-	dir     string
-	log     *slog.Logger
-	syncer  *dirSyncer
-	corrupt string
+	dir       string
+	log       *slog.Logger
+	syncer    *dirSyncer
+	corrupt   string
+	mu        sync.Mutex
+	recovered []*Envelope
 }
 
-// OpenSpool creates dir if needed and starts its directory syncer.
+// OpenSpool creates dir if needed, recovers from a crash (see recover) and
+// starts its directory syncer. Recovery runs here, before the spool can
+// accept anything, because it deletes temp files: run later it would delete
+// the files of messages being received.
 func OpenSpool(dir string, log *slog.Logger) (*Spool, error) {
 	if log == nil {
 		log = slog.Default()
@@ -49,7 +54,22 @@ func OpenSpool(dir string, log *slog.Logger) (*Spool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
 	}
-	return &Spool{dir: msgDir, log: log, syncer: ds, corrupt: filepath.Join(dir, "corrupt")}, nil
+	s := &Spool{dir: msgDir, log: log, syncer: ds, corrupt: filepath.Join(dir, "corrupt")}
+	if s.recovered, err = s.recover(); err != nil {
+		ds.close()
+		return nil, fmt.Errorf("spool: %w", err)
+	}
+	return s, nil
+}
+
+// TakeRecovered returns, once, the messages found in the spool when it was
+// opened: the scheduler's starting work.
+func (s *Spool) TakeRecovered() []*Envelope {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := s.recovered
+	s.recovered = nil
+	return r
 }
 
 // Close stops the directory syncer.
@@ -222,11 +242,28 @@ func (s *Spool) Load(id string) (*Envelope, error) {
 	return unmarshalEnvelope(b)
 }
 
-// Scan returns every committed message, oldest first, after cleaning up
+// List returns every committed message, oldest first, changing nothing.
+func (s *Spool) List() ([]*Envelope, error) {
+	ents, err := os.ReadDir(s.dir)
+	if err != nil {
+		return nil, err
+	}
+	var out []*Envelope
+	for _, e := range ents {
+		if id, ok := strings.CutSuffix(e.Name(), envSuffix); ok {
+			if env, err := s.Load(id); err == nil {
+				out = append(out, env)
+			}
+		}
+	}
+	return out, nil
+}
+
+// recover returns every committed message, oldest first, after cleaning up
 // what a crash can leave: temp files, bodies without an envelope and
 // envelopes without a body (both from commits that never answered 250).
 // An envelope that does not parse is moved aside, never deleted.
-func (s *Spool) Scan() ([]*Envelope, error) {
+func (s *Spool) recover() ([]*Envelope, error) {
 	ents, err := os.ReadDir(s.dir)
 	if err != nil {
 		return nil, err

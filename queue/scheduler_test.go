@@ -1,0 +1,229 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"io"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+)
+
+// scriptHop answers each Send from a per-recipient script: the n-th attempt
+// for a recipient gets script[rcpt][n] (the last entry repeats).
+type scriptHop struct {
+	mu      sync.Mutex
+	script  map[string][]int // reply codes; 0 = connection failure
+	tries   map[string]int
+	bodies  map[string]string
+	sends   int
+	refused bool
+}
+
+func (h *scriptHop) String() string { return "script" }
+
+func (h *scriptHop) Send(_ context.Context, env *Envelope, rcpts []string, body io.Reader) ([]Reply, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.sends++
+	b, _ := io.ReadAll(body)
+	out := make([]Reply, len(rcpts))
+	for i, r := range rcpts {
+		codes := h.script[r]
+		n := h.tries[r]
+		h.tries[r]++
+		code := 250
+		if len(codes) > 0 {
+			code = codes[min(n, len(codes)-1)]
+		}
+		if code == 0 {
+			return nil, errors.New("connection refused")
+		}
+		out[i] = Reply{Code: code, Text: "scripted"}
+		if code < 300 {
+			h.bodies[r] = string(b)
+		}
+	}
+	return out, nil
+}
+
+func newScriptHop(script map[string][]int) *scriptHop {
+	return &scriptHop{script: script, tries: map[string]int{}, bodies: map[string]string{}}
+}
+
+func (h *scriptHop) delivered(r string) (string, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	b, ok := h.bodies[r]
+	return b, ok
+}
+
+func (h *scriptHop) triesOf(r string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.tries[r]
+}
+
+func runScheduler(t *testing.T, s *Spool, hop Hop) (*Scheduler, func()) {
+	t.Helper()
+	q := &Scheduler{Spool: s, Hop: hop, Workers: 2, Retry: Retry{Min: 20 * time.Millisecond, Max: 50 * time.Millisecond}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { q.Run(ctx); close(done) }()
+	return q, func() { cancel(); <-done }
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func spoolEmpty(s *Spool) func() bool {
+	return func() bool { envs, _ := s.List(); return len(envs) == 0 }
+}
+
+func TestSchedulerOutcomes(t *testing.T) {
+	tests := []struct {
+		name      string
+		script    map[string][]int
+		rcpts     []string
+		delivered []string
+		failed    []string
+		minTries  map[string]int
+	}{
+		{"all accepted", nil, []string{"a@x.test", "b@x.test"}, []string{"a@x.test", "b@x.test"}, nil, nil},
+		{"4xx then 2xx is retried", map[string][]int{"a@x.test": {451, 451, 250}}, []string{"a@x.test"},
+			[]string{"a@x.test"}, nil, map[string]int{"a@x.test": 3}},
+		{"connection failures then 2xx", map[string][]int{"a@x.test": {0, 0, 250}}, []string{"a@x.test"},
+			[]string{"a@x.test"}, nil, map[string]int{"a@x.test": 3}},
+		{"5xx is final and never retried", map[string][]int{"a@x.test": {550}}, []string{"a@x.test", "b@x.test"},
+			[]string{"b@x.test"}, []string{"a@x.test"}, map[string]int{"a@x.test": 1}},
+		{"partial: only the deferred recipient is retried",
+			map[string][]int{"a@x.test": {250}, "b@x.test": {450, 250}}, []string{"a@x.test", "b@x.test"},
+			[]string{"a@x.test", "b@x.test"}, nil, map[string]int{"a@x.test": 1, "b@x.test": 2}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := openTestSpool(t)
+			hop := newScriptHop(tt.script)
+			q, stop := runScheduler(t, s, hop)
+			defer stop()
+			env := commit(t, s, "msg\r\n", tt.rcpts...)
+			q.Submit(env)
+			waitFor(t, "spool to empty", spoolEmpty(s))
+			for _, r := range tt.delivered {
+				if b, ok := hop.delivered(r); !ok || b != "msg\r\n" {
+					t.Errorf("%s: delivered=%v body=%q", r, ok, b)
+				}
+			}
+			for _, r := range tt.failed {
+				if _, ok := hop.delivered(r); ok {
+					t.Errorf("%s delivered despite 5xx", r)
+				}
+			}
+			time.Sleep(100 * time.Millisecond) // a wrong retry would happen within Retry.Max
+			for r, n := range tt.minTries {
+				if got := hop.triesOf(r); got != n {
+					t.Errorf("%s tried %d times, want %d", r, got, n)
+				}
+			}
+		})
+	}
+}
+
+// A message left in the spool by a stopped scheduler is delivered by the
+// next one (restart), and its recorded state is honoured: recipients that
+// were sent are not sent again.
+func TestSchedulerRestartDeliversSpool(t *testing.T) {
+	s := openTestSpool(t)
+	down := newScriptHop(map[string][]int{"a@x.test": {0}, "b@x.test": {0}})
+	q, stop := runScheduler(t, s, down)
+	env := commit(t, s, "msg\r\n", "a@x.test", "b@x.test")
+	q.Submit(env)
+	waitFor(t, "a failed attempt", func() bool { return down.triesOf("a@x.test") >= 1 })
+	stop()
+	// Pretend b was delivered before the crash.
+	got, err := s.Load(env.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Attempts < 1 || got.Recipients[0].Status != Pending {
+		t.Fatalf("after failed attempt the envelope is %+v", got)
+	}
+	got.Recipients[1].Status = Sent
+	got.NextAttempt = time.Now()
+	if err := s.Update(got); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s = openSpoolAt(t, filepath.Dir(s.Dir())) // restart: a new process opens the spool
+	up := newScriptHop(nil)
+	_, stop2 := runScheduler(t, s, up)
+	defer stop2()
+	waitFor(t, "delivery after restart", spoolEmpty(s))
+	if _, ok := up.delivered("a@x.test"); !ok {
+		t.Fatal("a not delivered after restart")
+	}
+	if up.triesOf("b@x.test") != 0 {
+		t.Fatal("b sent again although recorded as sent")
+	}
+}
+
+// The next attempt time is written before an attempt, so a crash during a
+// retry cannot make the restarted relay retry at once.
+func TestSchedulerPersistsNextAttemptBeforeRetry(t *testing.T) {
+	s := openTestSpool(t)
+	block := make(chan struct{})
+	hop := &blockingHop{block: block, started: make(chan *Envelope, 4)}
+	q := &Scheduler{Spool: s, Hop: hop, Workers: 1, Retry: Retry{Min: time.Hour, Max: time.Hour}}
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan struct{})
+	go func() { q.Run(ctx); close(stopped) }()
+	defer func() { cancel(); <-stopped }()
+	env := commit(t, s, "m\r\n", "a@x.test")
+	env.Attempts = 1 // as if a first attempt had failed
+	q.Submit(env)
+	<-hop.started
+	got, err := s.Load(env.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Attempts != 2 || time.Until(got.NextAttempt) < 30*time.Minute {
+		t.Fatalf("during the attempt the spool says attempts=%d next=%v", got.Attempts, got.NextAttempt)
+	}
+	close(block)
+}
+
+type blockingHop struct {
+	block   chan struct{}
+	started chan *Envelope
+}
+
+func (h *blockingHop) String() string { return "blocking" }
+func (h *blockingHop) Send(ctx context.Context, env *Envelope, rcpts []string, _ io.Reader) ([]Reply, error) {
+	h.started <- env
+	select {
+	case <-h.block:
+	case <-ctx.Done():
+	}
+	return nil, errors.New("blocked")
+}
+
+func TestRetryDelay(t *testing.T) {
+	r := Retry{Min: time.Second, Max: 8 * time.Second}
+	for n, want := range map[int]time.Duration{1: time.Second, 2: 2 * time.Second, 3: 4 * time.Second, 4: 8 * time.Second, 10: 8 * time.Second} {
+		for range 20 {
+			d := r.Delay(n)
+			if d < want*8/10 || d > want*12/10 {
+				t.Fatalf("Delay(%d) = %v, want %v ±20%%", n, d, want)
+			}
+		}
+	}
+}

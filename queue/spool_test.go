@@ -1,0 +1,192 @@
+package queue
+
+import (
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func openTestSpool(t *testing.T) *Spool {
+	t.Helper()
+	return openSpoolAt(t, t.TempDir())
+}
+
+func openSpoolAt(t *testing.T, dir string) *Spool {
+	t.Helper()
+	s, err := OpenSpool(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func commit(t *testing.T, s *Spool, body string, rcpts ...string) *Envelope {
+	t.Helper()
+	w, err := s.Create()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.WriteString(w, body); err != nil {
+		t.Fatal(err)
+	}
+	env := &Envelope{From: "alice@example.org", Received: time.Now()}
+	for _, r := range rcpts {
+		env.Recipients = append(env.Recipients, Recipient{Addr: r, OrigTo: r, Status: Pending})
+	}
+	if err := w.Commit(env); err != nil {
+		t.Fatal(err)
+	}
+	return env
+}
+
+func TestSpoolCommitScan(t *testing.T) {
+	s := openTestSpool(t)
+	env := commit(t, s, "Subject: x\r\n\r\nbody\r\n", "a@example.com", "b@example.com")
+	if env.ID == "" || env.Size != int64(len("Subject: x\r\n\r\nbody\r\n")) {
+		t.Fatalf("commit set id=%q size=%d", env.ID, env.Size)
+	}
+	got, err := s.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].ID != env.ID || len(got[0].Recipients) != 2 || got[0].From != "alice@example.org" {
+		t.Fatalf("scan = %+v", got)
+	}
+	f, err := s.OpenBody(env.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(f)
+	f.Close()
+	if string(b) != "Subject: x\r\n\r\nbody\r\n" {
+		t.Fatalf("body = %q", b)
+	}
+	// Nothing but the two committed files is left in the directory.
+	names := dirNames(t, s.Dir())
+	want := []string{env.ID + ".body", env.ID + ".env"}
+	if strings.Join(names, " ") != strings.Join(want, " ") {
+		t.Fatalf("spool holds %v, want %v", names, want)
+	}
+}
+
+func dirNames(t *testing.T, dir string) []string {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range ents {
+		out = append(out, e.Name())
+	}
+	sort.Strings(out)
+	return out
+}
+
+// What a crash can leave behind is cleaned up when the spool is opened
+// again, and nothing that was committed is touched.
+func TestSpoolRecoveryCleansCrashLeftovers(t *testing.T) {
+	dir := t.TempDir()
+	s := openSpoolAt(t, dir)
+	keep := commit(t, s, "kept\r\n", "a@example.com")
+	write := func(name, content string) {
+		if err := os.WriteFile(filepath.Join(s.Dir(), name), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("00AAA.body.tmp", "partial")                                                      // body being written
+	write("00BBB.body", "orphan body")                                                      // envelope never renamed
+	write("00CCC.env", `{"id":"00CCC","recipients":[{"addr":"x@y.z","status":"pending"}]}`) // body rename lost
+	write("00DDD.env.tmp", "{")                                                             // envelope being written
+	write("00EEE.body", "body")                                                             // envelope garbage
+	write("00EEE.env", "not json")
+	s.Close()
+	s = openSpoolAt(t, dir)
+	got := s.TakeRecovered()
+	if len(got) != 1 || got[0].ID != keep.ID {
+		t.Fatalf("scan returned %v, want only %s", got, keep.ID)
+	}
+	names := dirNames(t, s.Dir())
+	if strings.Join(names, " ") != keep.ID+".body "+keep.ID+".env" {
+		t.Fatalf("after scan the spool holds %v", names)
+	}
+	// The unreadable envelope is moved aside, not deleted.
+	if _, err := os.Stat(filepath.Join(filepath.Dir(s.Dir()), "corrupt", "00EEE.env")); err != nil {
+		t.Fatalf("corrupt envelope not quarantined: %v", err)
+	}
+}
+
+func TestSpoolAbortLeavesNothing(t *testing.T) {
+	s := openTestSpool(t)
+	w, err := s.Create()
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(w, "half a message")
+	w.Abort()
+	if n := dirNames(t, s.Dir()); len(n) != 0 {
+		t.Fatalf("abort left %v", n)
+	}
+}
+
+func TestSpoolUpdateAndRemove(t *testing.T) {
+	s := openTestSpool(t)
+	env := commit(t, s, "x\r\n", "a@example.com", "b@example.com")
+	env.Recipients[0].Status = Sent
+	env.Attempts = 3
+	if err := s.Update(env); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Load(env.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Recipients[0].Status != Sent || got.Recipients[1].Status != Pending || got.Attempts != 3 {
+		t.Fatalf("reloaded %+v", got)
+	}
+	if err := s.Remove(env.ID); err != nil {
+		t.Fatal(err)
+	}
+	if n := dirNames(t, s.Dir()); len(n) != 0 {
+		t.Fatalf("remove left %v", n)
+	}
+}
+
+// Concurrent commits all become durable and distinct (group commit must not
+// lose or mix anyone's message).
+func TestSpoolConcurrentCommits(t *testing.T) {
+	s := openTestSpool(t)
+	const n = 64
+	var wg sync.WaitGroup
+	ids := make([]string, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ids[i] = commit(t, s, strings.Repeat("x", i+1), "a@example.com").ID
+		}()
+	}
+	wg.Wait()
+	got, err := s.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != n {
+		t.Fatalf("scan found %d of %d messages", len(got), n)
+	}
+	sizes := map[string]int64{}
+	for _, e := range got {
+		sizes[e.ID] = e.Size
+	}
+	for i, id := range ids {
+		if sizes[id] != int64(i+1) {
+			t.Fatalf("message %s has size %d, want %d", id, sizes[id], i+1)
+		}
+	}
+}
