@@ -46,6 +46,8 @@ type Scheduler struct {
 	Retry   Retry
 	Workers int
 	Log     *slog.Logger
+	// Hostname names us in DSNs.
+	Hostname string
 
 	mu      sync.Mutex
 	pending timeHeap
@@ -207,7 +209,15 @@ func (q *Scheduler) attempt(ctx context.Context, env *Envelope) {
 			return
 		}
 	}
-	rcpts := env.Pending()
+	if rcpts := env.Pending(); len(rcpts) > 0 {
+		q.deliver(ctx, log, env, rcpts)
+	}
+	q.finish(log, env, done)
+}
+
+// deliver sends to the pending recipients and records each one's outcome
+// in env (in memory; finish persists it).
+func (q *Scheduler) deliver(ctx context.Context, log *slog.Logger, env *Envelope, rcpts []*Recipient) {
 	addrs := make([]string, len(rcpts))
 	for i, r := range rcpts {
 		addrs[i] = r.Addr
@@ -234,14 +244,21 @@ func (q *Scheduler) attempt(ctx context.Context, env *Envelope) {
 			"delay", delay.String(), "attempt_time", time.Since(start).Round(time.Millisecond).String(),
 			"status", reply.String())
 	}
+}
+
+// finish removes a message with no pending recipients (bouncing the failed
+// ones first), or persists its state and schedules the next attempt.
+func (q *Scheduler) finish(log *slog.Logger, env *Envelope, done func()) {
 	if len(env.Pending()) == 0 {
-		for _, r := range env.Recipients {
-			if r.Status == Failed {
-				// DSN generation is not built yet (issue 5): the failure is
-				// logged per recipient above and the envelope kept aside.
-				log.Warn("message has permanently failed recipients; no DSN sent yet", "from", env.From)
-				break
-			}
+		// The bounce is durable before the message goes: a crash in
+		// between sends the bounce twice at worst, never not at all.
+		if err := q.bounce(env); err != nil {
+			log.Error("cannot queue bounce; keeping the message and retrying", "err", err)
+			env.NextAttempt = time.Now().Add(q.Retry.Delay(env.Attempts))
+			q.Spool.Update(env)
+			done()
+			q.schedule(env, env.NextAttempt)
+			return
 		}
 		if err := q.Spool.Remove(env.ID); err != nil {
 			log.Error("removing delivered message", "err", err)

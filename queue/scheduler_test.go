@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -67,7 +68,7 @@ func (h *scriptHop) triesOf(r string) int {
 
 func runScheduler(t *testing.T, s *Spool, hop Hop) (*Scheduler, func()) {
 	t.Helper()
-	q := &Scheduler{Spool: s, Hop: hop, Workers: 2, Retry: Retry{Min: 20 * time.Millisecond, Max: 50 * time.Millisecond}}
+	q := &Scheduler{Spool: s, Hop: hop, Workers: 2, Hostname: "relay.test", Retry: Retry{Min: 20 * time.Millisecond, Max: 50 * time.Millisecond}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { q.Run(ctx); close(done) }()
@@ -225,5 +226,54 @@ func TestRetryDelay(t *testing.T) {
 				t.Fatalf("Delay(%d) = %v, want %v ±20%%", n, d, want)
 			}
 		}
+	}
+}
+
+// A 5xx recipient is bounced to the sender with an RFC 3464 report; the
+// bounce itself goes out from the null sender.
+func TestSchedulerBouncesPermanentFailures(t *testing.T) {
+	s := openTestSpool(t)
+	hop := newScriptHop(map[string][]int{"bad@x.test": {550}})
+	q, stop := runScheduler(t, s, hop)
+	defer stop()
+	env := commit(t, s, "Subject: hello\r\nMessage-ID: <m1@y.test>\r\n\r\nsecret body\r\n", "bad@x.test", "good@x.test")
+	q.Submit(env)
+	waitFor(t, "bounce delivered", func() bool { _, ok := hop.delivered("alice@example.org"); return ok })
+	waitFor(t, "spool to empty", spoolEmpty(s))
+	dsn, _ := hop.delivered("alice@example.org")
+	for _, want := range []string{
+		"Content-Type: multipart/report; report-type=delivery-status",
+		"Final-Recipient: rfc822; bad@x.test", "Action: failed", "Status: 5.0.0",
+		"Diagnostic-Code: smtp; 550 scripted", "Message-ID: <m1@y.test>",
+	} {
+		if !strings.Contains(dsn, want) {
+			t.Errorf("DSN lacks %q:\n%s", want, dsn)
+		}
+	}
+	if strings.Contains(dsn, "secret body") || strings.Contains(dsn, "good@x.test") {
+		t.Errorf("DSN carries the body or a delivered recipient:\n%s", dsn)
+	}
+}
+
+// No bounce for a message from the null sender.
+func TestSchedulerNoBounceOfBounce(t *testing.T) {
+	s := openTestSpool(t)
+	hop := newScriptHop(map[string][]int{"bad@x.test": {550}})
+	q, stop := runScheduler(t, s, hop)
+	defer stop()
+	w, _ := s.Create()
+	io.WriteString(w, "x\r\n")
+	env := &Envelope{From: "", Recipients: []Recipient{{Addr: "bad@x.test", Status: Pending}}}
+	if err := w.Commit(env); err != nil {
+		t.Fatal(err)
+	}
+	q.Submit(env)
+	waitFor(t, "spool to empty", spoolEmpty(s))
+	time.Sleep(50 * time.Millisecond)
+	hop.mu.Lock()
+	sends := hop.sends
+	hop.mu.Unlock()
+	if sends != 1 {
+		t.Fatalf("%d transactions, want 1 (no bounce of a bounce)", sends)
 	}
 }

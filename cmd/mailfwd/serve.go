@@ -98,7 +98,7 @@ func serve(args []string) error {
 	hop := &queue.SMTPHop{Addr: c.Delivery.NextHop, LocalName: c.Hostname, Timeout: c.Delivery.ConnectTimeout}
 	defer hop.Close()
 	sched := &queue.Scheduler{
-		Spool: spool, Hop: hop, Workers: c.Delivery.Workers, Log: log,
+		Spool: spool, Hop: hop, Workers: c.Delivery.Workers, Log: log, Hostname: c.Hostname,
 		Retry: queue.Retry{Min: c.Delivery.RetryMin, Max: c.Delivery.RetryMax},
 	}
 	exp := &routing.Expander{Source: src, Limits: routing.DefaultLimits}
