@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -124,6 +125,9 @@ func Parse(b []byte, dir string) (*Config, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(c); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, errors.New("the file is empty: at least relay_domains, directory and delivery.next_hop are needed")
+		}
 		msg := err.Error()
 		if m := unknownField.FindAllStringSubmatch(msg, -1); m != nil {
 			var parts []string
@@ -217,7 +221,7 @@ func (c *Config) validate() error {
 	}
 	switch {
 	case c.Directory.LDIF == nil && c.Directory.LDAP == nil:
-		bad("directory: configure one source, ldif or ldap")
+		bad("directory: configure one source, ldif or ldap (an ldif source with no settings is written `ldif: {}`)")
 	case c.Directory.LDIF != nil && c.Directory.LDAP != nil:
 		bad("directory: configure one source, not both ldif and ldap")
 	}

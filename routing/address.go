@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"unicode/utf8"
 
 	"golang.org/x/net/idna"
 )
@@ -51,7 +52,9 @@ func ParseAddress(s string) (Address, error) {
 // error for a domain that DNS could not hold (empty labels, a trailing dot,
 // bytes outside hostname rules, IP literals, which we never relay for).
 func NormalizeDomain(domain string) (string, error) {
-	if domain == "" || strings.HasSuffix(domain, ".") || strings.HasPrefix(domain, "[") {
+	// Invalid UTF-8 is refused here: idna would read it as U+FFFD and
+	// encode that, turning garbage into a well-formed-looking A-label.
+	if domain == "" || strings.HasSuffix(domain, ".") || strings.HasPrefix(domain, "[") || !utf8.ValidString(domain) {
 		return "", fmt.Errorf("%w: domain %q", ErrBadAddress, domain)
 	}
 	a, err := idnaProfile.ToASCII(domain)

@@ -28,6 +28,21 @@ type Limits struct {
 // DefaultLimits are Postfix's defaults.
 var DefaultLimits = Limits{Recursion: 1000, Expansion: 1000, AddressLength: 1000}
 
+// withDefaults fills each unset limit with Postfix's default, so that
+// setting one limit does not make the others zero.
+func (l Limits) withDefaults() Limits {
+	if l.Recursion <= 0 {
+		l.Recursion = DefaultLimits.Recursion
+	}
+	if l.Expansion <= 0 {
+		l.Expansion = DefaultLimits.Expansion
+	}
+	if l.AddressLength <= 0 {
+		l.AddressLength = DefaultLimits.AddressLength
+	}
+	return l
+}
+
 // Expander rewrites one envelope recipient into its final recipients.
 type Expander struct {
 	Source Source
@@ -44,10 +59,7 @@ type Expander struct {
 // addr itself must be in the directory, or ErrNotFound is returned: relay
 // domains are ours, and an address we do not know is refused, not passed on.
 func (e *Expander) Expand(ctx context.Context, addr string) ([]string, error) {
-	lim := e.Limits
-	if lim == (Limits{}) {
-		lim = DefaultLimits
-	}
+	lim := e.Limits.withDefaults()
 	list := []string{addr}
 	final := map[string]bool{} // addresses that expanded into themselves
 	found := false

@@ -30,11 +30,14 @@ func ParseLDIF(r io.Reader) ([]Entry, error) {
 		entries []Entry
 		cur     *Entry
 		lines   []string // logical lines of the current record, unfolded
+		starts  []int    // the line number each logical line starts on
 		lineNo  int
+		comment bool // the last line was a comment, so its continuations are too
 	)
 	flush := func() error {
-		defer func() { lines = lines[:0]; cur = nil }()
-		for _, l := range lines {
+		defer func() { lines, starts = lines[:0], starts[:0]; cur = nil }()
+		for i, l := range lines {
+			lineNo := starts[i]
 			name, value, err := parseLDIFLine(l)
 			if err != nil {
 				return fmt.Errorf("line %d: %w", lineNo, err)
@@ -65,6 +68,9 @@ func ParseLDIF(r io.Reader) ([]Entry, error) {
 		l := strings.TrimSuffix(sc.Text(), "\r")
 		switch {
 		case strings.HasPrefix(l, "#"):
+			comment = true
+			continue
+		case strings.HasPrefix(l, " ") && comment:
 			continue
 		case strings.HasPrefix(l, " "):
 			if len(lines) == 0 {
@@ -77,7 +83,9 @@ func ParseLDIF(r io.Reader) ([]Entry, error) {
 			}
 		default:
 			lines = append(lines, l)
+			starts = append(starts, lineNo)
 		}
+		comment = false
 	}
 	if err := sc.Err(); err != nil {
 		return nil, err
