@@ -33,6 +33,10 @@ type Config struct {
 	LookupTimeout time.Duration
 	MaxRecipients int
 	MaxSize       int64
+	// FirstRetry is stored as the next attempt time of a new message: the
+	// first attempt starts at once, and if the relay dies during it, the
+	// restarted relay tries again after this long (not in a hot loop).
+	FirstRetry time.Duration
 }
 
 // Backend builds the go-smtp server around routing and the spool.
@@ -56,6 +60,9 @@ func NewBackend(cfg Config, exp Expander, spool Committer, submit func(*queue.En
 	}
 	if cfg.MaxRecipients <= 0 {
 		cfg.MaxRecipients = 1000
+	}
+	if cfg.FirstRetry <= 0 {
+		cfg.FirstRetry = 10 * time.Second
 	}
 	b := &Backend{cfg: cfg, domains: map[string]bool{}, expander: exp, spool: spool, submit: submit, log: log}
 	for _, d := range cfg.RelayDomains {
@@ -203,7 +210,7 @@ func (s *session) Data(r io.Reader) error {
 		ClientHelo:  s.helo,
 		SMTPUTF8:    s.opts.UTF8,
 		Body8Bit:    s.opts.Body == smtp.Body8BitMIME,
-		NextAttempt: now.Add(time.Minute),
+		NextAttempt: now.Add(s.b.cfg.FirstRetry),
 	}
 	if err := w.Commit(env); err != nil {
 		return s.storageReply(err, w.ID())

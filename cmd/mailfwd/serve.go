@@ -104,7 +104,7 @@ func serve(args []string) error {
 	exp := &routing.Expander{Source: src, Limits: routing.DefaultLimits}
 	be, err := relay.NewBackend(relay.Config{
 		Hostname: c.Hostname, RelayDomains: c.RelayDomains, LookupTimeout: c.LookupTimeout,
-		MaxRecipients: c.MaxRecipients, MaxSize: c.MaxMessageSize,
+		MaxRecipients: c.MaxRecipients, MaxSize: c.MaxMessageSize, FirstRetry: c.Delivery.RetryMin,
 	}, exp, spool, sched.Submit, log)
 	if err != nil {
 		return err

@@ -1,0 +1,488 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+)
+
+var (
+	servers = map[string]string{} // variables printed by the start scripts
+	binary  string                // the mailfwd binary under test
+	relay   *mailfwdProc          // the shared relay most tests use
+)
+
+func scriptPath(name string) string { return filepath.Join("scripts", name) }
+
+// runScript runs one of our start/stop scripts and merges the KEY='value'
+// lines it prints into servers.
+func runScript(name string, env ...string) error {
+	cmd := exec.Command(scriptPath(name))
+	cmd.Env = append(os.Environ(), env...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("%s: %v\n%s%s", name, err, out.String(), errb.String())
+	}
+	re := regexp.MustCompile(`^([A-Z_]+)='(.*)'$`)
+	for _, l := range strings.Split(out.String(), "\n") {
+		if m := re.FindStringSubmatch(strings.TrimSpace(l)); m != nil {
+			servers[m[1]] = m[2]
+		}
+	}
+	return nil
+}
+
+func TestMain(m *testing.M) {
+	code, err := setup(m)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e setup:", err)
+		code = 1
+	}
+	os.Exit(code)
+}
+
+func setup(m *testing.M) (int, error) {
+	tmp, err := os.MkdirTemp("", "mailfwd-e2e-")
+	if err != nil {
+		return 1, err
+	}
+	defer os.RemoveAll(tmp)
+	binary = filepath.Join(tmp, "mailfwd")
+	if out, err := exec.Command("go", "build", "-o", binary, "../cmd/mailfwd").CombinedOutput(); err != nil {
+		return 1, fmt.Errorf("building mailfwd: %v\n%s", err, out)
+	}
+	start := time.Now()
+	for _, s := range []string{"start-389ds.sh", "start-sink.sh", "start-postfix.sh"} {
+		t0 := time.Now()
+		if err := runScript(s); err != nil {
+			stopServers()
+			return 1, err
+		}
+		fmt.Printf("e2e: %s up in %v\n", s, time.Since(t0).Round(time.Millisecond))
+	}
+	defer stopServers()
+	for _, k := range []string{"DS_URL", "PF_SMTP", "SINK_DIR"} {
+		if servers[k] == "" {
+			return 1, fmt.Errorf("start scripts did not print %s (got %v)", k, servers)
+		}
+	}
+	fmt.Printf("e2e: servers up in %v: %v\n", time.Since(start).Round(time.Millisecond), servers)
+	relay, err = startMailfwd(filepath.Join(tmp, "shared"))
+	if err != nil {
+		return 1, err
+	}
+	defer relay.stop()
+	return m.Run(), nil
+}
+
+func stopServers() {
+	if os.Getenv("E2E_KEEP") == "1" {
+		return
+	}
+	for _, s := range []string{"stop-postfix.sh", "stop-sink.sh", "stop-389ds.sh"} {
+		if err := runScript(s); err != nil {
+			fmt.Fprintln(os.Stderr, "e2e teardown:", err)
+		}
+	}
+}
+
+// mailfwdProc is one running mailfwd binary.
+type mailfwdProc struct {
+	dir, addr, spool string
+	cmd              *exec.Cmd
+	log              *os.File
+	done             chan error
+}
+
+func freePort() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// startMailfwd writes a config for the real directory and Postfix into dir
+// and starts the binary on a free port. The same dir (spool) can be started
+// again after a kill.
+func startMailfwd(dir string) (*mailfwdProc, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	addr, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	pwFile := filepath.Join(dir, "ldap.secret")
+	if err := os.WriteFile(pwFile, []byte("postfix-ldap-secret\n"), 0o600); err != nil {
+		return nil, err
+	}
+	cfg := fmt.Sprintf(`hostname: mailfwd.e2e.test
+listen: [%q]
+relay_domains: [domain.com, domain.ro, company.com]
+spool_dir: spool
+lookup_timeout: 5s
+directory:
+  ldap:
+    servers: [%q]
+    bind_dn: uid=postfix-ldap,ou=system,dc=example,dc=net
+    bind_password_file: ldap.secret
+    search_base: dc=example,dc=net
+    query_filter: "(|(mail=%%s)(mailAlternateAddress=%%s))"
+    result_attributes: [mailForwardingAddress]
+    timeout: 2s
+delivery:
+  next_hop: %q
+  retry_min: 300ms
+  retry_max: 1s
+  connect_timeout: 2s
+log:
+  level: debug
+`, addr, servers["DS_URL"], servers["PF_SMTP"])
+	cfgPath := filepath.Join(dir, "mailfwd.yaml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		return nil, err
+	}
+	if out, err := exec.Command(binary, "check-config", "-config", cfgPath).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("check-config: %v: %s", err, out)
+	}
+	logf, err := os.OpenFile(filepath.Join(dir, "mailfwd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	p := &mailfwdProc{dir: dir, addr: addr, spool: filepath.Join(dir, "spool", "msg"), log: logf, done: make(chan error, 1)}
+	p.cmd = exec.Command(binary, "serve", "-config", cfgPath)
+	p.cmd.Stdout, p.cmd.Stderr = logf, logf
+	if err := p.cmd.Start(); err != nil {
+		return nil, err
+	}
+	go func() { p.done <- p.cmd.Wait() }()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		if err == nil {
+			c.Close()
+			return p, nil
+		}
+		select {
+		case err := <-p.done:
+			return nil, fmt.Errorf("mailfwd exited: %v (log %s)", err, logf.Name())
+		default:
+		}
+		if time.Now().After(deadline) {
+			p.kill()
+			return nil, fmt.Errorf("mailfwd not listening on %s", addr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (p *mailfwdProc) kill() {
+	p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+	p.log.Close()
+}
+
+func (p *mailfwdProc) stop() {
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(40 * time.Second):
+		p.cmd.Process.Kill()
+		<-p.done
+	}
+	p.log.Close()
+}
+
+// spooled counts committed messages in the relay's spool.
+func (p *mailfwdProc) spooled(t *testing.T) int {
+	t.Helper()
+	m, err := filepath.Glob(filepath.Join(p.spool, "*.env"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(m)
+}
+
+func (p *mailfwdProc) logTail(t *testing.T) string {
+	b, _ := os.ReadFile(p.log.Name())
+	if len(b) > 4000 {
+		b = b[len(b)-4000:]
+	}
+	return string(b)
+}
+
+// swaks runs the swaks client against addr and returns its transcript.
+func swaks(t *testing.T, addr string, args ...string) (string, error) {
+	t.Helper()
+	host, port, _ := net.SplitHostPort(addr)
+	all := append([]string{"--server", host, "--port", port, "--from", "alice@example.org", "--helo", "client.e2e.test", "--timeout", "30"}, args...)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "swaks", all...).CombinedOutput()
+	return string(out), err
+}
+
+// replyTo returns the server's reply to the first client command starting
+// with cmd in a swaks transcript ("" if there is none).
+func replyTo(transcript, cmd string) string {
+	sc := bufio.NewScanner(strings.NewReader(transcript))
+	sent := false
+	for sc.Scan() {
+		l := strings.TrimSpace(sc.Text())
+		switch {
+		case strings.HasPrefix(l, "-> "+cmd):
+			sent = true
+		case sent && (strings.HasPrefix(l, "<-  ") || strings.HasPrefix(l, "<** ")):
+			return strings.TrimSpace(l[4:])
+		}
+	}
+	return ""
+}
+
+var tokenSeq int
+var tokenMu sync.Mutex
+
+// token is a unique marker put in a message's Subject to find it at the sink.
+func token(t *testing.T) string {
+	tokenMu.Lock()
+	defer tokenMu.Unlock()
+	tokenSeq++
+	return fmt.Sprintf("e2e-%d-%d-%s", os.Getpid(), tokenSeq, strings.NewReplacer("/", "-", " ", "_").Replace(t.Name()))
+}
+
+// sendSwaks sends one message with subject tok and fails the test unless it
+// is accepted with a queue ID.
+func sendSwaks(t *testing.T, addr, tok string, rcpts ...string) {
+	t.Helper()
+	out, err := swaks(t, addr, "--to", strings.Join(rcpts, ","), "--header", "Subject: "+tok)
+	if err != nil || !strings.Contains(out, "250 2.0.0 Ok: queued as ") {
+		t.Fatalf("swaks to %v: %v\n%s", rcpts, err, out)
+	}
+}
+
+// arrived waits until the sink has messages carrying tok whose envelope
+// recipients, counted, equal want, and returns them.
+func arrived(t *testing.T, tok string, want map[string]int, timeout time.Duration) []Dumped {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var got map[string]int
+	for {
+		dumps, err := ReadSinkDumps(servers["SINK_DIR"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		var mine []Dumped
+		for _, d := range dumps {
+			if bytes.Contains(d.Raw, []byte(tok)) {
+				mine = append(mine, d)
+			}
+		}
+		got = CountRcpts(mine)
+		if fmt.Sprint(got) == fmt.Sprint(want) {
+			return mine
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("message %s: sink has recipients %v, want %v\nmailfwd log:\n%s", tok, got, want, relay.logTail(t))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// 1. Domain migration: the old address arrives at Postfix (and past it) as
+// the new one.
+func TestScenarioMigration(t *testing.T) {
+	tok := token(t)
+	sendSwaks(t, relay.addr, tok, "old.address@domain.com")
+	d := arrived(t, tok, map[string]int{"new.address@domain.ro": 1}, 30*time.Second)
+	if !bytes.Contains(d[0].Raw, []byte("by mailfwd.e2e.test (mailfwd)")) {
+		t.Errorf("no mailfwd Received header in what Postfix passed on:\n%s", d[0].Raw)
+	}
+}
+
+// 2. External forward: the internal address is queued for the outside one.
+func TestScenarioExternalForward(t *testing.T) {
+	tok := token(t)
+	sendSwaks(t, relay.addr, tok, "internal.user@company.com")
+	arrived(t, tok, map[string]int{"external.user@gmail.com": 1}, 30*time.Second)
+}
+
+// 3. Aliases: each alias arrives as central@, and one message to all three
+// arrives once.
+func TestScenarioAliases(t *testing.T) {
+	for _, a := range []string{"sales@company.com", "info@company.com", "support@company.com"} {
+		tok := token(t)
+		sendSwaks(t, relay.addr, tok, a)
+		arrived(t, tok, map[string]int{"central@company.com": 1}, 30*time.Second)
+	}
+	tok := token(t)
+	sendSwaks(t, relay.addr, tok, "sales@company.com", "info@company.com", "support@company.com")
+	d := arrived(t, tok, map[string]int{"central@company.com": 1}, 30*time.Second)
+	time.Sleep(time.Second) // a duplicate would show up by now
+	if d = arrived(t, tok, map[string]int{"central@company.com": 1}, time.Second); len(d) != 1 {
+		t.Fatalf("%d messages at the sink, want 1", len(d))
+	}
+}
+
+// 4. Refusals: unknown user, directory down, non-relay domain.
+func TestRcptRefusals(t *testing.T) {
+	check := func(t *testing.T, to, want string) {
+		t.Helper()
+		out, _ := swaks(t, relay.addr, "--to", to, "--quit-after", "RCPT")
+		if got := replyTo(out, "RCPT TO:"); !strings.HasPrefix(got, want) {
+			t.Fatalf("RCPT TO:<%s>: reply %q, want %q\n%s", to, got, want, out)
+		}
+	}
+	t.Run("unknown recipient", func(t *testing.T) { check(t, "nobody@company.com", "550 5.1.1") })
+	t.Run("non-relay domain", func(t *testing.T) { check(t, "someone@example.org", "554 5.7.1") })
+	t.Run("directory stopped", func(t *testing.T) {
+		if err := runScript("stop-389ds.sh", "DS_KEEP=1"); err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			if err := runScript("start-389ds.sh"); err != nil {
+				t.Fatal(err)
+			}
+		}()
+		check(t, "sales@company.com", "451 4.3.0")
+		check(t, "nobody@company.com", "451 4.3.0") // unknown is not "unknown" while we cannot look
+	})
+	t.Run("directory back", func(t *testing.T) { check(t, "sales@company.com", "250") })
+}
+
+// 5. Postfix stopped: messages are accepted, stay in the spool, and arrive
+// once Postfix is back.
+func TestNextHopDown(t *testing.T) {
+	if err := runScript("stop-postfix.sh", "PF_KEEP=1"); err != nil {
+		t.Fatal(err)
+	}
+	restarted := false
+	defer func() {
+		if !restarted {
+			runScript("start-postfix.sh")
+		}
+	}()
+	toks := []string{token(t), token(t), token(t)}
+	before := relay.spooled(t)
+	for _, tok := range toks {
+		sendSwaks(t, relay.addr, tok, "old.address@domain.com")
+	}
+	time.Sleep(2 * time.Second) // several retries against the stopped Postfix
+	if n := relay.spooled(t); n < before+len(toks) {
+		t.Fatalf("%d messages in the spool while Postfix is down, want at least %d", n, before+len(toks))
+	}
+	if err := runScript("start-postfix.sh"); err != nil {
+		t.Fatal(err)
+	}
+	restarted = true
+	for _, tok := range toks {
+		arrived(t, tok, map[string]int{"new.address@domain.ro": 1}, 60*time.Second)
+	}
+}
+
+// 6. SIGKILL right after a batch got its 250s: after a restart on the same
+// spool every accepted message arrives.
+func TestKillAfterAccept(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "killed")
+	p, err := startMailfwd(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 40
+	toks := make([]string, n)
+	for i := range toks {
+		toks[i] = token(t)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- sendGo(p.addr, toks[i], []string{"sales@company.com", "internal.user@company.com"})
+		}()
+	}
+	wg.Wait()
+	p.kill() // at once: deliveries are in flight
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatalf("a message was not accepted: %v", err)
+		}
+	}
+	p2, err := startMailfwd(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p2.stop()
+	deadline := time.Now().Add(60 * time.Second)
+	for _, tok := range toks {
+		for {
+			dumps, err := ReadSinkDumps(servers["SINK_DIR"])
+			if err != nil {
+				t.Fatal(err)
+			}
+			var mine []Dumped
+			for _, d := range dumps {
+				if bytes.Contains(d.Raw, []byte(tok)) {
+					mine = append(mine, d)
+				}
+			}
+			got := CountRcpts(mine)
+			if got["central@company.com"] >= 1 && got["external.user@gmail.com"] >= 1 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("message %s accepted before the kill never fully arrived (got %v)\nlog:\n%s", tok, got, p2.logTail(t))
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+}
+
+// sendGo sends one message with the Go client (swaks is one process per
+// message, too slow to put a batch in flight).
+func sendGo(addr, tok string, rcpts []string) error {
+	c, err := smtp.Dial(addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.Hello("client.e2e.test"); err != nil {
+		return err
+	}
+	if err := c.Mail("alice@example.org", nil); err != nil {
+		return err
+	}
+	for _, r := range rcpts {
+		if err := c.Rcpt(r, nil); err != nil {
+			return err
+		}
+	}
+	w, err := c.Data()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "From: alice@example.org\r\nSubject: %s\r\n\r\nbatch message\r\n", tok)
+	if _, err := w.CloseWithResponse(); err != nil {
+		return err
+	}
+	return c.Quit()
+}

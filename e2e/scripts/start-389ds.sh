@@ -1,0 +1,248 @@
+#!/bin/sh
+# Start a throwaway 389 Directory Server on loopback for the end-to-end suite:
+# no systemd, nothing written outside $DS_DIR. Prints eval-able KEY='value'
+# lines (first: DS_URL) once an LDAP search answers. Idempotent: if the instance
+# in $DS_DIR runs, it only prints; if it exists but is stopped (stop-389ds.sh
+# with DS_KEEP=1, or killed), it is started again with its data.
+#
+#   eval "$(e2e/scripts/start-389ds.sh)" && ldapsearch -x -H "$DS_URL" ...
+#   DS_KEEP=1 e2e/scripts/stop-389ds.sh   # stop, keep the data for a later start
+#   e2e/scripts/stop-389ds.sh             # stop and delete $DS_DIR
+#
+# Environment (defaults):
+#   DS_DIR=/tmp/mailfwd-389ds   everything lives here (config, db, logs, TLS)
+#   DS_PORT=3389  DS_TLS_PORT=3636 (0 = no TLS)   listen on 127.0.0.1 only
+#   DS_SUFFIX=dc=example,dc=net   DS_ROOT_PW=mailfwd-dm-secret
+#   DS_SEED=<repo>/deploy/seed.ldif ("none" = empty suffix)
+#   DS_ACL=<this dir>/acl-389ds.ldif
+#   DS_DB_LIB=mdb|bdb   mdb (default) stops in ~0.3 s, bdb in ~2 s
+#   DS_USER=<invoking user>  (as root, DS_USER=dirsrv works too: tree is chowned)
+#   DS_START_TIMEOUT=60
+#
+# How: dse.ldif is made with sed from the packaged template-dse.ldif (as lib389
+# does), ns-slapd is started directly, then the backend, seed and aci are
+# added over LDAP as Directory Manager. ~1 s from nothing.
+set -eu
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+D=${DS_DIR:-/tmp/mailfwd-389ds}
+PORT=${DS_PORT:-3389}
+TLS_PORT=${DS_TLS_PORT:-3636}
+SUFFIX=${DS_SUFFIX:-dc=example,dc=net}
+ROOT_DN='cn=Directory Manager'
+ROOT_PW=${DS_ROOT_PW:-mailfwd-dm-secret}
+SEED=${DS_SEED:-$HERE/../../deploy/seed.ldif}
+ACL=${DS_ACL:-$HERE/acl-389ds.ldif}
+DB_LIB=${DS_DB_LIB:-mdb}
+RUN_AS=${DS_USER:-$(id -un)}
+TIMEOUT=${DS_START_TIMEOUT:-60}
+MARK=$D/.mailfwd-389ds             # marks a tree this script may delete
+
+die() { echo "start-389ds: $*" >&2; exit 1; }
+show() { for f in "$@"; do [ ! -s "$f" ] || { echo "--- $f" >&2; tail -n 15 "$f" >&2; }; done; return 0; }
+for b in /usr/sbin/ns-slapd pwdhash certutil pk12util openssl ldapsearch ldapmodify; do
+    command -v "$b" >/dev/null 2>&1 ||
+        die "missing $b (run e2e/scripts/install-deps.sh: 389-ds-base ldap-utils libnss3-tools openssl)"
+done
+case $D in /*) ;; *) die "DS_DIR must be absolute: $D" ;; esac
+case $DB_LIB in bdb|mdb) ;; *) die "DS_DB_LIB must be bdb or mdb" ;; esac
+[ "$SEED" = none ] || [ -r "$SEED" ] || die "seed LDIF not readable: $SEED (DS_SEED)"
+
+# alive PID: exists and is not a zombie. PID 1 of a container may reap orphans
+# late or never, and kill -0 (and ns-slapd's own lock check) see zombies as alive.
+alive() { [ -n "$1" ] && [ -r "/proc/$1/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status"; }
+# live ns-slapd processes running from $D (found in /proc, pid files can lie)
+tree_pids() {
+    for c in /proc/[0-9]*/comm; do
+        read -r comm 2>/dev/null <"$c" || continue
+        [ "$comm" = ns-slapd ] || continue
+        p=${c#/proc/}; p=${p%/comm}
+        alive "$p" && tr '\0' ' ' 2>/dev/null <"/proc/$p/cmdline" | grep -qF " -D $D/" && echo "$p"
+    done
+    return 0
+}
+answers() { timeout 5 ldapsearch -x -o nettimeout=2 -H "ldap://127.0.0.1:$PORT" -b '' -s base -LLL 1.1 >/dev/null 2>&1; }
+# busy PORT: something listens on it (read from /proc: no ss/netstat needed)
+busy() { awk -v p="$(printf %04X "$1")" 'FNR > 1 && $4 == "0A" { split($2, a, ":"); if (a[2] == p) f = 1 }
+    END { exit !f }' /proc/net/tcp /proc/net/tcp6 2>/dev/null; }
+check_ports() {
+    for p in "$PORT" "$TLS_PORT"; do
+        [ "$p" = 0 ] || ! busy "$p" || die "port $p is already in use (DS_PORT / DS_TLS_PORT)"
+    done
+}
+
+print_env() {
+    echo "DS_URL='ldap://127.0.0.1:$PORT'"
+    if [ "$TLS_PORT" != 0 ]; then
+        echo "DS_LDAPS_URL='ldaps://127.0.0.1:$TLS_PORT'"
+        echo "DS_CA_CERT='$D/tls/ca.crt'"
+    fi
+    echo "DS_LDAPI_URL='ldapi://$(printf %s "$LDAPI" | sed 's|/|%2F|g')'"
+    echo "DS_BASE='$SUFFIX'"
+    echo "DS_ROOT_DN='$ROOT_DN'"
+    echo "DS_ROOT_PW='$ROOT_PW'"
+    echo "DS_PID='$(tree_pids | head -n 1)'"
+    echo "DS_DIR='$D'"
+    echo "DS_LOG='$LOG_DIR'"
+}
+
+start_server() {
+    rm -f "$PIDFILE"
+    # locks of a killed server (its zombie still "runs" for ns-slapd's check)
+    rm -f "$LOCK_DIR"/server/* "$LOCK_DIR"/exports/* "$LOCK_DIR"/imports/* 2>/dev/null || true
+    # ns-slapd daemonizes itself. Redirect all its stdio: early messages go to
+    # startup.log, and it must not hold a caller's $(...) pipe open.
+    /usr/sbin/ns-slapd -D "$CONFIG_DIR" -i "$PIDFILE" >"$LOG_DIR/startup.log" 2>&1 </dev/null ||
+        { show "$LOG_DIR/startup.log"; die "ns-slapd failed to start (log: $LOG_DIR/errors)"; }
+    STARTED=1
+    i=0
+    until answers; do      # the launcher returns before the port is open: poll
+        i=$((i + 1))
+        if [ -z "$(tree_pids)" ]; then
+            show "$LOG_DIR/errors"; die "ns-slapd exited (log: $LOG_DIR/errors)"
+        fi
+        [ $i -gt $((TIMEOUT * 20)) ] && die "no answer on 127.0.0.1:$PORT after ${TIMEOUT}s"
+        sleep 0.05
+    done
+}
+
+ldapdm() { # ldapadd/ldapmodify as Directory Manager over loopback
+    "$@" -x -H "ldap://127.0.0.1:$PORT" -D "$ROOT_DN" -w "$ROOT_PW" >/dev/null ||
+        { show "$LOG_DIR/errors"; die "$1 failed (log: $LOG_DIR/errors)"; }
+}
+
+make_tls() {
+    # CA key EC (instant); server key RSA: 389-DS wraps its attribute-encryption
+    # keys with it (an EC server key logs "attrcrypt_wrap_key - Failed to wrap").
+    mkdir -p "$D/tls"
+    (
+        cd "$D/tls"
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+            -subj "/CN=mailfwd test CA" -keyout ca.key -out ca.crt 2>/dev/null
+        openssl req -newkey rsa:2048 -nodes \
+            -subj "/CN=localhost" -keyout server.key -out server.csr 2>/dev/null
+        # libldap checks "localhost" URLs against the machine's FQDN: list both names
+        names=$( (hostname; hostname -f) 2>/dev/null | sort -u | grep -vx localhost | sed 's/^/DNS:/' | tr '\n' ,)
+        printf 'subjectAltName=DNS:localhost,%sIP:127.0.0.1,IP:::1\nextendedKeyUsage=serverAuth\n' \
+            "$names" >server.ext
+        openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+            -extfile server.ext -out server.crt 2>/dev/null
+        openssl pkcs12 -export -in server.crt -inkey server.key -name Server-Cert \
+            -out server.p12 -passout pass:p12
+    ) || die "openssl failed to make the test certificates"
+    # 389-DS reads only an NSS db (nsslapd-certdir = config dir), nickname Server-Cert
+    certutil -N -d "sql:$CERT_DIR" --empty-password
+    pk12util -i "$D/tls/server.p12" -d "sql:$CERT_DIR" -W p12 -K '' >/dev/null
+    certutil -A -d "sql:$CERT_DIR" -n mailfwd-test-CA -t CT,, -a -i "$D/tls/ca.crt"
+}
+
+cfg_lines() { # our cn=config attributes: loopback only, TLS, unbuffered access log
+    echo "nsslapd-listenhost: 127.0.0.1"
+    echo "nsslapd-accesslog-logbuffering: off"
+    if [ "$TLS_PORT" != 0 ]; then
+        echo "nsslapd-securelistenhost: 127.0.0.1"
+        echo "nsslapd-secureport: $TLS_PORT"
+        echo "nsslapd-security: on"
+    else
+        echo "nsslapd-security: off"
+    fi
+}
+
+set_paths() {
+    CONFIG_DIR=$D/etc CERT_DIR=$D/etc LOG_DIR=$D/log LOCK_DIR=$D/lock
+    PIDFILE=$D/run/slapd.pid LDAPI=$D/run/ldapi
+}
+
+build() {
+    mkdir -p "$D/etc/schema" "$D/db" "$D/log" "$D/run" "$D/lock" "$D/bak" "$D/ldif" "$D/tmp"
+    hash=$(pwdhash -s SSHA512 "$ROOT_PW")
+    # db home = db dir (bdb region files __db.00*); dscreate's default is /dev/shm
+    sed -e "s|%schema_dir%|$D/etc/schema|; s|%lock_dir%|$LOCK_DIR|; s|%tmp_dir%|$D/tmp|" \
+        -e "s|%cert_dir%|$CERT_DIR|; s|%ldif_dir%|$D/ldif|; s|%bak_dir%|$D/bak|" \
+        -e "s|%run_dir%|$D/run|; s|%inst_dir%|$D|; s|%log_dir%|$LOG_DIR|g; s|%fqdn%|localhost|" \
+        -e "s|%ds_port%|$PORT|; s|%ds_user%|$RUN_AS|; s|%rootdn%|$ROOT_DN|g; s|%ds_passwd%|$hash|" \
+        -e "s|%ldapi_enabled%|on|; s|%ldapi%|$LDAPI|; s|%ldapi_autobind%|on|" \
+        -e "s|%ds_suffix%|$SUFFIX|; s|%config_dir%|$CONFIG_DIR|; s|%db_dir%|$D/db|" \
+        -e "s|%db_home_dir%|$D/db|; s|%db_lib%|$DB_LIB|" \
+        /usr/share/dirsrv/data/template-dse.ldif >"$D/etc/dse.ldif.new"
+    cfg_lines >"$D/etc/cfg.tmp"
+    sed -i "/^dn: cn=config\$/r $D/etc/cfg.tmp" "$D/etc/dse.ldif.new" && rm -f "$D/etc/cfg.tmp"
+    # small fixed caches instead of autotuning to a share of host RAM
+    sed -i "/^nsslapd-backend-implement:/a nsslapd-cache-autosize: 0\nnsslapd-dbcachesize: 16777216" \
+        "$D/etc/dse.ldif.new"
+    ! grep -q '%[a-z_]*%' "$D/etc/dse.ldif.new" || die "unknown %key% left in template-dse.ldif"
+    mv "$D/etc/dse.ldif.new" "$D/etc/dse.ldif"
+    cp /etc/dirsrv/schema/*.ldif "$D/etc/schema/"
+    cp /etc/dirsrv/config/slapd-collations.conf /etc/dirsrv/config/certmap.conf "$D/etc/"
+    [ "$TLS_PORT" = 0 ] || make_tls
+    [ "$RUN_AS" = "$(id -un)" ] || chown -R "$RUN_AS:" "$D"
+    start_server
+    # backend + mapping tree, added online as lib389 does (copies the default indexes)
+    ldapdm ldapadd <<EOT
+dn: cn=userroot,cn=ldbm database,cn=plugins,cn=config
+objectClass: top
+objectClass: extensibleObject
+objectClass: nsBackendInstance
+cn: userroot
+nsslapd-suffix: $SUFFIX
+nsslapd-cachememsize: 16777216
+nsslapd-dncachememsize: 4194304
+
+dn: cn="$SUFFIX",cn=mapping tree,cn=config
+objectClass: top
+objectClass: extensibleObject
+objectClass: nsMappingTree
+cn: $SUFFIX
+nsslapd-state: backend
+nsslapd-backend: userroot
+EOT
+}
+
+STARTED=0
+on_exit() { # a failed run stops the server it started; the tree stays for its logs
+    rc=$?
+    if [ $rc -ne 0 ] && [ "$STARTED" = 1 ]; then
+        for p in $(tree_pids); do kill "$p" 2>/dev/null || true; done
+    fi
+    exit $rc
+}
+trap on_exit EXIT
+
+# ---- already built? ------------------------------------------------------
+if [ -f "$D/instance.env" ]; then
+    . "$D/instance.env"       # the ports, suffix and password it was built with
+    set_paths
+    if [ -n "$(tree_pids)" ]; then
+        i=0
+        until answers; do
+            i=$((i + 1)); [ $i -gt $((TIMEOUT * 20)) ] && die "running but no answer on port $PORT"
+            sleep 0.05
+        done
+    else
+        check_ports
+        start_server   # stopped or killed: start again, data kept
+    fi
+    STARTED=0          # it is up: a later failure (e.g. SIGPIPE) must not stop it
+    print_env
+    exit 0
+fi
+if [ -e "$D" ]; then   # half-built tree (interrupted run) or someone else's dir
+    [ -f "$MARK" ] || [ -z "$(ls -A "$D")" ] ||
+        die "$D exists and was not made by this script; set DS_DIR or remove it"
+    for p in $(tree_pids); do kill "$p"; while alive "$p"; do sleep 0.05; done; done
+    rm -rf "$D"
+fi
+check_ports
+
+mkdir -p "$D" && : >"$MARK"
+set_paths
+build
+if [ "$SEED" != none ]; then
+    ldapdm ldapadd -f "$SEED"
+    [ ! -f "$ACL" ] || ldapdm ldapmodify -f "$ACL"
+fi
+cat >"$D/instance.env" <<EOF
+PORT='$PORT' TLS_PORT='$TLS_PORT' SUFFIX='$SUFFIX' ROOT_PW='$ROOT_PW'
+EOF
+STARTED=0
+print_env
