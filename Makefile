@@ -3,7 +3,7 @@ GO ?= go
 SHELL := /bin/bash
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: all build run test unit e2e deps check fmt vet clean
+.PHONY: all build run test unit e2e deps check fmt vet lint clean
 
 all: build
 
@@ -27,7 +27,12 @@ deps:
 e2e: deps
 	$(GO) test -count=1 -tags e2e -timeout 20m -v ./e2e/ 2>&1 | tee e2e-test.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go' ; exit $${PIPESTATUS[0]}
 
-check: fmt vet
+check: fmt vet lint
+
+# staticcheck, pinned, from the Go module proxy.
+lint:
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 -tags e2e ./e2e/
 
 fmt:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

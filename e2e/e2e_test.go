@@ -334,9 +334,9 @@ func TestScenarioAliases(t *testing.T) {
 	}
 	tok := token(t)
 	sendSwaks(t, relay.addr, tok, "sales@company.com", "info@company.com", "support@company.com")
-	d := arrived(t, tok, map[string]int{"central@company.com": 1}, 30*time.Second)
+	arrived(t, tok, map[string]int{"central@company.com": 1}, 30*time.Second)
 	time.Sleep(time.Second) // a duplicate would show up by now
-	if d = arrived(t, tok, map[string]int{"central@company.com": 1}, time.Second); len(d) != 1 {
+	if d := arrived(t, tok, map[string]int{"central@company.com": 1}, time.Second); len(d) != 1 {
 		t.Fatalf("%d messages at the sink, want 1", len(d))
 	}
 }

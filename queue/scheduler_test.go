@@ -14,12 +14,11 @@ import (
 // scriptHop answers each Send from a per-recipient script: the n-th attempt
 // for a recipient gets script[rcpt][n] (the last entry repeats).
 type scriptHop struct {
-	mu      sync.Mutex
-	script  map[string][]int // reply codes; 0 = connection failure
-	tries   map[string]int
-	bodies  map[string]string
-	sends   int
-	refused bool
+	mu     sync.Mutex
+	script map[string][]int // reply codes; 0 = connection failure
+	tries  map[string]int
+	bodies map[string]string
+	sends  int
 }
 
 func (h *scriptHop) String() string { return "script" }

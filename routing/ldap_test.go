@@ -26,8 +26,8 @@ func filterShape(p *ber.Packet, values *[]string) string {
 		}
 		return b.String() + ")"
 	case ldap.FilterEqualityMatch, ldap.FilterGreaterOrEqual, ldap.FilterLessOrEqual, ldap.FilterApproxMatch:
-		*values = append(*values, string(p.Children[1].Data.Bytes()))
-		return ldap.FilterMap[uint64(p.Tag)] + "[" + string(p.Children[0].Data.Bytes()) + "]"
+		*values = append(*values, p.Children[1].Data.String())
+		return ldap.FilterMap[uint64(p.Tag)] + "[" + p.Children[0].Data.String() + "]"
 	default:
 		// Substrings, presence, extensible: nothing a template of ours
 		// holds, and what an injected '*' would turn an equality into.

@@ -49,7 +49,7 @@ func ParseLDIF(r io.Reader) ([]Entry, error) {
 			case cur == nil && lname == "dn":
 				cur = &Entry{DN: value, Attrs: map[string][]string{}}
 			case cur == nil:
-				return fmt.Errorf("line %d: record does not start with dn:", lineNo)
+				return fmt.Errorf("line %d: record does not start with a dn line", lineNo)
 			case lname == "changetype":
 				return fmt.Errorf("line %d: change records are not supported in a directory file", lineNo)
 			default:

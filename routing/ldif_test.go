@@ -585,7 +585,7 @@ func FuzzParseLDIF(f *testing.F) {
 		s.install(entries)
 		for _, e := range entries {
 			for _, m := range e.Attrs["mail"] {
-				if got, err := s.Lookup(context.Background(), strings.ToUpper(m)); err != nil || (len(got) == 0 && len(e.Attrs["mailforwardingaddress"])+len(e.Attrs["mail"]) > 0 && strings.ToLower(strings.ToUpper(m)) == strings.ToLower(m)) {
+				if got, err := s.Lookup(context.Background(), strings.ToUpper(m)); err != nil || (len(got) == 0 && len(e.Attrs["mailforwardingaddress"])+len(e.Attrs["mail"]) > 0 && strings.EqualFold(strings.ToUpper(m), m)) {
 					t.Fatalf("Lookup(%q) = %q, %v", m, got, err)
 				}
 			}
