@@ -249,22 +249,22 @@ func TestSeedScenarios(t *testing.T) {
 
 type failingSource struct{ err error }
 
-func (f failingSource) Lookup(context.Context, string) ([]string, error) { return nil, f.err }
+func (f failingSource) Lookup(context.Context, string) ([]routing.Match, error) { return nil, f.err }
 
 type slowSource struct{}
 
-func (slowSource) Lookup(ctx context.Context, _ string) ([]string, error) {
+func (slowSource) Lookup(ctx context.Context, _ string) ([]routing.Match, error) {
 	<-ctx.Done()
 	return nil, fmt.Errorf("%w: %v", routing.ErrUnavailable, ctx.Err())
 }
 
 type loopSource struct{}
 
-func (loopSource) Lookup(_ context.Context, a string) ([]string, error) {
+func (loopSource) Lookup(_ context.Context, a string) ([]routing.Match, error) {
 	if strings.HasPrefix(a, "a@") {
-		return []string{"b@company.com"}, nil
+		return []routing.Match{{Value: "b@company.com"}}, nil
 	}
-	return []string{"a@company.com"}, nil
+	return []routing.Match{{Value: "a@company.com"}}, nil
 }
 
 func TestRcptReplies(t *testing.T) {

@@ -148,7 +148,7 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.b.cfg.LookupTimeout)
 	defer cancel()
-	finals, err := s.b.expander.Expand(ctx, to)
+	finals, err := s.b.expander.Expand(ctx, routing.External(to))
 	switch {
 	case err == nil:
 	case errors.Is(err, routing.ErrNotFound):
@@ -163,7 +163,7 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	}
 	added := 0
 	for _, f := range finals {
-		k := strings.ToLower(f)
+		k := routing.RecipientKey(f)
 		if s.seen[k] {
 			continue
 		}

@@ -81,12 +81,3 @@ func (a Address) String() string { return a.Local + "@" + a.Domain }
 // Key is the form in which two addresses are the same recipient: Postfix
 // de-duplicates recipients case-insensitively, and so do we.
 func (a Address) Key() string { return strings.ToLower(a.Local) + "@" + a.Domain }
-
-// addressKey is Key for an address string that may not parse (a directory
-// value we pass through as it is).
-func addressKey(s string) string {
-	if a, err := ParseAddress(s); err == nil {
-		return a.Key()
-	}
-	return strings.ToLower(s)
-}

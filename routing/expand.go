@@ -43,72 +43,191 @@ func (l Limits) withDefaults() Limits {
 	return l
 }
 
-// Expander rewrites one envelope recipient into its final recipients.
+// Expander rewrites one envelope recipient into its final recipients, as
+// Postfix's cleanup does with virtual_alias_maps.
 type Expander struct {
 	Source Source
 	Limits Limits
+	// Delimiter is recipient_delimiter: any of these characters starts an
+	// address extension ("+" for user+ext@domain). Empty: no extensions.
+	Delimiter string
+	// CatchAll enables "@domain" lookups after the address itself (and
+	// its extension-less form) found nothing. Off by default: a catch-all
+	// accepts mail for every address, which invites dictionary attacks.
+	CatchAll bool
+	// KeepExtension is propagate_unmatched_extensions: an extension
+	// removed to find a match is appended to every result.
+	KeepExtension bool
 }
 
-// Expand returns the final recipients of addr, de-duplicated
-// case-insensitively with the first in expansion order kept, each in the
-// spelling of the place it came from. The order is Postfix cleanup's: the
-// first result of a lookup replaces the address in place, the others are
-// appended and expanded in their turn; an address that maps to itself (among
-// others) is final and keeps that copy.
+// Step is one lookup of an expansion, for `mailfwd lookup -v`.
+type Step struct {
+	Depth   int      // how many rewrites led to Address
+	Address string   // the address being expanded
+	Key     string   // the key that matched ("" when none did)
+	Matches []Match  // what the source returned for Key
+	Results []string // the addresses Address became
+	Final   bool     // Address maps to itself, or to nothing: delivered
+}
+
+// Expansion is the outcome of Expand with its steps.
+type Expansion struct {
+	Recipients []string
+	Steps      []Step
+}
+
+// Expand returns the final recipients of addr (external form), de-duplicated
+// case-insensitively with the first in expansion order kept, each spelled
+// as the place it came from spells it.
 //
 // addr itself must be in the directory, or ErrNotFound is returned: relay
 // domains are ours, and an address we do not know is refused, not passed on.
 func (e *Expander) Expand(ctx context.Context, addr string) ([]string, error) {
+	x, err := e.expand(ctx, addr, false)
+	if err != nil {
+		return nil, err
+	}
+	return x.Recipients, nil
+}
+
+// Trace is Expand that also records every step.
+func (e *Expander) Trace(ctx context.Context, addr string) (*Expansion, error) {
+	return e.expand(ctx, addr, true)
+}
+
+// expand follows Postfix cleanup_map1n: the first result of a lookup
+// replaces the address in place and is looked up again, the others are
+// appended and expanded in their turn; an address whose results include
+// itself is final (and keeps that copy).
+func (e *Expander) expand(ctx context.Context, addr string, trace bool) (*Expansion, error) {
 	lim := e.Limits.withDefaults()
+	x := &Expansion{}
 	list := []string{addr}
+	depths := []int{0}
 	final := map[string]bool{} // addresses that expanded into themselves
 	found := false
 	for i := 0; i < len(list); i++ {
 		if len(list) > lim.Expansion {
-			return nil, fmt.Errorf("%w: %s expands to more than %d addresses", ErrExpansionLimit, addr, lim.Expansion)
+			return x, fmt.Errorf("%w: %s expands to more than %d addresses", ErrExpansionLimit, addr, lim.Expansion)
 		}
-		for depth := 0; ; depth++ {
+		for count := 0; ; count++ {
 			cur := list[i]
-			if final[addressKey(cur)] {
+			if final[RecipientKey(cur)] {
 				break
 			}
-			if depth >= lim.Recursion {
-				return nil, fmt.Errorf("%w: %s nests deeper than %d (alias loop?)", ErrExpansionLimit, addr, lim.Recursion)
+			if count >= lim.Recursion {
+				return x, fmt.Errorf("%w: %s nests deeper than %d (alias loop?)", ErrExpansionLimit, addr, lim.Recursion)
 			}
-			res, err := e.Source.Lookup(ctx, cur)
+			key, matches, results, err := e.mapOne(ctx, cur)
 			if err != nil {
-				return nil, fmt.Errorf("looking up %s: %w", cur, err)
+				return x, fmt.Errorf("looking up %s: %w", cur, err)
 			}
-			if len(res) == 0 {
+			step := Step{Depth: depths[i], Address: cur, Key: key, Matches: matches, Results: results, Final: len(results) == 0}
+			if len(results) == 0 {
+				if trace {
+					x.Steps = append(x.Steps, step)
+				}
 				break
 			}
 			found = true
-			for j, r := range res {
+			for j, r := range results {
 				if len(r) > lim.AddressLength {
-					return nil, fmt.Errorf("%w: result for %s longer than %d octets", ErrExpansionLimit, cur, lim.AddressLength)
+					return x, fmt.Errorf("%w: result for %s longer than %d octets", ErrExpansionLimit, cur, lim.AddressLength)
 				}
 				if j == 0 {
 					list[i] = r
+					depths[i]++
 				} else {
 					list = append(list, r)
+					depths = append(depths, depths[i])
 				}
 				if strings.EqualFold(r, cur) {
-					final[addressKey(cur)] = true
+					final[RecipientKey(cur)] = true
+					step.Final = true
 				}
+			}
+			if trace {
+				x.Steps = append(x.Steps, step)
 			}
 		}
 	}
 	if !found {
-		return nil, fmt.Errorf("%w: %s", ErrNotFound, addr)
+		return x, fmt.Errorf("%w: %s", ErrNotFound, addr)
 	}
-	return dedupe(list), nil
+	x.Recipients = dedupe(list)
+	return x, nil
+}
+
+// mapOne is Postfix's mail_addr_map for one address: look up the address,
+// then (with a delimiter) the address without its extension, then (with a
+// catch-all) "@domain"; split the first non-empty answer into addresses,
+// complete "@domain" results with our local part and propagate a removed
+// extension.
+func (e *Expander) mapOne(ctx context.Context, addr string) (key string, matches []Match, results []string, err error) {
+	local, domain, qualified := splitExternal(addr)
+	ext := ""
+	try := func(k string) (bool, error) {
+		ms, err := e.Source.Lookup(ctx, k)
+		if err != nil {
+			return false, err
+		}
+		if len(ms) == 0 {
+			return false, nil
+		}
+		key, matches = k, ms
+		return true, nil
+	}
+	ok, err := try(addr)
+	if !ok && err == nil && e.Delimiter != "" && qualified {
+		ulocal := unquoteLocal(local)
+		if i := strings.IndexAny(ulocal, e.Delimiter); i > 0 {
+			ext = ulocal[i:]
+			ok, err = try(QuoteLocal(ulocal[:i]) + "@" + domain)
+			if !ok {
+				ext = ""
+			}
+		}
+	}
+	if !ok && err == nil && e.CatchAll && qualified {
+		// A catch-all match removes no extension, so none is propagated.
+		ok, err = try("@" + domain)
+	}
+	if err != nil || !ok {
+		return "", nil, nil, err
+	}
+	for _, m := range matches {
+		for _, v := range splitList(m.Value) {
+			if strings.HasPrefix(v, "@") {
+				// Our local part (without a removed extension, which is
+				// propagated below) at the stored domain.
+				ulocal := unquoteLocal(local)
+				v = QuoteLocal(strings.TrimSuffix(ulocal, ext)) + v
+			}
+			v = canonical(v)
+			if ext != "" && e.KeepExtension {
+				v = withExtension(v, ext)
+			}
+			results = append(results, v)
+		}
+	}
+	return key, matches, results, nil
+}
+
+// withExtension inserts ext (delimiter included) at the end of addr's
+// local part.
+func withExtension(addr, ext string) string {
+	local, domain, ok := splitExternal(addr)
+	if !ok {
+		return QuoteLocal(unquoteLocal(addr) + ext)
+	}
+	return QuoteLocal(unquoteLocal(local)+ext) + "@" + domain
 }
 
 func dedupe(list []string) []string {
 	seen := make(map[string]bool, len(list))
-	out := list[:0]
+	out := make([]string, 0, len(list))
 	for _, a := range list {
-		k := addressKey(a)
+		k := RecipientKey(a)
 		if seen[k] {
 			continue
 		}

@@ -30,7 +30,7 @@ func newFake(m map[string][]string) *fakeSource {
 	return f
 }
 
-func (f *fakeSource) Lookup(ctx context.Context, addr string) ([]string, error) {
+func (f *fakeSource) Lookup(ctx context.Context, addr string) ([]Match, error) {
 	f.mu.Lock()
 	f.calls = append(f.calls, addr)
 	f.mu.Unlock()
@@ -42,7 +42,11 @@ func (f *fakeSource) Lookup(ctx context.Context, addr string) ([]string, error) 
 	}
 	// Return a copy, as a real source does: the expander must not be able
 	// to alter the directory.
-	return append([]string(nil), f.m[strings.ToLower(addr)]...), nil
+	var out []Match
+	for _, v := range f.m[strings.ToLower(addr)] {
+		out = append(out, Match{Value: v, Source: "fake"})
+	}
+	return out, nil
 }
 
 func (f *fakeSource) count(addr string) int {
@@ -396,7 +400,7 @@ type ctxSource struct {
 	seen []any
 }
 
-func (s *ctxSource) Lookup(ctx context.Context, addr string) ([]string, error) {
+func (s *ctxSource) Lookup(ctx context.Context, addr string) ([]Match, error) {
 	s.seen = append(s.seen, ctx.Value(ctxKey{}))
 	return s.fakeSource.Lookup(ctx, addr)
 }

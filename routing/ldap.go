@@ -172,7 +172,7 @@ func (s *LDAPSource) release(c *ldap.Conn) {
 // Lookup searches for addr. A failed search is retried once on a fresh
 // connection (the pooled one may have been dropped by the server), as
 // Postfix's ldap table reconnects once after a failure.
-func (s *LDAPSource) Lookup(ctx context.Context, addr string) ([]string, error) {
+func (s *LDAPSource) Lookup(ctx context.Context, addr string) ([]Match, error) {
 	filter := BuildFilter(s.cfg.Filter, addr)
 	attrs := append([]string{}, s.cfg.Schema.ResultAttributes...)
 	if s.cfg.Schema.FallbackAttribute != "" {
@@ -219,10 +219,10 @@ func (s *LDAPSource) Lookup(ctx context.Context, addr string) ([]string, error) 
 	return nil, fmt.Errorf("%w: %v", ErrUnavailable, lastErr)
 }
 
-func (s *LDAPSource) results(res *ldap.SearchResult) []string {
-	var out []string
+func (s *LDAPSource) results(res *ldap.SearchResult) []Match {
+	var out []Match
 	for _, e := range res.Entries {
-		out = append(out, s.cfg.Schema.results(e.GetEqualFoldAttributeValues)...)
+		out = append(out, s.cfg.Schema.results("ldap", e.DN, e.GetEqualFoldAttributeValues)...)
 	}
 	return out
 }

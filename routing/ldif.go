@@ -139,13 +139,17 @@ var MailRecipientSchema = Schema{
 }
 
 // results applies the schema's result rules to one matching entry.
-func (s Schema) results(attrs func(name string) []string) []string {
-	var out []string
+func (s Schema) results(source, dn string, attrs func(name string) []string) []Match {
+	var out []Match
 	for _, a := range s.ResultAttributes {
-		out = append(out, attrs(a)...)
+		for _, v := range attrs(a) {
+			out = append(out, Match{Value: v, Source: source, DN: dn, Attribute: a})
+		}
 	}
 	if len(out) == 0 && s.FallbackAttribute != "" {
-		out = attrs(s.FallbackAttribute)
+		for _, v := range attrs(s.FallbackAttribute) {
+			out = append(out, Match{Value: v, Source: source, DN: dn, Attribute: s.FallbackAttribute})
+		}
 	}
 	return out
 }
@@ -260,12 +264,16 @@ func (s *LDIFSource) maybeReload() {
 }
 
 // Lookup returns the result values of every entry matching addr.
-func (s *LDIFSource) Lookup(_ context.Context, addr string) ([]string, error) {
+func (s *LDIFSource) Lookup(_ context.Context, addr string) ([]Match, error) {
 	s.maybeReload()
 	idx := *s.index.Load()
-	var out []string
+	name := "ldif (embedded seed)"
+	if s.path != "" {
+		name = "ldif " + s.path
+	}
+	var out []Match
 	for _, e := range idx[strings.ToLower(addr)] {
-		out = append(out, s.schema.results(func(n string) []string { return e.Attrs[strings.ToLower(n)] })...)
+		out = append(out, s.schema.results(name, e.DN, func(n string) []string { return e.Attrs[strings.ToLower(n)] })...)
 	}
 	return out, nil
 }

@@ -3,15 +3,72 @@ package routing
 import (
 	"context"
 	"errors"
+	"strings"
 )
 
 // ErrUnavailable marks a temporary failure of a directory source (down,
 // timing out, refusing us). Callers answer 4xx for it, never 5xx.
 var ErrUnavailable = errors.New("directory unavailable")
 
-// Source is one directory. Lookup returns what addr rewrites to; an empty
-// result with a nil error means addr is not in the directory. A Source that
-// cannot answer returns an error wrapping ErrUnavailable.
+// Match is one value a source returned for a key, and where it came from
+// (for `mailfwd lookup -v`).
+type Match struct {
+	Value     string
+	Source    string // "ldap ldap://host", "ldif FILE", "static"
+	DN        string
+	Attribute string
+}
+
+// Source is one directory. Lookup returns what key rewrites to; no matches
+// and a nil error mean key is not in the directory. A Source that cannot
+// answer returns an error wrapping ErrUnavailable.
 type Source interface {
-	Lookup(ctx context.Context, addr string) ([]string, error)
+	Lookup(ctx context.Context, key string) ([]Match, error)
+}
+
+// Values returns the values of ms.
+func Values(ms []Match) []string {
+	out := make([]string, len(ms))
+	for i, m := range ms {
+		out[i] = m.Value
+	}
+	return out
+}
+
+// Chain consults sources in order for each key and returns the first
+// non-empty answer, as Postfix does with a list of maps
+// (virtual_alias_maps = a, b). An error stops the search: skipping an
+// unavailable source could route mail by a lower-priority answer.
+type Chain []Source
+
+// Lookup implements Source.
+func (c Chain) Lookup(ctx context.Context, key string) ([]Match, error) {
+	for _, s := range c {
+		ms, err := s.Lookup(ctx, key)
+		if err != nil || len(ms) > 0 {
+			return ms, err
+		}
+	}
+	return nil, nil
+}
+
+// DomainRewrites is a static source answering "@old.example" with
+// "@new.example": a whole-domain migration without a directory entry. Keys
+// are compared in lower-case A-label form.
+type DomainRewrites map[string]string
+
+// Lookup implements Source.
+func (d DomainRewrites) Lookup(_ context.Context, key string) ([]Match, error) {
+	dom, ok := strings.CutPrefix(key, "@")
+	if !ok {
+		return nil, nil
+	}
+	n, err := NormalizeDomain(dom)
+	if err != nil {
+		return nil, nil
+	}
+	if to, ok := d[n]; ok {
+		return []Match{{Value: "@" + to, Source: "domain_rewrites", Attribute: n}}, nil
+	}
+	return nil, nil
 }
