@@ -37,6 +37,7 @@ type Config struct {
 	LookupTimeout  time.Duration `yaml:"lookup_timeout"`
 	MaxMessageSize int64         `yaml:"max_message_size"`
 	MaxRecipients  int           `yaml:"max_recipients"`
+	Routing        Routing       `yaml:"routing"`
 	Directory      Directory     `yaml:"directory"`
 	Delivery       Delivery      `yaml:"delivery"`
 	Log            Log           `yaml:"log"`
@@ -45,10 +46,39 @@ type Config struct {
 	dir string
 }
 
-// Directory selects exactly one source.
+// Routing is how addresses are expanded (Postfix's virtual alias rules).
+type Routing struct {
+	// RecipientDelimiter: characters that start an address extension
+	// (user+ext@domain). Default "+"; "none" turns extensions off.
+	RecipientDelimiter string `yaml:"recipient_delimiter"`
+	// CatchAll enables "@domain" directory lookups. Off by default: a
+	// catch-all makes every address of the domain valid.
+	CatchAll *bool `yaml:"catch_all"`
+	// PropagateUnmatchedExtensions appends an extension that was removed
+	// to find a match to the results (Postfix's default: yes).
+	PropagateUnmatchedExtensions *bool `yaml:"propagate_unmatched_extensions"`
+	// DomainRewrites maps a whole domain to another without directory
+	// entries (old.example: new.example), consulted after the directory.
+	DomainRewrites     map[string]string `yaml:"domain_rewrites"`
+	RecursionLimit     int               `yaml:"recursion_limit"`
+	ExpansionLimit     int               `yaml:"expansion_limit"`
+	AddressLengthLimit int               `yaml:"address_length_limit"`
+}
+
+// Directory selects exactly one source, and its cache.
 type Directory struct {
 	LDIF *LDIF `yaml:"ldif"`
 	LDAP *LDAP `yaml:"ldap"`
+	// PostfixMap is an existing Postfix ldap_table(5) file, read unchanged.
+	PostfixMap string `yaml:"postfix_map"`
+	Cache      Cache  `yaml:"cache"`
+}
+
+// Cache bounds how long directory answers are reused.
+type Cache struct {
+	PositiveTTL *time.Duration `yaml:"positive_ttl"` // default 60s; 0 disables
+	NegativeTTL *time.Duration `yaml:"negative_ttl"` // default 10s
+	Size        int            `yaml:"size"`         // keys kept, default 10000
 }
 
 // LDIF is a directory held in an LDIF file.
@@ -182,6 +212,38 @@ func (c *Config) setDefaults() {
 			l.PoolSize = 8
 		}
 	}
+	r := &c.Routing
+	if r.RecipientDelimiter == "" {
+		r.RecipientDelimiter = "+"
+	}
+	if r.CatchAll == nil {
+		r.CatchAll = new(bool)
+	}
+	if r.PropagateUnmatchedExtensions == nil {
+		t := true
+		r.PropagateUnmatchedExtensions = &t
+	}
+	if r.RecursionLimit == 0 {
+		r.RecursionLimit = 1000
+	}
+	if r.ExpansionLimit == 0 {
+		r.ExpansionLimit = 1000
+	}
+	if r.AddressLengthLimit == 0 {
+		r.AddressLengthLimit = 1000
+	}
+	ca := &c.Directory.Cache
+	if ca.PositiveTTL == nil {
+		d := 60 * time.Second
+		ca.PositiveTTL = &d
+	}
+	if ca.NegativeTTL == nil {
+		d := 10 * time.Second
+		ca.NegativeTTL = &d
+	}
+	if ca.Size == 0 {
+		ca.Size = 10000
+	}
 	d := &c.Delivery
 	if d.Workers == 0 {
 		d.Workers = 16
@@ -219,11 +281,31 @@ func (c *Config) validate() error {
 			bad("relay_domains: %v", err)
 		}
 	}
+	sources := 0
+	for _, set := range []bool{c.Directory.LDIF != nil, c.Directory.LDAP != nil, c.Directory.PostfixMap != ""} {
+		if set {
+			sources++
+		}
+	}
 	switch {
-	case c.Directory.LDIF == nil && c.Directory.LDAP == nil:
-		bad("directory: configure one source, ldif or ldap (an ldif source with no settings is written `ldif: {}`)")
-	case c.Directory.LDIF != nil && c.Directory.LDAP != nil:
-		bad("directory: configure one source, not both ldif and ldap")
+	case sources == 0:
+		bad("directory: configure one source, ldif, ldap or postfix_map (an ldif source with no settings is written `ldif: {}`)")
+	case sources > 1:
+		bad("directory: configure one source, not several of ldif, ldap and postfix_map")
+	}
+	for from, to := range c.Routing.DomainRewrites {
+		if _, err := routing.NormalizeDomain(from); err != nil {
+			bad("routing.domain_rewrites: %v", err)
+		}
+		if _, err := routing.NormalizeDomain(to); err != nil {
+			bad("routing.domain_rewrites: %v", err)
+		}
+	}
+	if c.Routing.RecursionLimit < 0 || c.Routing.ExpansionLimit < 0 || c.Routing.AddressLengthLimit < 0 {
+		bad("routing: limits must be positive")
+	}
+	if *c.Directory.Cache.PositiveTTL < 0 || *c.Directory.Cache.NegativeTTL < 0 || c.Directory.Cache.Size < 0 {
+		bad("directory.cache: TTLs and size must not be negative")
 	}
 	if l := c.Directory.LDAP; l != nil {
 		if len(l.Servers) == 0 {
@@ -266,6 +348,30 @@ func (c *Config) validate() error {
 		bad("log.format: %q: want text or json", c.Log.Format)
 	}
 	return errors.Join(errs...)
+}
+
+// Delimiter is the recipient delimiter in effect ("" for none).
+func (r *Routing) Delimiter() string {
+	if r.RecipientDelimiter == "none" {
+		return ""
+	}
+	return r.RecipientDelimiter
+}
+
+// Limits are the expansion limits.
+func (r *Routing) Limits() routing.Limits {
+	return routing.Limits{Recursion: r.RecursionLimit, Expansion: r.ExpansionLimit, AddressLength: r.AddressLengthLimit}
+}
+
+// Rewrites returns the domain rewrites in A-label form (validated).
+func (r *Routing) Rewrites() routing.DomainRewrites {
+	out := routing.DomainRewrites{}
+	for from, to := range r.DomainRewrites {
+		f, _ := routing.NormalizeDomain(from)
+		t, _ := routing.NormalizeDomain(to)
+		out[f] = t
+	}
+	return out
 }
 
 // Path resolves a path from the config against the config's directory.

@@ -58,6 +58,9 @@ type Expander struct {
 	// KeepExtension is propagate_unmatched_extensions: an extension
 	// removed to find a match is appended to every result.
 	KeepExtension bool
+	// Rewrites are static whole-domain rewrites, tried last (after any
+	// catch-all), whether or not catch-all lookups are on.
+	Rewrites DomainRewrites
 }
 
 // Step is one lookup of an expansion, for `mailfwd lookup -v`.
@@ -102,6 +105,9 @@ func (e *Expander) Trace(ctx context.Context, addr string) (*Expansion, error) {
 func (e *Expander) expand(ctx context.Context, addr string, trace bool) (*Expansion, error) {
 	lim := e.Limits.withDefaults()
 	x := &Expansion{}
+	// Unnecessary quoting goes ("john"@x is john@x), as in Postfix, whose
+	// cleanup works on the unquoted form.
+	addr = canonical(addr)
 	list := []string{addr}
 	depths := []int{0}
 	final := map[string]bool{} // addresses that expanded into themselves
@@ -191,6 +197,11 @@ func (e *Expander) mapOne(ctx context.Context, addr string) (key string, matches
 	if !ok && err == nil && e.CatchAll && qualified {
 		// A catch-all match removes no extension, so none is propagated.
 		ok, err = try("@" + domain)
+	}
+	if !ok && err == nil && len(e.Rewrites) > 0 && qualified {
+		if ms, _ := e.Rewrites.Lookup(ctx, "@"+domain); len(ms) > 0 {
+			key, matches, ok = "@"+domain, ms, true
+		}
 	}
 	if err != nil || !ok {
 		return "", nil, nil, err

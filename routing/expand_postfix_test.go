@@ -82,8 +82,8 @@ func TestExpandPostfixRules(t *testing.T) {
 // Static domain rewrites work without any directory entry, after the
 // directory (a specific entry wins).
 func TestExpandDomainRewrites(t *testing.T) {
-	src := Chain{newFake(map[string][]string{"kept@old.test": {"special@t.test"}}), DomainRewrites{"old.test": "new.test"}}
-	e := &Expander{Source: src, Delimiter: "+", CatchAll: true, KeepExtension: true}
+	src := newFake(map[string][]string{"kept@old.test": {"special@t.test"}})
+	e := &Expander{Source: src, Delimiter: "+", KeepExtension: true, Rewrites: DomainRewrites{"old.test": "new.test"}}
 	for addr, want := range map[string]string{
 		"a.b@old.test":   "a.b@new.test",
 		"A.B+x@OLD.test": "A.B+x@new.test",

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -33,14 +34,38 @@ type LDAPConfig struct {
 	// PoolSize bounds the idle connections kept; searches beyond it dial.
 	PoolSize  int
 	SizeLimit int
+
+	// Scope is "sub" (the default when empty), "one" or "base".
+	Scope string
+	// Deref is when to dereference aliases, as RFC 4511 numbers it
+	// (ldap.NeverDerefAliases … ldap.DerefAlways); 0, never, by default.
+	Deref int
+	// CADir is a directory of PEM CA certificates (every readable file in
+	// it is loaded), in addition to CAFile.
+	CADir string
+	// CertFile and KeyFile are a client certificate for TLS.
+	CertFile, KeyFile string
+
+	// Table, when set, gives the source Postfix ldap_table(5) semantics
+	// (see LDAPTable): Base and Filter are then Postfix templates and
+	// Schema is not used.
+	Table *LDAPTable
 }
 
 // LDAPSource looks addresses up in an LDAP directory such as 389-DS.
 type LDAPSource struct {
-	cfg  LDAPConfig
-	tls  *tls.Config
-	log  *slog.Logger
-	idle chan *ldap.Conn
+	cfg   LDAPConfig
+	tls   *tls.Config
+	log   *slog.Logger
+	idle  chan *ldapConn
+	scope int
+	table *compiledTable // nil unless cfg.Table is set
+}
+
+// ldapConn is a connection and the server URL it goes to (for Match.Source).
+type ldapConn struct {
+	*ldap.Conn
+	url string
 }
 
 // NewLDAPSource checks cfg; it does not connect, so a directory that is
@@ -54,8 +79,30 @@ func NewLDAPSource(cfg LDAPConfig, log *slog.Logger) (*LDAPSource, error) {
 			return nil, fmt.Errorf("ldap: URL %q: want ldap:// or ldaps://", u)
 		}
 	}
-	if cfg.Filter == "" || !strings.Contains(cfg.Filter, "%") {
+	var table *compiledTable
+	if cfg.Table != nil {
+		// Postfix only warns about a filter without expansions (the
+		// caller does too): a fixed filter is legal there.
+		t, err := compileTable(cfg.Base, cfg.Filter, *cfg.Table)
+		if err != nil {
+			return nil, fmt.Errorf("ldap: %w", err)
+		}
+		table = t
+	} else if cfg.Filter == "" || !strings.Contains(cfg.Filter, "%") {
 		return nil, fmt.Errorf("ldap: query filter %q has no %%s, %%u or %%d", cfg.Filter)
+	}
+	scope := ldap.ScopeWholeSubtree
+	switch cfg.Scope {
+	case "", "sub":
+	case "one":
+		scope = ldap.ScopeSingleLevel
+	case "base":
+		scope = ldap.ScopeBaseObject
+	default:
+		return nil, fmt.Errorf("ldap: scope %q: want sub, one or base", cfg.Scope)
+	}
+	if cfg.Deref < ldap.NeverDerefAliases || cfg.Deref > ldap.DerefAlways {
+		return nil, fmt.Errorf("ldap: dereference %d: want 0 to 3", cfg.Deref)
 	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 5 * time.Second
@@ -78,7 +125,50 @@ func NewLDAPSource(cfg LDAPConfig, log *slog.Logger) (*LDAPSource, error) {
 		}
 		tc.RootCAs = pool
 	}
-	return &LDAPSource{cfg: cfg, tls: tc, log: log, idle: make(chan *ldap.Conn, cfg.PoolSize)}, nil
+	if cfg.CADir != "" {
+		if err := addCADir(tc, cfg.CADir); err != nil {
+			return nil, fmt.Errorf("ldap: CA directory: %w", err)
+		}
+	}
+	if cfg.CertFile != "" || cfg.KeyFile != "" {
+		if cfg.CertFile == "" || cfg.KeyFile == "" {
+			return nil, errors.New("ldap: a client certificate needs both a certificate and a key file")
+		}
+		cert, err := tls.LoadX509KeyPair(cfg.CertFile, cfg.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("ldap: client certificate: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	return &LDAPSource{cfg: cfg, tls: tc, log: log, idle: make(chan *ldapConn, cfg.PoolSize), scope: scope, table: table}, nil
+}
+
+// addCADir adds every PEM file of dir to tc's roots, as OpenLDAP's
+// TLS_CACERTDIR does with its hashed links (which are PEM files too).
+func addCADir(tc *tls.Config, dir string) error {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	pool := tc.RootCAs
+	if pool == nil {
+		pool = x509.NewCertPool()
+	}
+	n := 0
+	for _, e := range ents {
+		if e.IsDir() {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err == nil && pool.AppendCertsFromPEM(b) {
+			n++
+		}
+	}
+	if n == 0 {
+		return fmt.Errorf("%s holds no PEM certificate", dir)
+	}
+	tc.RootCAs = pool
+	return nil
 }
 
 // BuildFilter expands a filter template for addr, escaping every value so
@@ -113,7 +203,7 @@ func BuildFilter(template, addr string) string {
 	return b.String()
 }
 
-func (s *LDAPSource) dial(url string) (*ldap.Conn, error) {
+func (s *LDAPSource) dial(url string) (*ldapConn, error) {
 	d := &net.Dialer{Timeout: s.cfg.Timeout}
 	c, err := ldap.DialURL(url, ldap.DialWithDialer(d), ldap.DialWithTLSConfig(s.tls))
 	if err != nil {
@@ -132,36 +222,25 @@ func (s *LDAPSource) dial(url string) (*ldap.Conn, error) {
 			return nil, fmt.Errorf("bind as %s: %w", s.cfg.BindDN, err)
 		}
 	}
-	return c, nil
+	return &ldapConn{Conn: c, url: url}, nil
 }
 
-// conn returns an idle connection or dials the servers in order.
-func (s *LDAPSource) conn() (*ldap.Conn, error) {
+// pooled returns an idle connection, or nil.
+func (s *LDAPSource) pooled() *ldapConn {
 	for {
 		select {
 		case c := <-s.idle:
 			if !c.IsClosing() {
-				return c, nil
+				return c
 			}
 			c.Close()
-			continue
 		default:
+			return nil
 		}
-		break
 	}
-	var errs []error
-	for _, u := range s.cfg.URLs {
-		c, err := s.dial(u)
-		if err == nil {
-			return c, nil
-		}
-		s.log.Warn("ldap server unusable", "url", u, "err", err)
-		errs = append(errs, fmt.Errorf("%s: %w", u, err))
-	}
-	return nil, errors.Join(errs...)
 }
 
-func (s *LDAPSource) release(c *ldap.Conn) {
+func (s *LDAPSource) release(c *ldapConn) {
 	select {
 	case s.idle <- c:
 	default:
@@ -169,15 +248,60 @@ func (s *LDAPSource) release(c *ldap.Conn) {
 	}
 }
 
-// Lookup searches for addr. A failed search is retried once on a fresh
-// connection (the pooled one may have been dropped by the server), as
-// Postfix's ldap table reconnects once after a failure.
-func (s *LDAPSource) Lookup(ctx context.Context, addr string) ([]Match, error) {
-	filter := BuildFilter(s.cfg.Filter, addr)
-	attrs := append([]string{}, s.cfg.Schema.ResultAttributes...)
-	if s.cfg.Schema.FallbackAttribute != "" {
-		attrs = append(attrs, s.cfg.Schema.FallbackAttribute)
+// errFinal marks a search error that another connection or server would
+// only repeat (a limit, a missing static base): run returns it at once.
+type errFinal struct{ error }
+
+func (e errFinal) Unwrap() error { return e.error }
+
+// run calls search on a connection: a pooled one if there is one, else
+// fresh connections to the servers in order. A failure on a pooled
+// connection (which the server may have dropped) is followed by a fresh
+// connection, starting again with the first server as Postfix's ldap table
+// reconnects once; a failure on a fresh connection moves on to the next
+// server, so a down first server costs at most one dial timeout.
+func (s *LDAPSource) run(ctx context.Context, search func(*ldapConn) ([]Match, error)) ([]Match, error) {
+	var errs []error
+	try := func(c *ldapConn) ([]Match, bool, error) {
+		ms, err := search(c)
+		if err == nil {
+			s.release(c)
+			return ms, true, nil
+		}
+		c.Close()
+		var fe errFinal
+		if errors.As(err, &fe) {
+			return nil, true, fe.error
+		}
+		s.log.Warn("ldap search failed", "url", c.url, "err", err)
+		errs = append(errs, fmt.Errorf("%s: %w", c.url, err))
+		return nil, false, nil
 	}
+	if c := s.pooled(); c != nil {
+		if ms, done, err := try(c); done {
+			return ms, err
+		}
+	}
+	for _, u := range s.cfg.URLs {
+		if err := ctx.Err(); err != nil {
+			errs = append(errs, err)
+			break
+		}
+		c, err := s.dial(u)
+		if err != nil {
+			s.log.Warn("ldap server unusable", "url", u, "err", err)
+			errs = append(errs, fmt.Errorf("%s: %w", u, err))
+			continue
+		}
+		if ms, done, err := try(c); done {
+			return ms, err
+		}
+	}
+	return nil, fmt.Errorf("%w: %w", ErrUnavailable, errors.Join(errs...))
+}
+
+// searchTimeout is the configured timeout, shortened to ctx's deadline.
+func (s *LDAPSource) searchTimeout(ctx context.Context) (time.Duration, int) {
 	timeout := s.cfg.Timeout
 	if dl, ok := ctx.Deadline(); ok {
 		if d := time.Until(dl); d < timeout {
@@ -188,43 +312,53 @@ func (s *LDAPSource) Lookup(ctx context.Context, addr string) ([]Match, error) {
 	if secs < 1 {
 		secs = 1
 	}
-	req := ldap.NewSearchRequest(s.cfg.Base, ldap.ScopeWholeSubtree, ldap.NeverDerefAliases,
-		s.cfg.SizeLimit, secs, false, filter, attrs, nil)
-	var lastErr error
-	for attempt := 0; attempt < 2; attempt++ {
-		if err := ctx.Err(); err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
-		}
-		c, err := s.conn()
-		if err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
-		}
-		c.SetTimeout(timeout)
-		res, err := c.Search(req)
-		if err == nil {
-			s.release(c)
-			return s.results(res), nil
-		}
-		c.Close()
-		lastErr = err
-		if ldap.IsErrorWithCode(err, ldap.LDAPResultNoSuchObject) {
-			// A missing search base is a configuration error; answering
-			// "unknown user" for it would bounce every message.
-			return nil, fmt.Errorf("%w: search base %q: %v", ErrUnavailable, s.cfg.Base, err)
-		}
-		if ldap.IsErrorWithCode(err, ldap.LDAPResultSizeLimitExceeded) {
-			return nil, fmt.Errorf("%w: %s matches more than %d entries", ErrExpansionLimit, addr, s.cfg.SizeLimit)
-		}
-	}
-	return nil, fmt.Errorf("%w: %v", ErrUnavailable, lastErr)
+	return timeout, secs
 }
 
-func (s *LDAPSource) results(res *ldap.SearchResult) []Match {
-	var out []Match
-	for _, e := range res.Entries {
-		out = append(out, s.cfg.Schema.results("ldap", e.DN, e.GetEqualFoldAttributeValues)...)
+// Lookup searches for addr.
+func (s *LDAPSource) Lookup(ctx context.Context, addr string) ([]Match, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
-	return out
+	if s.table != nil {
+		return s.tableLookup(ctx, addr)
+	}
+	filter := BuildFilter(s.cfg.Filter, addr)
+	attrs := append([]string{}, s.cfg.Schema.ResultAttributes...)
+	if s.cfg.Schema.FallbackAttribute != "" {
+		attrs = append(attrs, s.cfg.Schema.FallbackAttribute)
+	}
+	timeout, secs := s.searchTimeout(ctx)
+	req := ldap.NewSearchRequest(s.cfg.Base, s.scope, s.cfg.Deref,
+		s.cfg.SizeLimit, secs, false, filter, attrs, nil)
+	return s.run(ctx, func(c *ldapConn) ([]Match, error) {
+		c.SetTimeout(timeout)
+		res, err := c.Search(req)
+		if err != nil {
+			return nil, s.searchError(err, addr, s.cfg.Base, false)
+		}
+		var out []Match
+		for _, e := range res.Entries {
+			out = append(out, s.cfg.Schema.results("ldap "+c.url, e.DN, e.GetEqualFoldAttributeValues)...)
+		}
+		return out, nil
+	})
+}
+
+// searchError classifies a failed search: the errors no other server
+// would answer differently are final.
+func (s *LDAPSource) searchError(err error, addr, base string, nested bool) error {
+	switch {
+	case ldap.IsErrorWithCode(err, ldap.LDAPResultNoSuchObject) && !nested:
+		// A missing search base is a configuration error; answering
+		// "unknown user" for it would bounce every message.
+		return errFinal{fmt.Errorf("%w: search base %q: %w", ErrUnavailable, base, err)}
+	case ldap.IsErrorWithCode(err, ldap.LDAPResultSizeLimitExceeded):
+		return errFinal{fmt.Errorf("%w: %s matches more than %d entries", ErrExpansionLimit, addr, s.cfg.SizeLimit)}
+	case ldap.IsErrorWithCode(err, ldap.ErrorFilterCompile), ldap.IsErrorWithCode(err, ldap.LDAPResultInvalidDNSyntax):
+		return errFinal{fmt.Errorf("%w: %w", ErrUnavailable, err)}
+	}
+	return err
 }
 
 // Close drops the idle connections.

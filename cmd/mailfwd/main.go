@@ -4,9 +4,11 @@
 //	mailfwd check-config [-config FILE]  validate a config file and exit
 //	mailfwd sink [-listen ADDR] [-dir D] a tiny SMTP server printing what it receives (demo next hop)
 //	mailfwd send [-server ADDR] -to A    send one test message
+//	mailfwd lookup [-v] [-json] ADDRESS  where mail for ADDRESS goes
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 )
@@ -18,6 +20,8 @@ commands:
   check-config  validate a config file (-config FILE) and exit non-zero on error
   sink          a minimal SMTP server that prints each message it receives
   send          send one test message through an SMTP server
+  lookup        show where mail for an address goes (-config FILE | -postfix-map FILE.cf)
+  srs           SRS-rewrite a sender or decode a bounce address (forward|reverse -secrets FILE -domain D)
 
 "mailfwd <command> -h" shows a command's flags.
 `
@@ -38,6 +42,10 @@ func main() {
 		err = sink(args)
 	case "send":
 		err = send(args)
+	case "lookup":
+		err = lookup(args, os.Stdout, os.Stderr)
+	case "srs":
+		err = srsCommand(args)
 	case "-h", "-help", "--help", "help":
 		fmt.Print(usage)
 		return
@@ -45,7 +53,14 @@ func main() {
 		fmt.Fprintf(os.Stderr, "mailfwd: unknown command %q\n\n%s", os.Args[1], usage)
 		os.Exit(2)
 	}
-	if err != nil {
+	var ee errExit
+	switch {
+	case errors.As(err, &ee):
+		if ee.msg != "" {
+			fmt.Fprintf(os.Stderr, "mailfwd %s: %s\n", os.Args[1], ee.msg)
+		}
+		os.Exit(ee.code)
+	case err != nil:
 		fmt.Fprintf(os.Stderr, "mailfwd %s: %v\n", os.Args[1], err)
 		os.Exit(1)
 	}

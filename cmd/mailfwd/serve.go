@@ -66,6 +66,8 @@ func newLogger(c *config.Config) *slog.Logger {
 
 func newSource(c *config.Config, log *slog.Logger) (routing.Source, error) {
 	switch {
+	case c.Directory.PostfixMap != "":
+		return postfixMapSource(c.Path(c.Directory.PostfixMap), log)
 	case c.Directory.LDAP != nil:
 		lc, err := c.Directory.LDAP.LDAPConfig(c)
 		if err != nil {
@@ -79,6 +81,25 @@ func newSource(c *config.Config, log *slog.Logger) (routing.Source, error) {
 	}
 }
 
+// newExpander is the routing of a config: its directory behind a cache,
+// then the static domain rewrites, expanded with the configured rules.
+// Serve and lookup share it, so `mailfwd lookup` answers what the relay does.
+func newExpander(c *config.Config, log *slog.Logger) (*routing.Expander, *routing.Cache, error) {
+	src, err := newSource(c, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	ca := c.Directory.Cache
+	cache := routing.NewCache(src, *ca.PositiveTTL, *ca.NegativeTTL, ca.Size)
+	// A Postfix map is expanded exactly as Postfix would: catch-all lookups
+	// are part of virtual_alias_maps.
+	catchAll := *c.Routing.CatchAll || c.Directory.PostfixMap != ""
+	return &routing.Expander{
+		Source: cache, Limits: c.Routing.Limits(), Delimiter: c.Routing.Delimiter(),
+		CatchAll: catchAll, KeepExtension: *c.Routing.PropagateUnmatchedExtensions, Rewrites: c.Routing.Rewrites(),
+	}, cache, nil
+}
+
 func serve(args []string) error {
 	c, name, err := loadConfig(flag.NewFlagSet("serve", flag.ContinueOnError), args)
 	if err != nil {
@@ -86,7 +107,7 @@ func serve(args []string) error {
 	}
 	log := newLogger(c)
 	slog.SetDefault(log)
-	src, err := newSource(c, log)
+	exp, _, err := newExpander(c, log)
 	if err != nil {
 		return err
 	}
@@ -101,7 +122,6 @@ func serve(args []string) error {
 		Spool: spool, Hop: hop, Workers: c.Delivery.Workers, Log: log, Hostname: c.Hostname,
 		Retry: queue.Retry{Min: c.Delivery.RetryMin, Max: c.Delivery.RetryMax},
 	}
-	exp := &routing.Expander{Source: src, Limits: routing.DefaultLimits}
 	be, err := relay.NewBackend(relay.Config{
 		Hostname: c.Hostname, RelayDomains: c.RelayDomains, LookupTimeout: c.LookupTimeout,
 		MaxRecipients: c.MaxRecipients, MaxSize: c.MaxMessageSize, FirstRetry: c.Delivery.RetryMin,

@@ -1,11 +1,11 @@
 #!/bin/sh
 # Install the Debian packages the end-to-end suite needs (real 389-DS, OpenLDAP
-# client tools, a throwaway Postfix with smtp-sink, swaks, NSS tools, openssl).
+# slapd and client tools, a throwaway Postfix with smtp-sink, swaks, NSS tools, openssl).
 # Idempotent: when every package is already installed it exits at once.
 # Needs root (or sudo without a password); never reads stdin.
 set -eu
 
-PKGS="389-ds-base ldap-utils postfix postfix-ldap swaks libnss3-tools openssl ca-certificates"
+PKGS="389-ds-base slapd ldap-utils postfix postfix-ldap swaks libnss3-tools openssl ca-certificates"
 
 die() { echo "install-deps: $*" >&2; exit 1; }
 
@@ -28,6 +28,9 @@ export DEBIAN_FRONTEND=noninteractive
 # Postfix must not ask which mail setup to use: we never use the system instance.
 echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
 echo "postfix postfix/mailname string postfix.test" | $SUDO debconf-set-selections
+# slapd: no system database and no /etc/ldap/slapd.d, so the Debian service has
+# nothing to start (its init script only warns); start-slapd.sh runs its own.
+echo "slapd slapd/no_configuration boolean true" | $SUDO debconf-set-selections
 $SUDO apt-get update >&2 </dev/null || die "apt-get update failed"
 # shellcheck disable=SC2086
 $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \

@@ -15,6 +15,11 @@
 #   DS_SUFFIX=dc=example,dc=net   DS_ROOT_PW=mailfwd-dm-secret
 #   DS_SEED=<repo>/deploy/seed.ldif ("none" = empty suffix)
 #   DS_ACL=<this dir>/acl-389ds.ldif
+#   DS_EXTRA_LDIF=   space-separated LDIF files loaded after the seed and aci with
+#                    "ldapmodify -a" as Directory Manager: plain entries are added,
+#                    "changetype: modify" records (e.g. an aci) are applied. Each file
+#                    is loaded once per instance (by content hash), also when it is
+#                    named only on a later start of a kept instance.
 #   DS_DB_LIB=mdb|bdb   mdb (default) stops in ~0.3 s, bdb in ~2 s
 #   DS_USER=<invoking user>  (as root, DS_USER=dirsrv works too: tree is chowned)
 #   DS_START_TIMEOUT=60
@@ -33,6 +38,7 @@ ROOT_DN='cn=Directory Manager'
 ROOT_PW=${DS_ROOT_PW:-mailfwd-dm-secret}
 SEED=${DS_SEED:-$HERE/../../deploy/seed.ldif}
 ACL=${DS_ACL:-$HERE/acl-389ds.ldif}
+EXTRA=${DS_EXTRA_LDIF:-}
 DB_LIB=${DS_DB_LIB:-mdb}
 RUN_AS=${DS_USER:-$(id -un)}
 TIMEOUT=${DS_START_TIMEOUT:-60}
@@ -40,13 +46,14 @@ MARK=$D/.mailfwd-389ds             # marks a tree this script may delete
 
 die() { echo "start-389ds: $*" >&2; exit 1; }
 show() { for f in "$@"; do [ ! -s "$f" ] || { echo "--- $f" >&2; tail -n 15 "$f" >&2; }; done; return 0; }
-for b in /usr/sbin/ns-slapd pwdhash certutil pk12util openssl ldapsearch ldapmodify; do
+for b in /usr/sbin/ns-slapd pwdhash certutil pk12util openssl ldapsearch ldapmodify sha256sum; do
     command -v "$b" >/dev/null 2>&1 ||
         die "missing $b (run e2e/scripts/install-deps.sh: 389-ds-base ldap-utils libnss3-tools openssl)"
 done
 case $D in /*) ;; *) die "DS_DIR must be absolute: $D" ;; esac
 case $DB_LIB in bdb|mdb) ;; *) die "DS_DB_LIB must be bdb or mdb" ;; esac
 [ "$SEED" = none ] || [ -r "$SEED" ] || die "seed LDIF not readable: $SEED (DS_SEED)"
+for f in $EXTRA; do [ -r "$f" ] || die "extra LDIF not readable: $f (DS_EXTRA_LDIF)"; done
 
 # alive PID: exists and is not a zombie. PID 1 of a container may reap orphans
 # late or never, and kill -0 (and ns-slapd's own lock check) see zombies as alive.
@@ -109,6 +116,17 @@ start_server() {
 ldapdm() { # ldapadd/ldapmodify as Directory Manager over loopback
     "$@" -x -H "ldap://127.0.0.1:$PORT" -D "$ROOT_DN" -w "$ROOT_PW" >/dev/null ||
         { show "$LOG_DIR/errors"; die "$1 failed (log: $LOG_DIR/errors)"; }
+}
+
+# load_extra: every $DS_EXTRA_LDIF file this instance has not loaded yet
+# (remembered by content hash in $D/extra.loaded).
+load_extra() {
+    for f in $EXTRA; do
+        sum=$(sha256sum <"$f" | cut -d' ' -f1)
+        ! grep -qx "$sum" "$D/extra.loaded" 2>/dev/null || continue
+        ldapdm ldapmodify -a -f "$f"
+        echo "$sum" >>"$D/extra.loaded"
+    done
 }
 
 make_tls() {
@@ -223,6 +241,7 @@ if [ -f "$D/instance.env" ]; then
         start_server   # stopped or killed: start again, data kept
     fi
     STARTED=0          # it is up: a later failure (e.g. SIGPIPE) must not stop it
+    load_extra
     print_env
     exit 0
 fi
@@ -241,6 +260,7 @@ if [ "$SEED" != none ]; then
     ldapdm ldapadd -f "$SEED"
     [ ! -f "$ACL" ] || ldapdm ldapmodify -f "$ACL"
 fi
+load_extra
 cat >"$D/instance.env" <<EOF
 PORT='$PORT' TLS_PORT='$TLS_PORT' SUFFIX='$SUFFIX' ROOT_PW='$ROOT_PW'
 EOF

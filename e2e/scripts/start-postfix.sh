@@ -19,6 +19,13 @@
 #   SINK_PORT=10026               next hop for every domain: smtp:[127.0.0.1]:$SINK_PORT
 #   PF_HOSTNAME=postfix.test      myhostname (no DNS needed)
 #   PF_START_TIMEOUT=30
+#   PF_MAIN_EXTRA=                main.cf settings applied last, one "name = value" per
+#                                 line (set with "postconf -e", so they replace the
+#                                 defaults above), e.g. for an alias-expanding oracle:
+#       PF_DIR=/tmp/mailfwd-postfix-alias PF_PORT=10027 PF_MAIN_EXTRA='virtual_alias_maps = ldap:/abs/map.cf
+#       recipient_delimiter = +' e2e/scripts/start-postfix.sh
+#                                 Like the ports, they take effect when $PF_DIR is built;
+#                                 a kept instance keeps its main.cf.
 set -eu
 
 D=${PF_DIR:-/tmp/mailfwd-postfix}
@@ -26,6 +33,7 @@ PORT=${PF_PORT:-10025}
 SINK=${SINK_PORT:-10026}
 HOST=${PF_HOSTNAME:-postfix.test}
 TIMEOUT=${PF_START_TIMEOUT:-30}
+EXTRA=${PF_MAIN_EXTRA:-}
 CONF=$D/etc SPOOL=$D/spool DATA=$D/data LOG=$D/maillog
 MARK=$D/.mailfwd-postfix           # marks a tree this script may delete
 
@@ -170,6 +178,13 @@ smtpd_client_connection_count_limit = 0
 smtpd_client_connection_rate_limit = 0
 delay_warning_time = 0
 EOF
+    if [ -n "$EXTRA" ]; then   # PF_MAIN_EXTRA: replace or add, one setting a line
+        printf '\n# PF_MAIN_EXTRA (start-postfix.sh)\n' >>"$CONF/main.cf"
+        printf '%s\n' "$EXTRA" | while IFS= read -r l; do
+            case $l in '' | '#'*) continue ;; esac
+            postconf -c "$CONF" -e "$l" || exit 1
+        done || die "PF_MAIN_EXTRA: postconf -e failed"
+    fi
     # Only what a relay needs; nothing chrooted (no copies of /etc needed).
     cat >"$CONF/master.cf" <<EOF
 # service type  private unpriv  chroot  wakeup  maxproc command + args
