@@ -376,6 +376,12 @@ func TestRcptRefusals(t *testing.T) {
 		check(t, "nobody-else@company.com", "451 4.3.0") // unknown is not "unknown" while we cannot look
 		// Asked a moment ago: the cache answers while the directory is down.
 		check(t, "sales@company.com", "250")
+		// mailfwd lookup, with the relay's own config: 75 (EX_TEMPFAIL).
+		cmd := exec.Command(binary, "lookup", "-config", filepath.Join(relay.dir, "mailfwd.yaml"), "never.asked@company.com")
+		out, err := cmd.CombinedOutput()
+		if code := cmd.ProcessState.ExitCode(); code != 75 {
+			t.Errorf("mailfwd lookup with the directory down: exit %d (%v), want 75\n%s", code, err, out)
+		}
 	})
 	t.Run("directory back", func(t *testing.T) { check(t, "sales@company.com", "250") })
 }

@@ -267,6 +267,46 @@ func (loopSource) Lookup(_ context.Context, a string) ([]routing.Match, error) {
 	return []routing.Match{{Value: "a@company.com"}}, nil
 }
 
+type mapSource map[string]string
+
+func (m mapSource) Lookup(_ context.Context, k string) ([]routing.Match, error) {
+	if v, ok := m[strings.ToLower(k)]; ok {
+		return []routing.Match{{Value: v}}, nil
+	}
+	return nil, nil
+}
+
+// Relay domains compare in A-label form, whichever form the config and the
+// client use; a look-alike of a relay domain is not one.
+func TestIDNRelayDomains(t *testing.T) {
+	spool, err := queue.OpenSpool(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer spool.Close()
+	src := mapSource{"info@bücher.example": "info@bücher.example", "info@xn--bcher-kva.example": "info@xn--bcher-kva.example"}
+	be, err := NewBackend(Config{Hostname: "relay.test", RelayDomains: []string{"Bücher.Example"}},
+		&routing.Expander{Source: src}, spool, func(*queue.Envelope) {}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := listen(t)
+	srv := be.NewServer()
+	go srv.Serve(l)
+	defer srv.Close()
+	for to, want := range map[string]string{
+		"info@bücher.example":         "250",
+		"info@xn--bcher-kva.example":  "250",
+		"info@BÜCHER.example":         "250",
+		"info@bucher.example":         "554 5.7.1",
+		"info@xn--bcher-kva.example.": "501 5.1.3",
+	} {
+		if got := rcptReply(t, l.Addr().String(), to); !strings.HasPrefix(got, want) {
+			t.Errorf("RCPT TO:<%s> = %q, want %q", to, got, want)
+		}
+	}
+}
+
 func TestRcptReplies(t *testing.T) {
 	tests := []struct {
 		name string
