@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	neturl "net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -211,7 +212,13 @@ func (s *LDAPSource) dial(url string) (*ldapConn, error) {
 	}
 	c.SetTimeout(s.cfg.Timeout)
 	if s.cfg.StartTLS && strings.HasPrefix(url, "ldap://") {
-		if err := c.StartTLS(s.tls); err != nil {
+		// The certificate is checked against the host we dialled, as
+		// DialURL does for ldaps://.
+		tc := s.tls.Clone()
+		if u, perr := neturl.Parse(url); perr == nil && tc.ServerName == "" {
+			tc.ServerName = u.Hostname()
+		}
+		if err := c.StartTLS(tc); err != nil {
 			c.Close()
 			return nil, fmt.Errorf("starttls: %w", err)
 		}
