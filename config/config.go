@@ -30,6 +30,10 @@ type Config struct {
 	// RelayDomains are the domains we accept mail for; anything else is
 	// refused at RCPT with 554 5.7.1.
 	RelayDomains []string `yaml:"relay_domains"`
+	// LocalDomains are also ours (Postfix's own destinations) but not
+	// accepted from clients: mail for them is not an external forward, so
+	// its sender is not SRS-rewritten.
+	LocalDomains []string `yaml:"local_domains"`
 	// SpoolDir holds the queue. Relative paths are relative to the config
 	// file's directory (or the working directory for the embedded default).
 	SpoolDir string `yaml:"spool_dir"`
@@ -38,6 +42,7 @@ type Config struct {
 	MaxMessageSize int64         `yaml:"max_message_size"`
 	MaxRecipients  int           `yaml:"max_recipients"`
 	Routing        Routing       `yaml:"routing"`
+	SRS            *SRS          `yaml:"srs"`
 	Directory      Directory     `yaml:"directory"`
 	Delivery       Delivery      `yaml:"delivery"`
 	Log            Log           `yaml:"log"`
@@ -63,6 +68,21 @@ type Routing struct {
 	RecursionLimit     int               `yaml:"recursion_limit"`
 	ExpansionLimit     int               `yaml:"expansion_limit"`
 	AddressLengthLimit int               `yaml:"address_length_limit"`
+}
+
+// SRS rewrites the sender of external forwards (off when absent).
+type SRS struct {
+	// Domain is the SRS domain: rewritten senders are in it, bounces to it
+	// are decoded. Its MX must point at mailfwd; it must not be a relay domain.
+	Domain string `yaml:"domain"`
+	// SecretsFile holds one secret per line: the first signs, all verify.
+	SecretsFile   string        `yaml:"secrets_file"`
+	Separator     string        `yaml:"separator"` // "=", "+" or "-"
+	HashLength    int           `yaml:"hash_length"`
+	HashMin       int           `yaml:"hash_min"`
+	MaxAgeDays    int           `yaml:"max_age_days"`
+	FailureLimit  int           `yaml:"failure_limit"`  // invalid SRS RCPTs per client per window
+	FailureWindow time.Duration `yaml:"failure_window"` // default 10m
 }
 
 // Directory selects exactly one source, and its cache.
@@ -116,8 +136,11 @@ type LDAP struct {
 
 // Delivery is the queue manager and next hop.
 type Delivery struct {
-	// NextHop is the SMTP server (Postfix) every message is handed to.
-	NextHop        string        `yaml:"next_hop"`
+	// NextHop is the SMTP server (Postfix) that takes mail for our domains.
+	NextHop string `yaml:"next_hop"`
+	// ExternalNextHop takes external forwards (a smarthost, or Postfix
+	// again); default: NextHop.
+	ExternalNextHop string        `yaml:"external_next_hop"`
 	Workers        int           `yaml:"workers"`
 	RetryMin       time.Duration `yaml:"retry_min"`
 	RetryMax       time.Duration `yaml:"retry_max"`
@@ -334,6 +357,35 @@ func (c *Config) validate() error {
 	} else if _, _, err := net.SplitHostPort(c.Delivery.NextHop); err != nil {
 		bad("delivery.next_hop: %q is not host:port", c.Delivery.NextHop)
 	}
+	if h := c.Delivery.ExternalNextHop; h != "" {
+		if _, _, err := net.SplitHostPort(h); err != nil {
+			bad("delivery.external_next_hop: %q is not host:port", h)
+		}
+	}
+	for _, d := range c.LocalDomains {
+		if _, err := routing.NormalizeDomain(d); err != nil {
+			bad("local_domains: %v", err)
+		}
+	}
+	if s := c.SRS; s != nil {
+		if s.Domain == "" {
+			bad("srs.domain is required")
+		} else if d, err := routing.NormalizeDomain(s.Domain); err != nil {
+			bad("srs.domain: %v", err)
+		} else {
+			for _, r := range c.RelayDomains {
+				if n, _ := routing.NormalizeDomain(r); n == d {
+					bad("srs.domain %s is also a relay domain; use a dedicated SRS domain (e.g. srs.%s)", d, d)
+				}
+			}
+		}
+		if s.SecretsFile == "" {
+			bad("srs.secrets_file is required")
+		}
+		if s.Separator != "" && s.Separator != "=" && s.Separator != "+" && s.Separator != "-" {
+			bad("srs.separator: %q: want =, + or -", s.Separator)
+		}
+	}
 	if c.Delivery.RetryMax < c.Delivery.RetryMin {
 		bad("delivery.retry_max (%s) is below retry_min (%s)", c.Delivery.RetryMax, c.Delivery.RetryMin)
 	}
@@ -348,6 +400,22 @@ func (c *Config) validate() error {
 		bad("log.format: %q: want text or json", c.Log.Format)
 	}
 	return errors.Join(errs...)
+}
+
+// Codec builds the SRS rewriter (reads the secrets file).
+func (s *SRS) Codec(c *Config) (*routing.SRS, error) {
+	secrets, err := routing.LoadSRSSecrets(c.Path(s.SecretsFile))
+	if err != nil {
+		return nil, fmt.Errorf("srs.secrets_file: %w", err)
+	}
+	r := &routing.SRS{Secrets: secrets, Domain: s.Domain, HashLength: s.HashLength, HashMin: s.HashMin, MaxAgeDays: s.MaxAgeDays}
+	if s.Separator != "" {
+		r.Separator = s.Separator[0]
+	}
+	if err := r.Validate(); err != nil {
+		return nil, fmt.Errorf("srs: %w", err)
+	}
+	return r, nil
 }
 
 // Delimiter is the recipient delimiter in effect ("" for none).

@@ -96,8 +96,12 @@ func (q *Scheduler) bounce(env *Envelope) error {
 		return err
 	}
 	now := time.Now()
+	external := true
+	if i := strings.LastIndexByte(env.From, '@'); i >= 0 && q.Local != nil {
+		external = !q.Local(env.From[i+1:])
+	}
 	dsn := &Envelope{From: "", Received: now, NextAttempt: now.Add(q.Retry.Min),
-		Recipients: []Recipient{{Addr: env.From, Status: Pending}}}
+		Recipients: []Recipient{{Addr: env.From, Status: Pending, External: external}}}
 	if err := w.Commit(dsn); err != nil {
 		return err
 	}

@@ -26,6 +26,20 @@ type Recipient struct {
 	OrigTo    string `json:"orig_to,omitempty"`
 	Status    Status `json:"status"`
 	LastReply string `json:"last_reply,omitempty"`
+	// External recipients are forwards to domains that are not ours: they
+	// go to the external next hop, with MailFrom as their sender.
+	External bool `json:"external,omitempty"`
+	// MailFrom is this recipient's envelope sender when it differs from
+	// the message's (the SRS-rewritten sender of an external forward).
+	MailFrom string `json:"mail_from,omitempty"`
+}
+
+// Sender is the envelope sender to use for r in a message from env.
+func (r *Recipient) Sender(env *Envelope) string {
+	if r.MailFrom != "" {
+		return r.MailFrom
+	}
+	return env.From
 }
 
 // Envelope is everything about a message except its bytes.

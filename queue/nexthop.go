@@ -127,12 +127,12 @@ func (h *SMTPHop) Close() {
 // an error when the transaction failed as a whole before any recipient got
 // a definite answer (connection refused, dropped, timed out): all
 // recipients are then to be retried.
-func (h *SMTPHop) Send(ctx context.Context, env *Envelope, rcpts []string, body io.Reader) ([]Reply, error) {
+func (h *SMTPHop) Send(ctx context.Context, env *Envelope, from string, rcpts []string, body io.Reader) ([]Reply, error) {
 	c, reused, err := h.get(ctx)
 	if err != nil {
 		return nil, err
 	}
-	replies, err := h.transaction(c, env, rcpts, body)
+	replies, err := h.transaction(c, env, from, rcpts, body)
 	if err != nil && reused && !isSMTPError(err) && !bodyStarted(err) {
 		// A pooled connection the server had already closed: once more on a
 		// fresh one.
@@ -140,7 +140,7 @@ func (h *SMTPHop) Send(ctx context.Context, env *Envelope, rcpts []string, body 
 		if c, _, err = h.get(ctx); err != nil {
 			return nil, err
 		}
-		replies, err = h.transaction(c, env, rcpts, body)
+		replies, err = h.transaction(c, env, from, rcpts, body)
 	}
 	if err != nil {
 		c.Close()
@@ -181,12 +181,12 @@ func all(n int, r Reply) []Reply {
 
 // transaction returns a non-nil error only when the connection is no
 // longer usable; SMTP refusals come back as Replies.
-func (h *SMTPHop) transaction(c *smtp.Client, env *Envelope, rcpts []string, body io.Reader) ([]Reply, error) {
+func (h *SMTPHop) transaction(c *smtp.Client, env *Envelope, from string, rcpts []string, body io.Reader) ([]Reply, error) {
 	opts := &smtp.MailOptions{UTF8: env.SMTPUTF8}
 	if env.Body8Bit {
 		opts.Body = smtp.Body8BitMIME
 	}
-	if err := c.Mail(env.From, opts); err != nil {
+	if err := c.Mail(from, opts); err != nil {
 		if r, ok := replyOf(err); ok {
 			return all(len(rcpts), r), c.Reset()
 		}

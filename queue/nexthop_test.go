@@ -74,7 +74,7 @@ func TestSMTPHopPerRecipientReplies(t *testing.T) {
 	hop := &SMTPHop{Addr: startFakeMTA(t, f), LocalName: "relay.test"}
 	defer hop.Close()
 	env := &Envelope{ID: "T1", From: "s@y.test"}
-	replies, err := hop.Send(context.Background(), env, []string{"ok@x.test", "bad@x.test", "later@x.test"}, strings.NewReader("Subject: t\r\n\r\nhi\r\n"))
+	replies, err := hop.Send(context.Background(), env, env.From, []string{"ok@x.test", "bad@x.test", "later@x.test"}, strings.NewReader("Subject: t\r\n\r\nhi\r\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +90,7 @@ func TestSMTPHopDataRefusalAppliesToAccepted(t *testing.T) {
 	f := &fakeMTA{rcptCode: map[string]int{"bad@x.test": 550}, dataCode: 452}
 	hop := &SMTPHop{Addr: startFakeMTA(t, f), LocalName: "relay.test"}
 	defer hop.Close()
-	replies, err := hop.Send(context.Background(), &Envelope{From: ""}, []string{"a@x.test", "bad@x.test"}, strings.NewReader("x\r\n"))
+	replies, err := hop.Send(context.Background(), &Envelope{}, "", []string{"a@x.test", "bad@x.test"}, strings.NewReader("x\r\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +105,7 @@ func TestSMTPHopReusesConnections(t *testing.T) {
 	hop := &SMTPHop{Addr: startFakeMTA(t, f), LocalName: "relay.test"}
 	defer hop.Close()
 	for i := range 5 {
-		if _, err := hop.Send(context.Background(), &Envelope{From: "s@y.test"}, []string{"a@x.test"}, strings.NewReader("m\r\n")); err != nil {
+		if _, err := hop.Send(context.Background(), &Envelope{}, "s@y.test", []string{"a@x.test"}, strings.NewReader("m\r\n")); err != nil {
 			t.Fatalf("send %d: %v", i, err)
 		}
 	}
@@ -122,7 +122,7 @@ func TestSMTPHopDownIsAnError(t *testing.T) {
 	addr := l.Addr().String()
 	l.Close()
 	hop := &SMTPHop{Addr: addr}
-	if _, err := hop.Send(context.Background(), &Envelope{}, []string{"a@x.test"}, strings.NewReader("m\r\n")); err == nil {
+	if _, err := hop.Send(context.Background(), &Envelope{}, "", []string{"a@x.test"}, strings.NewReader("m\r\n")); err == nil {
 		t.Fatal("no error from a next hop that is down")
 	}
 }

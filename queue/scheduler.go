@@ -15,7 +15,7 @@ import (
 // Hop is a next hop that messages are handed to. It is an interface so that
 // unit tests can stand in for a real SMTP server.
 type Hop interface {
-	Send(ctx context.Context, env *Envelope, rcpts []string, body io.Reader) ([]Reply, error)
+	Send(ctx context.Context, env *Envelope, from string, rcpts []string, body io.Reader) ([]Reply, error)
 	String() string
 }
 
@@ -41,8 +41,13 @@ func (r Retry) Delay(n int) time.Duration {
 // Scheduler is the queue manager: it delivers committed messages now, and
 // deferred ones when they are due.
 type Scheduler struct {
-	Spool   *Spool
-	Hop     Hop
+	Spool *Spool
+	// Hop takes mail for our own domains (Postfix); ExternalHop takes
+	// external forwards (nil: Hop takes them too).
+	Hop         Hop
+	ExternalHop Hop
+	// Local reports whether a domain is ours; it routes our own DSNs.
+	Local   func(domain string) bool
 	Retry   Retry
 	Workers int
 	Log     *slog.Logger
@@ -209,21 +214,43 @@ func (q *Scheduler) attempt(ctx context.Context, env *Envelope) {
 			return
 		}
 	}
-	if rcpts := env.Pending(); len(rcpts) > 0 {
-		q.deliver(ctx, log, env, rcpts)
+	// One transaction per next hop and envelope sender: an external
+	// forward leaves with its SRS sender, local mail with the original.
+	type route struct {
+		external bool
+		from     string
+	}
+	var order []route
+	groups := map[route][]*Recipient{}
+	for _, r := range env.Pending() {
+		k := route{r.External, r.Sender(env)}
+		if _, ok := groups[k]; !ok {
+			order = append(order, k)
+		}
+		groups[k] = append(groups[k], r)
+	}
+	for _, k := range order {
+		q.deliver(ctx, log, env, q.hopFor(k.external), k.from, groups[k])
 	}
 	q.finish(log, env, done)
 }
 
+func (q *Scheduler) hopFor(external bool) Hop {
+	if external && q.ExternalHop != nil {
+		return q.ExternalHop
+	}
+	return q.Hop
+}
+
 // deliver sends to the pending recipients and records each one's outcome
 // in env (in memory; finish persists it).
-func (q *Scheduler) deliver(ctx context.Context, log *slog.Logger, env *Envelope, rcpts []*Recipient) {
+func (q *Scheduler) deliver(ctx context.Context, log *slog.Logger, env *Envelope, hop Hop, from string, rcpts []*Recipient) {
 	addrs := make([]string, len(rcpts))
 	for i, r := range rcpts {
 		addrs[i] = r.Addr
 	}
 	start := time.Now()
-	replies, err := q.send(ctx, env, addrs)
+	replies, err := q.send(ctx, hop, env, from, addrs)
 	delay := time.Since(env.Received).Round(time.Millisecond)
 	for i, r := range rcpts {
 		var reply Reply
@@ -240,7 +267,7 @@ func (q *Scheduler) deliver(ctx context.Context, log *slog.Logger, env *Envelope
 		case reply.Permanent():
 			r.Status, status = Failed, "bounced"
 		}
-		log.Info(status, "to", r.Addr, "orig_to", r.OrigTo, "relay", q.Hop.String(),
+		log.Info(status, "from", from, "to", r.Addr, "orig_to", r.OrigTo, "relay", hop.String(),
 			"delay", delay.String(), "attempt_time", time.Since(start).Round(time.Millisecond).String(),
 			"status", reply.String())
 	}
@@ -276,18 +303,18 @@ func (q *Scheduler) finish(log *slog.Logger, env *Envelope, done func()) {
 	q.schedule(env, env.NextAttempt)
 }
 
-func (q *Scheduler) send(ctx context.Context, env *Envelope, rcpts []string) ([]Reply, error) {
+func (q *Scheduler) send(ctx context.Context, hop Hop, env *Envelope, from string, rcpts []string) ([]Reply, error) {
 	body, err := q.Spool.OpenBody(env.ID)
 	if err != nil {
 		return nil, fmt.Errorf("opening body: %w", err)
 	}
 	defer body.Close()
-	replies, err := q.Hop.Send(ctx, env, rcpts, body)
+	replies, err := hop.Send(ctx, env, from, rcpts, body)
 	if err == nil && len(replies) != len(rcpts) {
 		err = fmt.Errorf("next hop returned %d replies for %d recipients", len(replies), len(rcpts))
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%s: %s", q.Hop, strings.TrimSpace(err.Error()))
+		return nil, fmt.Errorf("%s: %s", hop, strings.TrimSpace(err.Error()))
 	}
 	return replies, nil
 }

@@ -23,7 +23,7 @@ type scriptHop struct {
 
 func (h *scriptHop) String() string { return "script" }
 
-func (h *scriptHop) Send(_ context.Context, env *Envelope, rcpts []string, body io.Reader) ([]Reply, error) {
+func (h *scriptHop) Send(_ context.Context, env *Envelope, from string, rcpts []string, body io.Reader) ([]Reply, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.sends++
@@ -207,7 +207,7 @@ type blockingHop struct {
 }
 
 func (h *blockingHop) String() string { return "blocking" }
-func (h *blockingHop) Send(ctx context.Context, env *Envelope, rcpts []string, _ io.Reader) ([]Reply, error) {
+func (h *blockingHop) Send(ctx context.Context, env *Envelope, from string, rcpts []string, _ io.Reader) ([]Reply, error) {
 	h.started <- env
 	select {
 	case <-h.block:
@@ -274,5 +274,58 @@ func TestSchedulerNoBounceOfBounce(t *testing.T) {
 	hop.mu.Unlock()
 	if sends != 1 {
 		t.Fatalf("%d transactions, want 1 (no bounce of a bounce)", sends)
+	}
+}
+
+// recordingHop records each transaction's sender and recipients.
+type recordingHop struct {
+	name string
+	mu   sync.Mutex
+	txns []string // "from>rcpt1,rcpt2"
+}
+
+func (h *recordingHop) String() string { return h.name }
+func (h *recordingHop) Send(_ context.Context, _ *Envelope, from string, rcpts []string, _ io.Reader) ([]Reply, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.txns = append(h.txns, from+">"+strings.Join(rcpts, ","))
+	return all(len(rcpts), Reply{Code: 250}), nil
+}
+
+func (h *recordingHop) got() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]string(nil), h.txns...)
+}
+
+// A message with local and external recipients leaves as one transaction
+// per next hop and sender: external forwards with their SRS sender.
+func TestSchedulerSplitsBySenderAndHop(t *testing.T) {
+	s := openTestSpool(t)
+	local, ext := &recordingHop{name: "local"}, &recordingHop{name: "external"}
+	q := &Scheduler{Spool: s, Hop: local, ExternalHop: ext, Workers: 1, Retry: Retry{Min: time.Second, Max: time.Second}}
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan struct{})
+	go func() { q.Run(ctx); close(stopped) }()
+	defer func() { cancel(); <-stopped }()
+	w, _ := s.Create()
+	io.WriteString(w, "m\r\n")
+	srs := "SRS0=abcd=KH=example.org=alice@srs.test"
+	env := &Envelope{From: "alice@example.org", Recipients: []Recipient{
+		{Addr: "central@company.com", Status: Pending},
+		{Addr: "x@gmail.com", Status: Pending, External: true, MailFrom: srs},
+		{Addr: "new@domain.ro", Status: Pending},
+		{Addr: "y@gmail.com", Status: Pending, External: true, MailFrom: srs},
+	}}
+	if err := w.Commit(env); err != nil {
+		t.Fatal(err)
+	}
+	q.Submit(env)
+	waitFor(t, "spool to empty", spoolEmpty(s))
+	if got := local.got(); len(got) != 1 || got[0] != "alice@example.org>central@company.com,new@domain.ro" {
+		t.Errorf("local hop got %q", got)
+	}
+	if got := ext.got(); len(got) != 1 || got[0] != srs+">x@gmail.com,y@gmail.com" {
+		t.Errorf("external hop got %q", got)
 	}
 }

@@ -99,10 +99,25 @@ type relayUnderTest struct {
 
 func startRelay(t *testing.T, src routing.Source, spoolDir string, sink *sinkMTA) *relayUnderTest {
 	t.Helper()
+	return startRelayWith(t, src, spoolDir, sink, nil, nil)
+}
+
+// startRelayWith optionally routes external forwards to extSink and
+// applies srs.
+func startRelayWith(t *testing.T, src routing.Source, spoolDir string, sink, extSink *sinkMTA, srs *routing.SRS) *relayUnderTest {
+	t.Helper()
 	sl := listen(t)
 	sinkSrv := smtp.NewServer(sink)
 	sinkSrv.Domain = "sink.test"
 	go sinkSrv.Serve(sl)
+	var extHop *queue.SMTPHop
+	if extSink != nil {
+		el := listen(t)
+		extSrv := smtp.NewServer(extSink)
+		go extSrv.Serve(el)
+		t.Cleanup(func() { extSrv.Close() })
+		extHop = &queue.SMTPHop{Addr: el.Addr().String(), LocalName: "relay.test", Timeout: 2 * time.Second}
+	}
 
 	spool, err := queue.OpenSpool(spoolDir, nil)
 	if err != nil {
@@ -110,11 +125,15 @@ func startRelay(t *testing.T, src routing.Source, spoolDir string, sink *sinkMTA
 	}
 	hop := &queue.SMTPHop{Addr: sl.Addr().String(), LocalName: "relay.test", Timeout: 2 * time.Second}
 	sched := &queue.Scheduler{Spool: spool, Hop: hop, Workers: 4, Retry: queue.Retry{Min: 50 * time.Millisecond, Max: 200 * time.Millisecond}}
-	be, err := NewBackend(Config{Hostname: "relay.test", RelayDomains: []string{"domain.com", "domain.ro", "company.com"}, LookupTimeout: time.Second},
-		&routing.Expander{Source: src}, spool, sched.Submit, nil)
+	if extHop != nil {
+		sched.ExternalHop = extHop
+	}
+	be, err := NewBackend(Config{Hostname: "relay.test", RelayDomains: []string{"domain.com", "domain.ro", "company.com"}, LookupTimeout: time.Second,
+		SRS: srs, SRSFailureLimit: 3}, &routing.Expander{Source: src}, spool, sched.Submit, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	sched.Local = be.Local
 	ctx, cancel := context.WithCancel(context.Background())
 	schedDone := make(chan struct{})
 	go func() { sched.Run(ctx); close(schedDone) }()

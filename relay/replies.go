@@ -16,6 +16,11 @@ var (
 	replySpoolFull   = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1}, Message: "insufficient system storage, try again later"}
 	replyLocalError  = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "local error in processing, try again later"}
 	replyTooBig      = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: "message size exceeds fixed limit"}
+	replyBadSRS      = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "invalid or expired SRS address"}
+	replySRSLimited  = &smtp.SMTPError{Code: 450, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: "too many invalid SRS addresses from your address, try again later"}
+	// A sender too long for SRS is refused for external forwards only: the
+	// condition is permanent, so a 4xx would only delay the bounce by days.
+	replySRSTooLong = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 7}, Message: "sender address too long to forward with SRS"}
 )
 
 func replyQueued(id string) *smtp.SMTPError {

@@ -33,6 +33,16 @@ type Config struct {
 	LookupTimeout time.Duration
 	MaxRecipients int
 	MaxSize       int64
+	// LocalDomains are ours besides the relay domains (Postfix's own
+	// destinations): mail for them is not an external forward.
+	LocalDomains []string
+	// SRS, if set, rewrites the sender of external forwards and decodes
+	// bounces to its domain.
+	SRS *routing.SRS
+	// SRSFailureLimit is how many invalid SRS addresses a client may send
+	// in SRSFailureWindow before its SRS RCPTs are deferred unverified.
+	SRSFailureLimit  int
+	SRSFailureWindow time.Duration
 	// FirstRetry is stored as the next attempt time of a new message: the
 	// first attempt starts at once, and if the relay dies during it, the
 	// restarted relay tries again after this long (not in a hot loop).
@@ -42,7 +52,10 @@ type Config struct {
 // Backend builds the go-smtp server around routing and the spool.
 type Backend struct {
 	cfg      Config
-	domains  map[string]bool
+	domains  map[string]bool // relay domains: we accept mail for them
+	local    map[string]bool // relay and local domains: not external
+	srsDom   string
+	srsFails *failureLimiter
 	expander Expander
 	spool    Committer
 	submit   func(*queue.Envelope)
@@ -64,15 +77,47 @@ func NewBackend(cfg Config, exp Expander, spool Committer, submit func(*queue.En
 	if cfg.FirstRetry <= 0 {
 		cfg.FirstRetry = 10 * time.Second
 	}
-	b := &Backend{cfg: cfg, domains: map[string]bool{}, expander: exp, spool: spool, submit: submit, log: log}
+	if cfg.SRSFailureLimit <= 0 {
+		cfg.SRSFailureLimit = 10
+	}
+	if cfg.SRSFailureWindow <= 0 {
+		cfg.SRSFailureWindow = 10 * time.Minute
+	}
+	b := &Backend{cfg: cfg, domains: map[string]bool{}, local: map[string]bool{}, expander: exp, spool: spool, submit: submit, log: log,
+		srsFails: newFailureLimiter(cfg.SRSFailureLimit, cfg.SRSFailureWindow)}
 	for _, d := range cfg.RelayDomains {
 		nd, err := routing.NormalizeDomain(d)
 		if err != nil {
 			return nil, fmt.Errorf("relay domain %q: %w", d, err)
 		}
-		b.domains[nd] = true
+		b.domains[nd], b.local[nd] = true, true
+	}
+	for _, d := range cfg.LocalDomains {
+		nd, err := routing.NormalizeDomain(d)
+		if err != nil {
+			return nil, fmt.Errorf("local domain %q: %w", d, err)
+		}
+		b.local[nd] = true
+	}
+	if cfg.SRS != nil {
+		nd, err := routing.NormalizeDomain(cfg.SRS.Domain)
+		if err != nil {
+			return nil, fmt.Errorf("SRS domain %q: %w", cfg.SRS.Domain, err)
+		}
+		if b.domains[nd] {
+			return nil, fmt.Errorf("SRS domain %s must not also be a relay domain: bounces to it are decoded, not looked up", nd)
+		}
+		b.srsDom = nd
+		b.local[nd] = true
 	}
 	return b, nil
+}
+
+// Local reports whether domain is ours (relay, local or SRS domain): mail
+// for it is not an external forward.
+func (b *Backend) Local(domain string) bool {
+	d, err := routing.NormalizeDomain(domain)
+	return err == nil && b.local[d]
 }
 
 // NewServer returns a go-smtp server for b (not yet listening).
@@ -109,15 +154,22 @@ type session struct {
 	helo     string
 
 	hasFrom bool
-	from    string
+	from    string // external (wire) form
+	rawFrom string // as go-smtp parsed it: what SRS encodes
 	opts    smtp.MailOptions
 	rcpts   []queue.Recipient
 	seen    map[string]bool
+	// srsFrom is from rewritten for external forwards, computed on the
+	// first external recipient of the transaction.
+	srsFrom    string
+	srsFromErr error
+	srsDone    bool
 }
 
 func (s *session) Reset() {
-	s.hasFrom, s.from, s.opts = false, "", smtp.MailOptions{}
+	s.hasFrom, s.from, s.rawFrom, s.opts = false, "", "", smtp.MailOptions{}
 	s.rcpts = nil
+	s.srsFrom, s.srsFromErr, s.srsDone = "", nil, false
 	s.seen = map[string]bool{}
 }
 
@@ -130,7 +182,11 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 			return replyBadSender
 		}
 	}
-	s.hasFrom, s.from = true, from
+	s.hasFrom, s.rawFrom = true, from
+	// Kept in external form: it goes back on the wire in MAIL FROM.
+	if from != "" {
+		s.from = routing.External(from)
+	}
 	if opts != nil {
 		s.opts = *opts
 	}
@@ -142,24 +198,34 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	if err != nil {
 		return replyBadRcpt
 	}
-	if !s.b.domains[addr.Domain] {
-		s.log.Info("reject: relay access denied", "from", s.from, "to", to)
-		return replyRelayDenied
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.b.cfg.LookupTimeout)
 	defer cancel()
-	finals, err := s.b.expander.Expand(ctx, routing.External(to))
+	var finals []string
 	switch {
-	case err == nil:
-	case errors.Is(err, routing.ErrNotFound):
-		s.log.Info("reject: unknown recipient", "from", s.from, "to", to)
-		return replyUnknownUser
-	case errors.Is(err, routing.ErrExpansionLimit):
-		s.log.Warn("defer: alias expansion", "to", to, "err", err)
-		return replyExpansion
-	default: // directory down, timeout, anything else: never a 5xx
-		s.log.Warn("defer: directory lookup failed", "to", to, "err", err)
-		return replyDirDown
+	case s.b.srsDom != "" && addr.Domain == s.b.srsDom:
+		var reply error
+		if finals, reply = s.reverseSRS(ctx, to); reply != nil {
+			return reply
+		}
+	case !s.b.domains[addr.Domain]:
+		s.log.Info("reject: relay access denied", "from", s.from, "to", to)
+		return replyRelayDenied
+	default:
+		finals, err = s.b.expander.Expand(ctx, routing.External(to))
+	}
+	if err := s.rcptError(to, err); err != nil {
+		return err
+	}
+	// The sender for external forwards is settled before any recipient of
+	// this RCPT is added, so a refusal leaves none of them behind.
+	fwdFrom := s.from
+	for _, f := range finals {
+		if !s.isLocal(f) {
+			if fwdFrom, err = s.forwardSender(); err != nil {
+				return err
+			}
+			break
+		}
 	}
 	added := 0
 	for _, f := range finals {
@@ -170,12 +236,101 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 		if len(s.rcpts) >= s.b.cfg.MaxRecipients {
 			return replyTooManyRcpt
 		}
+		rc := queue.Recipient{Addr: f, OrigTo: routing.External(to), Status: queue.Pending}
+		if !s.isLocal(f) {
+			rc.External = true
+			if fwdFrom != s.from {
+				rc.MailFrom = fwdFrom
+			}
+		}
 		s.seen[k] = true
-		s.rcpts = append(s.rcpts, queue.Recipient{Addr: f, OrigTo: to, Status: queue.Pending})
+		s.rcpts = append(s.rcpts, rc)
 		added++
 	}
 	s.log.Debug("rcpt ok", "to", to, "finals", finals, "new", added)
 	return nil
+}
+
+// isLocal reports whether a final recipient is in one of our domains.
+func (s *session) isLocal(addr string) bool {
+	i := strings.LastIndexByte(addr, '@')
+	return i >= 0 && s.b.Local(addr[i+1:])
+}
+
+// forwardSender is the envelope sender for external forwards: the SRS form
+// of the client's sender. The null sender and senders SRS cannot safely
+// encode stay as they are (as with postsrsd). A sender whose SRS form would
+// not fit RFC 5321's 64-octet local part is refused for external forwards
+// (550 5.1.7) rather than sent with an invalid address or deferred for days.
+func (s *session) forwardSender() (string, error) {
+	if s.b.cfg.SRS == nil || s.from == "" {
+		return s.from, nil
+	}
+	if !s.srsDone {
+		s.srsDone = true
+		// SRS encodes the address as parsed; the result is quoted for the
+		// wire like any address.
+		s.srsFrom, s.srsFromErr = s.b.cfg.SRS.Forward(s.rawFrom)
+		s.srsFrom = routing.External(s.srsFrom)
+		switch {
+		case errors.Is(s.srsFromErr, routing.ErrSRSTooLong):
+			s.log.Warn("reject: sender too long for SRS", "from", s.from)
+		case s.srsFromErr != nil:
+			// postsrsd leaves such senders alone too.
+			s.log.Warn("srs: sender not rewritten", "from", s.from, "err", s.srsFromErr)
+			s.srsFrom, s.srsFromErr = s.from, nil
+		}
+	}
+	if s.srsFromErr != nil {
+		return "", replySRSTooLong
+	}
+	return s.srsFrom, nil
+}
+
+// reverseSRS decodes a bounce to our SRS domain. Only a valid, unexpired
+// address is accepted, and then only for the address it decodes to: this
+// is the one way mail for a foreign domain gets through us, so it is
+// verified before anything else and failures are rate-limited per client.
+func (s *session) reverseSRS(ctx context.Context, to string) ([]string, error) {
+	if !s.b.srsFails.allow(s.clientIP) {
+		s.log.Warn("defer: SRS failure limit reached", "to", to)
+		return nil, replySRSLimited
+	}
+	orig, err := s.b.cfg.SRS.Reverse(to)
+	if err == nil {
+		orig = routing.External(orig)
+	}
+	if err != nil {
+		s.b.srsFails.fail(s.clientIP)
+		s.log.Info("reject: invalid SRS address", "from", s.from, "to", to, "err", err)
+		return nil, replyBadSRS
+	}
+	s.log.Info("srs: bounce address decoded", "to", to, "orig", orig)
+	if s.isLocal(orig) {
+		// The original sender is one of ours: route it as usual.
+		finals, err := s.b.expander.Expand(ctx, orig)
+		if err == nil || !errors.Is(err, routing.ErrNotFound) {
+			return finals, s.rcptError(to, err)
+		}
+	}
+	return []string{orig}, nil
+}
+
+// rcptError maps a routing error to the RCPT reply.
+func (s *session) rcptError(to string, err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, routing.ErrNotFound):
+		s.log.Info("reject: unknown recipient", "from", s.from, "to", to)
+		return replyUnknownUser
+	case errors.Is(err, routing.ErrExpansionLimit):
+		s.log.Warn("defer: alias expansion", "to", to, "err", err)
+		return replyExpansion
+	default: // directory down, timeout, anything else: never a 5xx
+		s.log.Warn("defer: directory lookup failed", "to", to, "err", err)
+		return replyDirDown
+	}
 }
 
 func (s *session) Data(r io.Reader) error {

@@ -116,19 +116,35 @@ func serve(args []string) error {
 		return err
 	}
 	defer spool.Close()
+	var srs *routing.SRS
+	var srsWindow time.Duration
+	var srsLimit int
+	if c.SRS != nil {
+		if srs, err = c.SRS.Codec(c); err != nil {
+			return err
+		}
+		srsLimit, srsWindow = c.SRS.FailureLimit, c.SRS.FailureWindow
+	}
 	hop := &queue.SMTPHop{Addr: c.Delivery.NextHop, LocalName: c.Hostname, Timeout: c.Delivery.ConnectTimeout}
 	defer hop.Close()
 	sched := &queue.Scheduler{
 		Spool: spool, Hop: hop, Workers: c.Delivery.Workers, Log: log, Hostname: c.Hostname,
 		Retry: queue.Retry{Min: c.Delivery.RetryMin, Max: c.Delivery.RetryMax},
 	}
+	if h := c.Delivery.ExternalNextHop; h != "" && h != c.Delivery.NextHop {
+		ext := &queue.SMTPHop{Addr: h, LocalName: c.Hostname, Timeout: c.Delivery.ConnectTimeout}
+		defer ext.Close()
+		sched.ExternalHop = ext
+	}
 	be, err := relay.NewBackend(relay.Config{
 		Hostname: c.Hostname, RelayDomains: c.RelayDomains, LookupTimeout: c.LookupTimeout,
 		MaxRecipients: c.MaxRecipients, MaxSize: c.MaxMessageSize, FirstRetry: c.Delivery.RetryMin,
+		LocalDomains: c.LocalDomains, SRS: srs, SRSFailureLimit: srsLimit, SRSFailureWindow: srsWindow,
 	}, exp, spool, sched.Submit, log)
 	if err != nil {
 		return err
 	}
+	sched.Local = be.Local
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

@@ -1,0 +1,155 @@
+package relay
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"mailfwd/routing"
+)
+
+func testSRS() *routing.SRS {
+	return &routing.SRS{Secrets: [][]byte{[]byte("tops3cr3t")}, Domain: "srs.relay.test",
+		Now: func() time.Time { return time.Date(2024, 3, 1, 12, 0, 0, 0, time.UTC) }}
+}
+
+// sendFrom sends one message with the given envelope sender and returns the
+// reply of each RCPT ("250" or the error) and of DATA.
+func sendFrom(t *testing.T, addr, from string, rcpts ...string) (rcptReplies []string, data string) {
+	t.Helper()
+	c, err := smtp.Dial(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Mail(from, nil); err != nil {
+		t.Fatal(err)
+	}
+	ok := 0
+	for _, r := range rcpts {
+		rep := replyText(c.Rcpt(r, nil))
+		rcptReplies = append(rcptReplies, rep)
+		if rep == "250" {
+			ok++
+		}
+	}
+	if ok == 0 {
+		return rcptReplies, ""
+	}
+	w, err := c.Data()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(w, "Subject: srs\r\n\r\nhi\r\n")
+	if err := w.Close(); err != nil {
+		return rcptReplies, replyText(err)
+	}
+	return rcptReplies, "250"
+}
+
+func waitSunk(t *testing.T, m *sinkMTA, n int) []sunk {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		m.mu.Lock()
+		got := append([]sunk(nil), m.msgs...)
+		m.mu.Unlock()
+		if len(got) >= n {
+			return got
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sink got %d messages, want %d", len(got), n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// One message to a local alias and to an external forward leaves as two
+// envelopes: the local one with the original sender, the forward with the
+// SRS sender: vector F01 of postsrsd 1.10 for this secret and day.
+func TestSRSSplitsLocalAndExternal(t *testing.T) {
+	local, ext := &sinkMTA{}, &sinkMTA{}
+	r := startRelayWith(t, seedSource(t), t.TempDir(), local, ext, testSRS())
+	reps, data := sendFrom(t, r.addr, "alice@example.com", "sales@company.com", "internal.user@company.com")
+	if data != "250" || strings.Join(reps, " ") != "250 250" {
+		t.Fatalf("replies %v / %s", reps, data)
+	}
+	l := waitSunk(t, local, 1)[0]
+	e := waitSunk(t, ext, 1)[0]
+	if l.from != "alice@example.com" || strings.Join(l.rcpts, ",") != "central@company.com" {
+		t.Errorf("local delivery %s → %v", l.from, l.rcpts)
+	}
+	if e.from != "SRS0=gfkj=KH=example.com=alice@srs.relay.test" || strings.Join(e.rcpts, ",") != "external.user@gmail.com" {
+		t.Errorf("external delivery %s → %v", e.from, e.rcpts)
+	}
+}
+
+func TestSRSNullSenderNotRewritten(t *testing.T) {
+	local, ext := &sinkMTA{}, &sinkMTA{}
+	r := startRelayWith(t, seedSource(t), t.TempDir(), local, ext, testSRS())
+	if _, data := sendFrom(t, r.addr, "", "internal.user@company.com"); data != "250" {
+		t.Fatalf("DATA %s", data)
+	}
+	if e := waitSunk(t, ext, 1)[0]; e.from != "" {
+		t.Fatalf("null sender rewritten to %q", e.from)
+	}
+}
+
+// A bounce to an SRS address we made reaches the original sender; a forged
+// or foreign one is refused, and a client that keeps guessing is deferred.
+func TestSRSReversePath(t *testing.T) {
+	local, ext := &sinkMTA{}, &sinkMTA{}
+	srs := testSRS()
+	r := startRelayWith(t, seedSource(t), t.TempDir(), local, ext, srs)
+	valid, err := srs.Forward("alice@example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	reps, data := sendFrom(t, r.addr, "", valid)
+	if reps[0] != "250" || data != "250" {
+		t.Fatalf("bounce to %s: %v %s", valid, reps, data)
+	}
+	if e := waitSunk(t, ext, 1)[0]; strings.Join(e.rcpts, ",") != "alice@example.com" || e.from != "" {
+		t.Fatalf("bounce delivered as %q → %v", e.from, e.rcpts)
+	}
+	// A bounce to the SRS form of a local sender goes through routing.
+	own, _ := srs.Forward("sales@company.com")
+	if reps, _ := sendFrom(t, r.addr, "", own); reps[0] != "250" {
+		t.Fatalf("bounce to %s: %v", own, reps)
+	}
+	if l := waitSunk(t, local, 1)[0]; strings.Join(l.rcpts, ",") != "central@company.com" {
+		t.Fatalf("local bounce delivered to %v", l.rcpts)
+	}
+	forged := strings.Replace(valid, "=gfkj=", "=AAAA=", 1)
+	for _, to := range []string{forged, "SRS0=gfkj=KH=example.com=bob@srs.relay.test", "anything@srs.relay.test"} {
+		if reps, _ := sendFrom(t, r.addr, "", to); !strings.HasPrefix(reps[0], "550 5.7.1") {
+			t.Errorf("RCPT %s: %s, want 550 5.7.1", to, reps[0])
+		}
+	}
+	// The limit (3 in this test) is reached: even a valid address waits.
+	if reps, _ := sendFrom(t, r.addr, "", valid); !strings.HasPrefix(reps[0], "450 4.7.1") {
+		t.Errorf("after 3 failures: %s, want 450 4.7.1", reps[0])
+	}
+	// Another domain's SRS address is an ordinary address: not ours.
+	if reps, _ := sendFrom(t, r.addr, "", "SRS0=gfkj=KH=example.com=alice@other.test"); !strings.HasPrefix(reps[0], "554 5.7.1") {
+		t.Errorf("foreign SRS: %s, want 554 5.7.1", reps[0])
+	}
+}
+
+// A sender whose SRS form would break the 64-octet limit is refused for
+// external forwards only; local recipients of the same message still get it.
+func TestSRSSenderTooLong(t *testing.T) {
+	local, ext := &sinkMTA{}, &sinkMTA{}
+	r := startRelayWith(t, seedSource(t), t.TempDir(), local, ext, testSRS())
+	long := strings.Repeat("x", 40) + "@" + strings.Repeat("y", 20) + ".example"
+	reps, data := sendFrom(t, r.addr, long, "internal.user@company.com", "sales@company.com")
+	if !strings.HasPrefix(reps[0], "550 5.1.7") || reps[1] != "250" || data != "250" {
+		t.Fatalf("replies %v, DATA %s", reps, data)
+	}
+	if l := waitSunk(t, local, 1)[0]; l.from != long {
+		t.Fatalf("local copy sent from %q", l.from)
+	}
+}
