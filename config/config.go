@@ -141,10 +141,10 @@ type Delivery struct {
 	// ExternalNextHop takes external forwards (a smarthost, or Postfix
 	// again); default: NextHop.
 	ExternalNextHop string        `yaml:"external_next_hop"`
-	Workers        int           `yaml:"workers"`
-	RetryMin       time.Duration `yaml:"retry_min"`
-	RetryMax       time.Duration `yaml:"retry_max"`
-	ConnectTimeout time.Duration `yaml:"connect_timeout"`
+	Workers         int           `yaml:"workers"`
+	RetryMin        time.Duration `yaml:"retry_min"`
+	RetryMax        time.Duration `yaml:"retry_max"`
+	ConnectTimeout  time.Duration `yaml:"connect_timeout"`
 }
 
 // Log is the logging setup.
