@@ -21,6 +21,12 @@ import (
 	"github.com/emersion/go-smtp"
 )
 
+// The e2e relay's SRS setup.
+const (
+	srsDomain = "srs.e2e.test"
+	srsSecret = "e2e-srs-secret"
+)
+
 var (
 	servers = map[string]string{} // variables printed by the start scripts
 	binary  string                // the mailfwd binary under test
@@ -85,7 +91,7 @@ func setup(m *testing.M) (int, error) {
 		fmt.Printf("e2e: %s up in %v\n", s, time.Since(t0).Round(time.Millisecond))
 	}
 	defer stopServers()
-	for _, k := range []string{"DS_URL", "SLAPD_URL", "PF_SMTP", "SINK_DIR"} {
+	for _, k := range []string{"DS_URL", "SLAPD_URL", "PF_SMTP", "SINK_DIR", "SINK_ADDR"} {
 		if servers[k] == "" {
 			return 1, fmt.Errorf("start scripts did not print %s (got %v)", k, servers)
 		}
@@ -143,6 +149,9 @@ func startMailfwd(dir string) (*mailfwdProc, error) {
 	if err := os.WriteFile(pwFile, []byte("postfix-ldap-secret\n"), 0o600); err != nil {
 		return nil, err
 	}
+	if err := os.WriteFile(filepath.Join(dir, "srs.secrets"), []byte(srsSecret+"\n"), 0o600); err != nil {
+		return nil, err
+	}
 	cfg := fmt.Sprintf(`hostname: mailfwd.e2e.test
 listen: [%q]
 relay_domains: [domain.com, domain.ro, company.com]
@@ -157,14 +166,18 @@ directory:
     query_filter: "(|(mail=%%s)(mailAlternateAddress=%%s))"
     result_attributes: [mailForwardingAddress]
     timeout: 2s
+srs:
+  domain: %s
+  secrets_file: srs.secrets
 delivery:
   next_hop: %q
+  external_next_hop: %q   # smtp-sink stands in for the outside world's MXes
   retry_min: 300ms
   retry_max: 1s
   connect_timeout: 2s
 log:
   level: debug
-`, addr, servers["DS_URL"], servers["PF_SMTP"])
+`, addr, servers["DS_URL"], srsDomain, servers["PF_SMTP"], servers["SINK_ADDR"])
 	cfgPath := filepath.Join(dir, "mailfwd.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		return nil, err
