@@ -18,6 +18,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"mailfwd/queue"
 	"mailfwd/routing"
 )
 
@@ -138,13 +139,28 @@ type LDAP struct {
 type Delivery struct {
 	// NextHop is the SMTP server (Postfix) that takes mail for our domains.
 	NextHop string `yaml:"next_hop"`
-	// ExternalNextHop takes external forwards (a smarthost, or Postfix
-	// again); default: NextHop.
-	ExternalNextHop string        `yaml:"external_next_hop"`
-	Workers         int           `yaml:"workers"`
-	RetryMin        time.Duration `yaml:"retry_min"`
-	RetryMax        time.Duration `yaml:"retry_max"`
-	ConnectTimeout  time.Duration `yaml:"connect_timeout"`
+	// ExternalNextHop is a smarthost for external forwards; empty: they go
+	// to the MX hosts of their domain.
+	ExternalNextHop string `yaml:"external_next_hop"`
+	// Transports route a domain or address elsewhere ("smtp:[host]:port",
+	// "smtp:host" for its MX hosts, "lmtp:[host]:port"), before all else.
+	Transports map[string]string `yaml:"transports"`
+	// MXPort is the port MX hosts are dialled on (25).
+	MXPort  int `yaml:"mx_port"`
+	Workers int `yaml:"workers"`
+	// RetryMin/RetryMax: backoff towards our own next hops (seconds to
+	// minutes); ExternalRetryMin/Max towards the Internet's MXes.
+	RetryMin         time.Duration `yaml:"retry_min"`
+	RetryMax         time.Duration `yaml:"retry_max"`
+	ExternalRetryMin time.Duration `yaml:"external_retry_min"`
+	ExternalRetryMax time.Duration `yaml:"external_retry_max"`
+	// Lifetime: a message still undelivered after this long bounces.
+	Lifetime time.Duration `yaml:"lifetime"`
+	// DelayWarning: senders hear once that their message is delayed after
+	// this long (negative: never).
+	DelayWarning           time.Duration `yaml:"delay_warning"`
+	DestinationConcurrency int           `yaml:"destination_concurrency"`
+	ConnectTimeout         time.Duration `yaml:"connect_timeout"`
 }
 
 // Log is the logging setup.
@@ -277,6 +293,24 @@ func (c *Config) setDefaults() {
 	if d.RetryMax == 0 {
 		d.RetryMax = 5 * time.Minute
 	}
+	if d.ExternalRetryMin == 0 {
+		d.ExternalRetryMin = 5 * time.Minute
+	}
+	if d.ExternalRetryMax == 0 {
+		d.ExternalRetryMax = 4 * time.Hour
+	}
+	if d.Lifetime == 0 {
+		d.Lifetime = 5 * 24 * time.Hour
+	}
+	if d.DelayWarning == 0 {
+		d.DelayWarning = 4 * time.Hour
+	}
+	if d.DestinationConcurrency == 0 {
+		d.DestinationConcurrency = 20
+	}
+	if d.MXPort == 0 {
+		d.MXPort = 25
+	}
 	if d.ConnectTimeout == 0 {
 		d.ConnectTimeout = 30 * time.Second
 	}
@@ -385,6 +419,17 @@ func (c *Config) validate() error {
 		if s.Separator != "" && s.Separator != "=" && s.Separator != "+" && s.Separator != "-" {
 			bad("srs.separator: %q: want =, + or -", s.Separator)
 		}
+	}
+	for k, v := range c.Delivery.Transports {
+		if _, err := queue.ParseTransport(v); err != nil {
+			bad("delivery.transports[%s]: %v", k, err)
+		}
+	}
+	if c.Delivery.ExternalRetryMax < c.Delivery.ExternalRetryMin {
+		bad("delivery.external_retry_max (%s) is below external_retry_min (%s)", c.Delivery.ExternalRetryMax, c.Delivery.ExternalRetryMin)
+	}
+	if c.Delivery.Lifetime < 0 {
+		bad("delivery.lifetime must be positive")
 	}
 	if c.Delivery.RetryMax < c.Delivery.RetryMin {
 		bad("delivery.retry_max (%s) is below retry_min (%s)", c.Delivery.RetryMax, c.Delivery.RetryMin)

@@ -216,7 +216,10 @@ log:
 		{"lookup_timeout", c.LookupTimeout, 3 * time.Second},
 		{"max_message_size", c.MaxMessageSize, int64(1000)},
 		{"max_recipients", c.MaxRecipients, 7},
-		{"delivery", c.Delivery, Delivery{NextHop: "[::1]:25", Workers: 4, RetryMin: time.Second, RetryMax: time.Second, ConnectTimeout: 4 * time.Second}},
+		{"delivery", c.Delivery, Delivery{NextHop: "[::1]:25", Workers: 4, RetryMin: time.Second, RetryMax: time.Second, ConnectTimeout: 4 * time.Second,
+			// defaults
+			MXPort: 25, ExternalRetryMin: 5 * time.Minute, ExternalRetryMax: 4 * time.Hour, Lifetime: 120 * time.Hour,
+			DelayWarning: 4 * time.Hour, DestinationConcurrency: 20}},
 		{"log", c.Log, Log{Level: "debug", Format: "json"}},
 	}
 	for _, ch := range checks {

@@ -10,50 +10,88 @@ import (
 	"time"
 )
 
-// writeDSN writes a failure DSN (RFC 3464 multipart/report) for the failed
-// recipients of env to w: a human-readable part, the per-recipient
-// delivery-status part and the original message's header.
-func writeDSN(w io.Writer, reportingMTA string, env *Envelope, failed []Recipient, origBody io.Reader, now time.Time) error {
+// dsnKind is what a DSN reports.
+type dsnKind int
+
+const (
+	dsnFailed dsnKind = iota
+	dsnDelayed
+)
+
+// writeDSN writes a DSN (RFC 3464 multipart/report) about rcpts of env to
+// w: a human-readable part, the delivery-status part, and the original
+// message (RET=FULL) or its header (otherwise: the report must not carry,
+// and re-send, whole bodies by default).
+func writeDSN(w io.Writer, reportingMTA string, env *Envelope, rcpts []*Recipient, kind dsnKind, origBody io.Reader, now time.Time) error {
 	var rb [12]byte
 	rand.Read(rb[:])
 	boundary := "mailfwd-" + hex.EncodeToString(rb[:])
 	bw := bufio.NewWriter(w)
+	subject, intro := "Undelivered Mail Returned to Sender",
+		"Your message could not be delivered to one or more recipients.\r\nIt is attached below."
+	if kind == dsnDelayed {
+		subject, intro = "Delayed Mail (still being retried)",
+			"Your message has not been delivered yet to the recipients below.\r\nIt is still being retried; you do not need to resend it."
+	}
 	fmt.Fprintf(bw, "From: Mail Delivery System <MAILER-DAEMON@%s>\r\n", reportingMTA)
 	fmt.Fprintf(bw, "To: <%s>\r\n", env.From)
-	fmt.Fprintf(bw, "Subject: Undelivered Mail Returned to Sender\r\n")
+	fmt.Fprintf(bw, "Subject: %s\r\n", subject)
 	fmt.Fprintf(bw, "Date: %s\r\n", now.Format(time.RFC1123Z))
-	fmt.Fprintf(bw, "Message-ID: <%s.dsn@%s>\r\n", env.ID, reportingMTA)
+	fmt.Fprintf(bw, "Message-ID: <%s.%d.dsn@%s>\r\n", env.ID, now.UnixNano(), reportingMTA)
 	fmt.Fprintf(bw, "Auto-Submitted: auto-replied\r\n")
 	fmt.Fprintf(bw, "MIME-Version: 1.0\r\n")
 	fmt.Fprintf(bw, "Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"%s\"\r\n\r\n", boundary)
 	fmt.Fprintf(bw, "This is a MIME-encapsulated message.\r\n\r\n--%s\r\n", boundary)
 	fmt.Fprintf(bw, "Content-Type: text/plain; charset=utf-8\r\n\r\n")
-	fmt.Fprintf(bw, "This is the mail system at host %s.\r\n\r\n", reportingMTA)
-	fmt.Fprintf(bw, "Your message (queue ID %s) could not be delivered to one or more\r\nrecipients. It is attached below.\r\n\r\n", env.ID)
-	for _, r := range failed {
+	fmt.Fprintf(bw, "This is the mail system at host %s.\r\n\r\n%s\r\n(queue ID %s)\r\n\r\n", reportingMTA, intro, env.ID)
+	for _, r := range rcpts {
 		fmt.Fprintf(bw, "<%s>: %s\r\n", r.Addr, oneLine(r.LastReply))
 	}
 	fmt.Fprintf(bw, "\r\n--%s\r\nContent-Type: message/delivery-status\r\n\r\n", boundary)
-	fmt.Fprintf(bw, "Reporting-MTA: dns; %s\r\nX-Mailfwd-Queue-ID: %s\r\nArrival-Date: %s\r\n",
-		reportingMTA, env.ID, env.Received.Format(time.RFC1123Z))
-	for _, r := range failed {
+	fmt.Fprintf(bw, "Reporting-MTA: dns; %s\r\n", reportingMTA)
+	if env.DSNEnvID != "" {
+		fmt.Fprintf(bw, "Original-Envelope-Id: %s\r\n", env.DSNEnvID)
+	}
+	fmt.Fprintf(bw, "X-Mailfwd-Queue-ID: %s\r\nArrival-Date: %s\r\n", env.ID, env.Received.Format(time.RFC1123Z))
+	for _, r := range rcpts {
 		fmt.Fprintf(bw, "\r\n")
-		if r.OrigTo != "" && !strings.EqualFold(r.OrigTo, r.Addr) {
+		switch {
+		case r.ORcpt != "":
+			fmt.Fprintf(bw, "Original-Recipient: %s\r\n", strings.Replace(r.ORcpt, ";", "; ", 1))
+		case r.OrigTo != "" && !strings.EqualFold(r.OrigTo, r.Addr):
 			fmt.Fprintf(bw, "Original-Recipient: rfc822; %s\r\n", r.OrigTo)
 		}
-		fmt.Fprintf(bw, "Final-Recipient: rfc822; %s\r\nAction: failed\r\nStatus: %s\r\n", r.Addr, dsnStatus(r.LastReply))
-		fmt.Fprintf(bw, "Diagnostic-Code: smtp; %s\r\n", oneLine(r.LastReply))
-	}
-	fmt.Fprintf(bw, "\r\n--%s\r\nContent-Type: text/rfc822-headers\r\n\r\n", boundary)
-	// Headers only: the report must not carry (and re-send) the whole body.
-	sc := bufio.NewScanner(origBody)
-	sc.Buffer(make([]byte, 0, 4096), 1<<20)
-	for sc.Scan() {
-		line := strings.TrimRight(sc.Text(), "\r")
-		if line == "" {
-			break
+		action, status := "failed", dsnStatus(r.LastReply, "5.0.0")
+		if r.expired {
+			status = "4.4.7"
 		}
-		fmt.Fprintf(bw, "%s\r\n", line)
+		if kind == dsnDelayed {
+			action, status = "delayed", dsnStatus(r.LastReply, "4.0.0")
+			fmt.Fprintf(bw, "Final-Recipient: rfc822; %s\r\nAction: %s\r\nStatus: %s\r\nWill-Retry-Until: %s\r\n",
+				r.Addr, action, status, env.Received.Add(DefaultLifetime).Format(time.RFC1123Z))
+		} else {
+			fmt.Fprintf(bw, "Final-Recipient: rfc822; %s\r\nAction: %s\r\nStatus: %s\r\n", r.Addr, action, status)
+		}
+		if r.LastReply != "" {
+			fmt.Fprintf(bw, "Diagnostic-Code: smtp; %s\r\n", oneLine(r.LastReply))
+		}
+	}
+	if strings.EqualFold(env.DSNRet, "FULL") {
+		fmt.Fprintf(bw, "\r\n--%s\r\nContent-Type: message/rfc822\r\n\r\n", boundary)
+		if _, err := io.Copy(bw, origBody); err != nil {
+			return err
+		}
+	} else {
+		fmt.Fprintf(bw, "\r\n--%s\r\nContent-Type: text/rfc822-headers\r\n\r\n", boundary)
+		sc := bufio.NewScanner(origBody)
+		sc.Buffer(make([]byte, 0, 4096), 1<<20)
+		for sc.Scan() {
+			line := strings.TrimRight(sc.Text(), "\r")
+			if line == "" {
+				break
+			}
+			fmt.Fprintf(bw, "%s\r\n", line)
+		}
 	}
 	fmt.Fprintf(bw, "\r\n--%s--\r\n", boundary)
 	return bw.Flush()
@@ -61,25 +99,50 @@ func writeDSN(w io.Writer, reportingMTA string, env *Envelope, failed []Recipien
 
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 
-// dsnStatus is the enhanced status code of a reply text ("550 5.1.1 ...").
-func dsnStatus(reply string) string {
+// dsnStatus is the enhanced status code of a reply text ("550 5.1.1 ..."),
+// or def.
+func dsnStatus(reply, def string) string {
 	f := strings.Fields(reply)
 	if len(f) > 1 && strings.Count(f[1], ".") == 2 && (f[1][0] == '4' || f[1][0] == '5') {
 		return f[1]
 	}
-	return "5.0.0"
+	return def
 }
 
-// bounce queues a DSN to env's sender for its failed recipients. No DSN is
-// sent for the null sender (RFC 5321 §4.5.5: no bounce of a bounce).
+// bounce queues a failure DSN to env's sender for the recipients that
+// failed and were not reported yet, and marks them reported. No DSN goes
+// to the null sender (RFC 5321 §4.5.5) or for NOTIFY=NEVER. The sender is
+// the original (not SRS) one: it is who must hear of the failure.
 func (q *Scheduler) bounce(env *Envelope) error {
-	var failed []Recipient
-	for _, r := range env.Recipients {
-		if r.Status == Failed {
-			failed = append(failed, r)
+	return q.notify(env, dsnFailed, func(r *Recipient) bool { return r.Status == Failed && !r.Bounced },
+		func(r *Recipient) { r.Bounced = true }, "FAILURE")
+}
+
+// warnDelay queues a delay DSN for recipients still pending after the
+// delay warning time, once each.
+func (q *Scheduler) warnDelay(env *Envelope) error {
+	err := q.notify(env, dsnDelayed, func(r *Recipient) bool { return r.Status == Pending && !r.DelayNotified },
+		func(r *Recipient) { r.DelayNotified = true }, "DELAY")
+	if err == nil {
+		err = q.Spool.Update(env)
+	}
+	return err
+}
+
+func (q *Scheduler) notify(env *Envelope, kind dsnKind, due func(*Recipient) bool, mark func(*Recipient), want string) error {
+	var report []*Recipient
+	for i := range env.Recipients {
+		r := &env.Recipients[i]
+		if !due(r) {
+			continue
+		}
+		if env.From != "" && r.wants(want) {
+			report = append(report, r)
+		} else {
+			mark(r) // nothing to send: reported as far as it will ever be
 		}
 	}
-	if len(failed) == 0 || env.From == "" {
+	if len(report) == 0 {
 		return nil
 	}
 	body, err := q.Spool.OpenBody(env.ID)
@@ -91,21 +154,25 @@ func (q *Scheduler) bounce(env *Envelope) error {
 	if err != nil {
 		return err
 	}
-	if err := writeDSN(w, q.hostname(), env, failed, body, time.Now()); err != nil {
+	now := q.now()
+	if err := writeDSN(w, q.hostname(), env, report, kind, body, now); err != nil {
 		w.Abort()
 		return err
 	}
-	now := time.Now()
 	external := true
 	if i := strings.LastIndexByte(env.From, '@'); i >= 0 && q.Local != nil {
 		external = !q.Local(env.From[i+1:])
 	}
 	dsn := &Envelope{From: "", Received: now, NextAttempt: now.Add(q.Retry.Min),
-		Recipients: []Recipient{{Addr: env.From, Status: Pending, External: external}}}
+		Recipients: []Recipient{{Addr: env.From, Status: Pending, External: external, DSNNotify: "NEVER"}}}
 	if err := w.Commit(dsn); err != nil {
 		return err
 	}
-	q.Log.Info("bounce queued", "queue_id", env.ID, "dsn_queue_id", dsn.ID, "to", env.From)
+	for _, r := range report {
+		mark(r)
+	}
+	kindName := map[dsnKind]string{dsnFailed: "bounce", dsnDelayed: "delay notice"}[kind]
+	q.Log.Info(kindName+" queued", "queue_id", env.ID, "dsn_queue_id", dsn.ID, "to", env.From, "recipients", len(report))
 	q.Submit(dsn)
 	return nil
 }

@@ -3,6 +3,7 @@ package queue
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -32,6 +33,35 @@ type Recipient struct {
 	// MailFrom is this recipient's envelope sender when it differs from
 	// the message's (the SRS-rewritten sender of an external forward).
 	MailFrom string `json:"mail_from,omitempty"`
+	// DSNNotify is the client's RCPT NOTIFY= ("NEVER", or a comma list of
+	// SUCCESS, FAILURE, DELAY); empty: the default (failure and delay).
+	DSNNotify string `json:"dsn_notify,omitempty"`
+	// ORcpt is the client's RCPT ORCPT= ("rfc822;addr"), passed on and
+	// reported in DSNs.
+	ORcpt string `json:"orcpt,omitempty"`
+	// Attempts and FirstFailure track this recipient's deferrals.
+	Attempts int `json:"attempts,omitempty"`
+	// DelayNotified: a delay DSN went out for this recipient already.
+	DelayNotified bool `json:"delay_notified,omitempty"`
+	// Bounced: its failure was reported (DSN queued, or not wanted).
+	Bounced bool `json:"bounced,omitempty"`
+
+	expired bool // failed by expiry in this attempt (not persisted)
+}
+
+// wants reports whether the client asked for a DSN of this kind
+// ("SUCCESS", "FAILURE", "DELAY"). Without NOTIFY, failures and delays are
+// reported (RFC 3461 §4.1).
+func (r *Recipient) wants(kind string) bool {
+	if r.DSNNotify == "" {
+		return kind != "SUCCESS"
+	}
+	for _, n := range strings.Split(strings.ToUpper(r.DSNNotify), ",") {
+		if n == kind {
+			return true
+		}
+	}
+	return false
 }
 
 // Sender is the envelope sender to use for r in a message from env.
@@ -52,7 +82,13 @@ type Envelope struct {
 	ClientHelo string      `json:"client_helo,omitempty"`
 	SMTPUTF8   bool        `json:"smtputf8,omitempty"`
 	Body8Bit   bool        `json:"body_8bit,omitempty"`
-	Size       int64       `json:"size"`
+	// DSNRet ("FULL" or "HDRS") and DSNEnvID are the client's MAIL RET= and
+	// ENVID=, honoured in our DSNs and passed on.
+	DSNRet   string `json:"dsn_ret,omitempty"`
+	DSNEnvID string `json:"dsn_envid,omitempty"`
+	// Held messages are not delivered until released (mailfwd queue hold).
+	Held bool  `json:"held,omitempty"`
+	Size int64 `json:"size"`
 	// Attempts counts delivery attempts started. NextAttempt is written
 	// before an attempt starts, so a crash during it cannot cause a hot
 	// retry loop on restart.

@@ -4,6 +4,7 @@ import (
 	"container/heap"
 	"context"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -19,14 +20,33 @@ type Hop interface {
 	String() string
 }
 
-// Retry is the backoff policy: the first retry after Min, doubling up to
-// Max, with ±20% jitter so deferred messages do not return in lockstep.
+// Destination is where a recipient's mail goes next.
+type Destination struct {
+	// Key identifies the destination for grouping recipients into one
+	// transaction and for its concurrency limit ("smtp:[127.0.0.1]:10025",
+	// "mx:gmail.com").
+	Key string
+	Hop Hop
+	// External destinations (the Internet's MXes) back off slowly; our own
+	// next hops (Postfix, a smarthost) are retried soon.
+	External bool
+}
+
+// Router picks each recipient's destination.
+type Router interface {
+	Route(r *Recipient) Destination
+}
+
+// Retry is a backoff policy: the first retry after Min, doubling up to Max.
+// Each message gets its own fixed jitter factor (from its ID), so deferred
+// messages do not return in lockstep and one message's delays never shrink.
 type Retry struct {
 	Min, Max time.Duration
 }
 
-// Delay is the wait before attempt n+1 after n failed attempts (n ≥ 1).
-func (r Retry) Delay(n int) time.Duration {
+// Delay is the wait before the next attempt after n failed attempts (n ≥ 1)
+// of message id: non-decreasing in n.
+func (r Retry) Delay(n int, id string) time.Duration {
 	d := r.Min
 	for i := 1; i < n && d < r.Max; i++ {
 		d *= 2
@@ -34,31 +54,60 @@ func (r Retry) Delay(n int) time.Duration {
 	if d > r.Max {
 		d = r.Max
 	}
-	j := time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
-	return j
+	h := fnv.New32a()
+	h.Write([]byte(id))
+	f := 0.8 + 0.2*float64(h.Sum32()%1000)/1000 // 0.8 .. 1.0
+	return time.Duration(float64(d) * f)
 }
 
-// Scheduler is the queue manager: it delivers committed messages now, and
-// deferred ones when they are due.
+// Clock is the scheduler's time: time.Now in production, a fake in tests.
+type Clock interface{ Now() time.Time }
+
+type realClock struct{}
+
+func (realClock) Now() time.Time { return time.Now() }
+
+// Defaults of the delivery policy.
+const (
+	DefaultLifetime     = 5 * 24 * time.Hour
+	DefaultDelayWarning = 4 * time.Hour
+)
+
+// Scheduler is the queue manager: it delivers committed messages now and
+// deferred ones when due, records each recipient's outcome, and bounces
+// (DSN) what fails or expires.
 type Scheduler struct {
 	Spool *Spool
-	// Hop takes mail for our own domains (Postfix); ExternalHop takes
-	// external forwards (nil: Hop takes them too).
+	// Router picks destinations; without one, Hop takes our own domains'
+	// mail and ExternalHop (or Hop) the external forwards.
+	Router      Router
 	Hop         Hop
 	ExternalHop Hop
 	// Local reports whether a domain is ours; it routes our own DSNs.
-	Local   func(domain string) bool
-	Retry   Retry
-	Workers int
-	Log     *slog.Logger
+	Local func(domain string) bool
+	// Retry is the backoff towards our own next hops, ExternalRetry towards
+	// the Internet (zero: 5 min doubling to 4 h).
+	Retry         Retry
+	ExternalRetry Retry
+	// Lifetime: pending recipients of an older message fail (DSN).
+	Lifetime time.Duration
+	// DelayWarning: a delay DSN is sent once for recipients still pending
+	// after this long (0: DefaultDelayWarning; negative: never).
+	DelayWarning time.Duration
+	Workers      int
+	// DestinationConcurrency bounds parallel transactions per destination.
+	DestinationConcurrency int
+	Log                    *slog.Logger
 	// Hostname names us in DSNs.
 	Hostname string
+	Clock    Clock
 
 	mu      sync.Mutex
 	pending timeHeap
 	queued  map[string]bool // in the heap or being delivered
 	wake    chan struct{}
 	work    chan *Envelope
+	slots   map[string]chan struct{} // per-destination concurrency
 }
 
 func (q *Scheduler) init() {
@@ -76,18 +125,63 @@ func (q *Scheduler) init() {
 	if q.Retry.Max < q.Retry.Min {
 		q.Retry.Max = 5 * time.Minute
 	}
+	if q.ExternalRetry.Min <= 0 {
+		q.ExternalRetry.Min = 5 * time.Minute
+	}
+	if q.ExternalRetry.Max < q.ExternalRetry.Min {
+		q.ExternalRetry.Max = 4 * time.Hour
+	}
+	if q.Lifetime <= 0 {
+		q.Lifetime = DefaultLifetime
+	}
+	if q.DelayWarning == 0 {
+		q.DelayWarning = DefaultDelayWarning
+	}
+	if q.DestinationConcurrency <= 0 {
+		q.DestinationConcurrency = 20
+	}
 	if q.Log == nil {
 		q.Log = slog.Default()
+	}
+	if q.Clock == nil {
+		q.Clock = realClock{}
+	}
+	if q.Router == nil {
+		q.Router = hopRouter{local: q.Hop, external: q.ExternalHop}
 	}
 	q.queued = map[string]bool{}
 	q.wake = make(chan struct{}, 1)
 	q.work = make(chan *Envelope, q.Workers)
+	q.slots = map[string]chan struct{}{}
 }
+
+// hopRouter sends our domains' mail to one hop and external forwards to
+// another.
+type hopRouter struct{ local, external Hop }
+
+func (r hopRouter) Route(rc *Recipient) Destination {
+	if rc.External && r.external != nil {
+		return Destination{Key: r.external.String(), Hop: r.external}
+	}
+	return Destination{Key: r.local.String(), Hop: r.local}
+}
+
+func (q *Scheduler) now() time.Time { return q.Clock.Now() }
 
 // Submit schedules a just-committed message for immediate delivery.
 func (q *Scheduler) Submit(env *Envelope) {
 	q.init()
-	q.schedule(env, time.Now())
+	q.schedule(env, q.now())
+}
+
+// Kick makes the scheduler look at its timers again (after a fake clock
+// moved, or a queue flush).
+func (q *Scheduler) Kick() {
+	q.init()
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
 }
 
 func (q *Scheduler) schedule(env *Envelope, at time.Time) {
@@ -99,24 +193,24 @@ func (q *Scheduler) schedule(env *Envelope, at time.Time) {
 	q.queued[env.ID] = true
 	heap.Push(&q.pending, timedEnv{at, env})
 	q.mu.Unlock()
-	select {
-	case q.wake <- struct{}{}:
-	default:
-	}
+	q.Kick()
 }
 
-// Run loads the spool and delivers until ctx ends. Messages found on
-// start are spread over the first seconds (jitter), so a restart after an
-// outage does not hit the next hop with the whole queue at once.
+// Run delivers until ctx ends, starting with what the spool held when it
+// was opened. Those messages are spread over the first seconds (jitter),
+// so a restart after an outage does not hit the next hop all at once.
 func (q *Scheduler) Run(ctx context.Context) error {
 	q.init()
 	envs := q.Spool.TakeRecovered()
-	now := time.Now()
+	now := q.now()
 	spread := time.Duration(len(envs)) * time.Millisecond
 	if spread > 5*time.Second {
 		spread = 5 * time.Second
 	}
 	for _, env := range envs {
+		if env.Held {
+			continue
+		}
 		at := env.NextAttempt
 		if at.Before(now) {
 			at = now
@@ -159,7 +253,7 @@ func (q *Scheduler) dispatch(ctx context.Context) {
 		wait := time.Hour
 		if len(q.pending) > 0 {
 			top := q.pending[0]
-			if d := time.Until(top.at); d <= 0 {
+			if d := top.at.Sub(q.now()); d <= 0 {
 				heap.Pop(&q.pending)
 				next = top.env
 			} else {
@@ -191,6 +285,12 @@ func (q *Scheduler) dispatch(ctx context.Context) {
 	}
 }
 
+// route is one transaction of an attempt: a destination and a sender.
+type route struct {
+	dest Destination
+	from string
+}
+
 // attempt delivers one message's pending recipients and records the
 // outcome of each before the message is touched again.
 func (q *Scheduler) attempt(ctx context.Context, env *Envelope) {
@@ -200,46 +300,95 @@ func (q *Scheduler) attempt(ctx context.Context, env *Envelope) {
 		delete(q.queued, env.ID)
 		q.mu.Unlock()
 	}
+	if env.Held {
+		done()
+		return
+	}
 	// Persist when the attempt after this one is due before trying, so a
 	// crash in the middle of it cannot make a restart retry at once, again
 	// and again. The first attempt needs no write: Commit stored a next
 	// attempt time already.
 	env.Attempts++
 	if env.Attempts > 1 {
-		env.NextAttempt = time.Now().Add(q.Retry.Delay(env.Attempts))
+		env.NextAttempt = q.nextAttempt(env)
 		if err := q.Spool.Update(env); err != nil {
 			log.Error("cannot record attempt; will retry", "err", err)
 			done()
-			q.schedule(env, time.Now().Add(q.Retry.Min))
+			q.schedule(env, q.now().Add(q.Retry.Min))
 			return
 		}
 	}
-	// One transaction per next hop and envelope sender: an external
+	// One transaction per destination and envelope sender: an external
 	// forward leaves with its SRS sender, local mail with the original.
-	type route struct {
-		external bool
-		from     string
-	}
-	var order []route
-	groups := map[route][]*Recipient{}
+	var order []string
+	groups := map[string]*struct {
+		route
+		rcpts []*Recipient
+	}{}
 	for _, r := range env.Pending() {
-		k := route{r.External, r.Sender(env)}
-		if _, ok := groups[k]; !ok {
+		d := q.Router.Route(r)
+		k := d.Key + "\x00" + r.Sender(env)
+		g, ok := groups[k]
+		if !ok {
+			g = &struct {
+				route
+				rcpts []*Recipient
+			}{route: route{d, r.Sender(env)}}
+			groups[k] = g
 			order = append(order, k)
 		}
-		groups[k] = append(groups[k], r)
+		g.rcpts = append(g.rcpts, r)
 	}
 	for _, k := range order {
-		q.deliver(ctx, log, env, q.hopFor(k.external), k.from, groups[k])
+		g := groups[k]
+		if !q.acquire(ctx, g.dest.Key) {
+			break // shutting down: the recipients stay pending
+		}
+		q.deliver(ctx, log, env, g.dest.Hop, g.from, g.rcpts)
+		q.release(g.dest.Key)
 	}
 	q.finish(log, env, done)
 }
 
-func (q *Scheduler) hopFor(external bool) Hop {
-	if external && q.ExternalHop != nil {
-		return q.ExternalHop
+func (q *Scheduler) acquire(ctx context.Context, key string) bool {
+	q.mu.Lock()
+	s, ok := q.slots[key]
+	if !ok {
+		s = make(chan struct{}, q.DestinationConcurrency)
+		q.slots[key] = s
 	}
-	return q.Hop
+	q.mu.Unlock()
+	select {
+	case s <- struct{}{}:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func (q *Scheduler) release(key string) {
+	q.mu.Lock()
+	s := q.slots[key]
+	q.mu.Unlock()
+	<-s
+}
+
+// nextAttempt is when a message that just failed is tried again: after the
+// backoff of the slowest class among its pending recipients, but never
+// after its expiry (so it expires on time).
+func (q *Scheduler) nextAttempt(env *Envelope) time.Time {
+	r := q.Retry
+	for _, rc := range env.Pending() {
+		if q.Router.Route(rc).External {
+			r = q.ExternalRetry
+			break
+		}
+	}
+	at := q.now().Add(r.Delay(env.Attempts, env.ID))
+	if exp := env.Received.Add(q.Lifetime); at.After(exp) {
+		at = exp
+	}
+	return at
 }
 
 // deliver sends to the pending recipients and records each one's outcome
@@ -251,7 +400,7 @@ func (q *Scheduler) deliver(ctx context.Context, log *slog.Logger, env *Envelope
 	}
 	start := time.Now()
 	replies, err := q.send(ctx, hop, env, from, addrs)
-	delay := time.Since(env.Received).Round(time.Millisecond)
+	delay := q.now().Sub(env.Received).Round(time.Millisecond)
 	for i, r := range rcpts {
 		var reply Reply
 		if err != nil {
@@ -260,6 +409,7 @@ func (q *Scheduler) deliver(ctx context.Context, log *slog.Logger, env *Envelope
 			reply = replies[i]
 		}
 		r.LastReply = reply.String()
+		r.Attempts++
 		status := "deferred"
 		switch {
 		case reply.OK():
@@ -273,20 +423,40 @@ func (q *Scheduler) deliver(ctx context.Context, log *slog.Logger, env *Envelope
 	}
 }
 
-// finish removes a message with no pending recipients (bouncing the failed
-// ones first), or persists its state and schedules the next attempt.
+// finish expires and warns about old pending recipients, then removes a
+// message with none left pending (bouncing the failed ones first), or
+// persists its state and schedules the next attempt.
 func (q *Scheduler) finish(log *slog.Logger, env *Envelope, done func()) {
-	if len(env.Pending()) == 0 {
-		// The bounce is durable before the message goes: a crash in
-		// between sends the bounce twice at worst, never not at all.
-		if err := q.bounce(env); err != nil {
-			log.Error("cannot queue bounce; keeping the message and retrying", "err", err)
-			env.NextAttempt = time.Now().Add(q.Retry.Delay(env.Attempts))
-			q.Spool.Update(env)
-			done()
-			q.schedule(env, env.NextAttempt)
-			return
+	now := q.now()
+	if age := now.Sub(env.Received); age >= q.Lifetime {
+		for _, r := range env.Pending() {
+			r.Status = Failed
+			r.LastReply = fmt.Sprintf("message expired after %s in the queue; last error: %s", q.Lifetime, r.LastReply)
+			r.expired = true
+			log.Info("expired", "to", r.Addr, "orig_to", r.OrigTo, "status", r.LastReply)
 		}
+	} else if q.DelayWarning > 0 && age >= q.DelayWarning {
+		if err := q.warnDelay(env); err != nil {
+			log.Error("cannot queue delay notice; will try again", "err", err)
+		}
+	}
+	// Failures are reported as soon as they happen, not when the last
+	// recipient is done. The bounce is durable before the envelope records
+	// it as sent: a crash in between sends it twice at worst, never not at all.
+	if err := q.bounce(env); err != nil {
+		log.Error("cannot queue bounce; keeping the message and retrying", "err", err)
+		for i := range env.Recipients {
+			if env.Recipients[i].expired {
+				env.Recipients[i].Status, env.Recipients[i].expired = Pending, false
+			}
+		}
+		env.NextAttempt = now.Add(q.Retry.Min)
+		q.Spool.Update(env)
+		done()
+		q.schedule(env, env.NextAttempt)
+		return
+	}
+	if len(env.Pending()) == 0 {
 		if err := q.Spool.Remove(env.ID); err != nil {
 			log.Error("removing delivered message", "err", err)
 		} else {
@@ -295,7 +465,7 @@ func (q *Scheduler) finish(log *slog.Logger, env *Envelope, done func()) {
 		done()
 		return
 	}
-	env.NextAttempt = time.Now().Add(q.Retry.Delay(env.Attempts))
+	env.NextAttempt = q.nextAttempt(env)
 	if err := q.Spool.Update(env); err != nil {
 		log.Error("cannot record delivery outcome; will retry pending recipients", "err", err)
 	}
@@ -335,4 +505,19 @@ func (h *timeHeap) Pop() any {
 	x := old[len(old)-1]
 	*h = old[:len(old)-1]
 	return x
+}
+
+// idle reports whether nothing is being delivered and nothing is due now
+// (for tests that drive a fake clock).
+func (q *Scheduler) idle() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.work) > 0 {
+		return false
+	}
+	busy := len(q.queued) - len(q.pending)
+	if busy > 0 {
+		return false
+	}
+	return len(q.pending) == 0 || q.pending[0].at.After(q.now())
 }

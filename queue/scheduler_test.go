@@ -216,15 +216,30 @@ func (h *blockingHop) Send(ctx context.Context, env *Envelope, from string, rcpt
 	return nil, errors.New("blocked")
 }
 
+// Backoff doubles from Min to Max, each message with its own jitter, and
+// never shrinks from one attempt to the next (monotone).
 func TestRetryDelay(t *testing.T) {
-	r := Retry{Min: time.Second, Max: 8 * time.Second}
-	for n, want := range map[int]time.Duration{1: time.Second, 2: 2 * time.Second, 3: 4 * time.Second, 4: 8 * time.Second, 10: 8 * time.Second} {
-		for range 20 {
-			d := r.Delay(n)
-			if d < want*8/10 || d > want*12/10 {
-				t.Fatalf("Delay(%d) = %v, want %v ±20%%", n, d, want)
+	for _, r := range []Retry{{Min: time.Second, Max: 8 * time.Second}, {Min: 5 * time.Minute, Max: 4 * time.Hour}} {
+		for _, id := range []string{"A", "B", "6610C3F7D41BE4116BD"} {
+			prev := time.Duration(0)
+			for n := 1; n <= 40; n++ {
+				base := r.Min << min(n-1, 30)
+				if base > r.Max || base <= 0 {
+					base = r.Max
+				}
+				d := r.Delay(n, id)
+				if d < base*8/10 || d > base {
+					t.Fatalf("%v Delay(%d, %s) = %v, want within 80..100%% of %v", r, n, id, d, base)
+				}
+				if d < prev {
+					t.Fatalf("%v Delay(%d, %s) = %v < previous %v: not monotone", r, n, id, d, prev)
+				}
+				prev = d
 			}
 		}
+	}
+	if Retry.Delay(Retry{Min: time.Minute, Max: time.Hour}, 3, "A") == Retry.Delay(Retry{Min: time.Minute, Max: time.Hour}, 3, "B") {
+		t.Error("two messages got the same jitter")
 	}
 }
 

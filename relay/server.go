@@ -130,6 +130,7 @@ func (b *Backend) NewServer() *smtp.Server {
 	s.ReadTimeout = 5 * time.Minute
 	s.WriteTimeout = 5 * time.Minute
 	s.EnableSMTPUTF8 = true
+	s.EnableDSN = true
 	s.ErrorLog = slogLogger{b.log}
 	return s
 }
@@ -159,6 +160,8 @@ type session struct {
 	opts    smtp.MailOptions
 	rcpts   []queue.Recipient
 	seen    map[string]bool
+	notify  string // NOTIFY= of the RCPT being processed
+	orcpt   string
 	// srsFrom is from rewritten for external forwards, computed on the
 	// first external recipient of the transaction.
 	srsFrom    string
@@ -193,7 +196,18 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	return nil
 }
 
-func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	s.notify, s.orcpt = "", ""
+	if opts != nil {
+		var n []string
+		for _, v := range opts.Notify {
+			n = append(n, string(v))
+		}
+		s.notify = strings.Join(n, ",")
+		if opts.OriginalRecipient != "" {
+			s.orcpt = string(opts.OriginalRecipientType) + ";" + opts.OriginalRecipient
+		}
+	}
 	addr, err := routing.ParseAddress(to)
 	if err != nil {
 		return replyBadRcpt
@@ -236,7 +250,7 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 		if len(s.rcpts) >= s.b.cfg.MaxRecipients {
 			return replyTooManyRcpt
 		}
-		rc := queue.Recipient{Addr: f, OrigTo: routing.External(to), Status: queue.Pending}
+		rc := queue.Recipient{Addr: f, OrigTo: routing.External(to), Status: queue.Pending, DSNNotify: s.notify, ORcpt: s.orcpt}
 		if !s.isLocal(f) {
 			rc.External = true
 			if fwdFrom != s.from {
@@ -365,6 +379,8 @@ func (s *session) Data(r io.Reader) error {
 		ClientHelo:  s.helo,
 		SMTPUTF8:    s.opts.UTF8,
 		Body8Bit:    s.opts.Body == smtp.Body8BitMIME,
+		DSNRet:      string(s.opts.Return),
+		DSNEnvID:    s.opts.EnvelopeID,
 		NextAttempt: now.Add(s.b.cfg.FirstRetry),
 	}
 	if err := w.Commit(env); err != nil {

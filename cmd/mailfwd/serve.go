@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -100,6 +101,61 @@ func newExpander(c *config.Config, log *slog.Logger) (*routing.Expander, *routin
 	}, cache, nil
 }
 
+// newRouter builds delivery routing from the config: one pooled SMTP hop
+// per server, shared by every route to it.
+func newRouter(c *config.Config) (*queue.TransportRouter, func(), error) {
+	d := c.Delivery
+	var mu sync.Mutex
+	hops := map[string]*queue.SMTPHop{}
+	factory := func(addr string, lmtp bool) queue.Hop {
+		mu.Lock()
+		defer mu.Unlock()
+		if h, ok := hops[addr]; ok {
+			return h
+		}
+		h := &queue.SMTPHop{Addr: addr, LocalName: c.Hostname, Timeout: d.ConnectTimeout}
+		hops[addr] = h
+		return h
+	}
+	closeAll := func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, h := range hops {
+			h.Close()
+		}
+	}
+	local, err := hostPortTransport(d.NextHop)
+	if err != nil {
+		return nil, nil, fmt.Errorf("delivery.next_hop: %w", err)
+	}
+	tr := &queue.TransportRouter{Local: local, Hops: factory, MXPort: d.MXPort, Transports: map[string]queue.Transport{}}
+	if d.ExternalNextHop != "" {
+		sh, err := hostPortTransport(d.ExternalNextHop)
+		if err != nil {
+			return nil, nil, fmt.Errorf("delivery.external_next_hop: %w", err)
+		}
+		tr.Smarthost = &sh
+	}
+	for k, v := range d.Transports {
+		t, err := queue.ParseTransport(v)
+		if err != nil {
+			return nil, nil, err
+		}
+		tr.Transports[strings.ToLower(k)] = t
+	}
+	return tr, closeAll, nil
+}
+
+// hostPortTransport is the transport of a "host:port" setting: that host,
+// no MX lookup.
+func hostPortTransport(hp string) (queue.Transport, error) {
+	h, p, err := net.SplitHostPort(hp)
+	if err != nil {
+		return queue.Transport{}, err
+	}
+	return queue.ParseTransport("smtp:[" + h + "]:" + p)
+}
+
 func serve(args []string) error {
 	c, name, err := loadConfig(flag.NewFlagSet("serve", flag.ContinueOnError), args)
 	if err != nil {
@@ -125,16 +181,17 @@ func serve(args []string) error {
 		}
 		srsLimit, srsWindow = c.SRS.FailureLimit, c.SRS.FailureWindow
 	}
-	hop := &queue.SMTPHop{Addr: c.Delivery.NextHop, LocalName: c.Hostname, Timeout: c.Delivery.ConnectTimeout}
-	defer hop.Close()
-	sched := &queue.Scheduler{
-		Spool: spool, Hop: hop, Workers: c.Delivery.Workers, Log: log, Hostname: c.Hostname,
-		Retry: queue.Retry{Min: c.Delivery.RetryMin, Max: c.Delivery.RetryMax},
+	router, closeHops, err := newRouter(c)
+	if err != nil {
+		return err
 	}
-	if h := c.Delivery.ExternalNextHop; h != "" && h != c.Delivery.NextHop {
-		ext := &queue.SMTPHop{Addr: h, LocalName: c.Hostname, Timeout: c.Delivery.ConnectTimeout}
-		defer ext.Close()
-		sched.ExternalHop = ext
+	defer closeHops()
+	d := c.Delivery
+	sched := &queue.Scheduler{
+		Spool: spool, Router: router, Workers: d.Workers, Log: log, Hostname: c.Hostname,
+		Retry:         queue.Retry{Min: d.RetryMin, Max: d.RetryMax},
+		ExternalRetry: queue.Retry{Min: d.ExternalRetryMin, Max: d.ExternalRetryMax},
+		Lifetime:      d.Lifetime, DelayWarning: d.DelayWarning, DestinationConcurrency: d.DestinationConcurrency,
 	}
 	be, err := relay.NewBackend(relay.Config{
 		Hostname: c.Hostname, RelayDomains: c.RelayDomains, LookupTimeout: c.LookupTimeout,

@@ -1,0 +1,144 @@
+package queue
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+// Transport is a parsed transport map value, Postfix style:
+// "smtp:[host]:port" (that host, no MX lookup), "smtp:host[:port]" (the MX
+// hosts of host), "lmtp:[host]:port" or "lmtp:host:port" (LMTP, no MX).
+type Transport struct {
+	LMTP bool
+	Host string
+	Port int
+	MX   bool // look up MX records of Host
+}
+
+// ParseTransport parses a transport map value.
+func ParseTransport(s string) (Transport, error) {
+	proto, rest, ok := strings.Cut(s, ":")
+	if !ok || rest == "" {
+		return Transport{}, fmt.Errorf("transport %q: want smtp:[host]:port, smtp:host or lmtp:[host]:port", s)
+	}
+	t := Transport{Port: 25}
+	switch proto {
+	case "smtp":
+	case "lmtp":
+		t.LMTP, t.Port = true, 24
+	default:
+		return Transport{}, fmt.Errorf("transport %q: unknown protocol %q (smtp or lmtp)", s, proto)
+	}
+	bracketed := strings.HasPrefix(rest, "[")
+	host, port := rest, ""
+	if bracketed {
+		end := strings.IndexByte(rest, ']')
+		if end < 0 {
+			return Transport{}, fmt.Errorf("transport %q: unbalanced [", s)
+		}
+		host = rest[1:end]
+		if after := rest[end+1:]; after != "" {
+			if !strings.HasPrefix(after, ":") {
+				return Transport{}, fmt.Errorf("transport %q: junk after ]", s)
+			}
+			port = after[1:]
+		}
+	} else if h, p, err := net.SplitHostPort(rest); err == nil {
+		host, port = h, p
+	}
+	if host == "" {
+		return Transport{}, fmt.Errorf("transport %q: no host", s)
+	}
+	if port != "" {
+		n, err := strconv.Atoi(port)
+		if err != nil || n <= 0 || n > 65535 {
+			return Transport{}, fmt.Errorf("transport %q: bad port %q", s, port)
+		}
+		t.Port = n
+	}
+	t.Host = host
+	t.MX = !bracketed && !t.LMTP && net.ParseIP(host) == nil
+	return t, nil
+}
+
+func (t Transport) String() string {
+	p := "smtp"
+	if t.LMTP {
+		p = "lmtp"
+	}
+	if t.MX {
+		return fmt.Sprintf("%s:%s:%d", p, t.Host, t.Port)
+	}
+	return fmt.Sprintf("%s:[%s]:%d", p, t.Host, t.Port)
+}
+
+// HopFactory makes the SMTP hop for one host:port, so that every route to
+// the same server shares one connection pool.
+type HopFactory func(addr string, lmtp bool) Hop
+
+// TransportRouter is the delivery routing of a relay, in this order: a
+// transport map entry for the address, then for its domain; our own
+// domains' mail to the local next hop (Postfix); external forwards to the
+// smarthost if there is one, else to the MX hosts of their domain.
+type TransportRouter struct {
+	Transports map[string]Transport // lower-case address or domain
+	Local      Transport
+	Smarthost  *Transport
+	Resolver   Resolver
+	Hops       HopFactory
+	// MXPort is the port MX hosts are dialled on (25; tests change it).
+	MXPort int
+
+	mu   sync.Mutex
+	dest map[string]Destination
+}
+
+// Route implements Router.
+func (tr *TransportRouter) Route(r *Recipient) Destination {
+	addr := strings.ToLower(r.Addr)
+	domain := addr
+	if i := strings.LastIndexByte(addr, '@'); i >= 0 {
+		domain = addr[i+1:]
+	}
+	if t, ok := tr.Transports[addr]; ok {
+		return tr.destination(t, domain)
+	}
+	if t, ok := tr.Transports[domain]; ok {
+		return tr.destination(t, domain)
+	}
+	if !r.External {
+		return tr.destination(tr.Local, domain)
+	}
+	if tr.Smarthost != nil {
+		return tr.destination(*tr.Smarthost, domain)
+	}
+	port := tr.MXPort
+	if port == 0 {
+		port = 25
+	}
+	return tr.destination(Transport{Host: domain, Port: port, MX: true}, domain)
+}
+
+// destination returns the (shared) destination of a transport.
+func (tr *TransportRouter) destination(t Transport, _ string) Destination {
+	key := t.String()
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	if d, ok := tr.dest[key]; ok {
+		return d
+	}
+	if tr.dest == nil {
+		tr.dest = map[string]Destination{}
+	}
+	var d Destination
+	if t.MX {
+		d = Destination{Key: key, External: true, Hop: &MXHop{Domain: t.Host, Port: t.Port, Resolver: tr.Resolver, Hops: tr.Hops}}
+	} else {
+		d = Destination{Key: key, Hop: tr.Hops(net.JoinHostPort(t.Host, strconv.Itoa(t.Port)), t.LMTP)}
+	}
+	tr.dest[key] = d
+	return d
+}
