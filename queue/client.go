@@ -352,7 +352,7 @@ func (c *smtpConn) startTLS(ctx context.Context, cfg *tls.Config) error {
 // xclient sends XCLIENT with the attributes the server announced (Postfix
 // XCLIENT_README) and expects the new 220 greeting. The caller says EHLO
 // again.
-func (c *smtpConn) xclient(attrs [][2]string) error {
+func (c *smtpConn) xclient(attrs [][2]string) (sent bool, err error) {
 	allowed := c.extParams("XCLIENT")
 	line := "XCLIENT"
 	for _, a := range attrs {
@@ -361,20 +361,20 @@ func (c *smtpConn) xclient(attrs [][2]string) error {
 		}
 	}
 	if line == "XCLIENT" {
-		return nil
+		return false, nil
 	}
 	if err := c.cmd(line); err != nil {
-		return err
+		return true, err
 	}
 	r, err := c.expect("XCLIENT", 2)
 	if err != nil {
-		return err
+		return true, err
 	}
 	if r.Code != 220 {
-		return &replyError{Cmd: "XCLIENT", Reply: r.Reply}
+		return true, &replyError{Cmd: "XCLIENT", Reply: r.Reply}
 	}
 	c.ext = nil
-	return nil
+	return true, nil
 }
 
 // xforwardLine is the XFORWARD command for the announced attributes ("" if

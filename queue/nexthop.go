@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -9,8 +10,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/emersion/go-smtp"
 )
 
 // Reply is a next hop's answer for one recipient.
@@ -33,62 +32,85 @@ func (r Reply) Permanent() bool { return r.Code >= 500 }
 // OK reports a 2xx reply.
 func (r Reply) OK() bool { return r.Code >= 200 && r.Code < 300 }
 
-// SMTPHop delivers to one SMTP next hop (Postfix, a smarthost), keeping
-// idle connections for reuse: a new TCP connection and EHLO per message is
-// what makes a relay slow.
+// TLS policies of an SMTPHop.
+const (
+	TLSNone          = "none"          // never STARTTLS
+	TLSOpportunistic = "opportunistic" // STARTTLS when offered, certificate not verified
+	TLSRequire       = "require"       // STARTTLS or no delivery (4.7.x), certificate verified
+)
+
+// SMTPHop delivers to one SMTP (or LMTP) next hop: Postfix, a smarthost, a
+// mailbox server. It keeps idle connections for reuse: a new TCP
+// connection and EHLO per message is what makes a relay slow.
+//
+// What it negotiates, from the server's EHLO (LHLO) answer:
+//   - PIPELINING (RFC 2920): [RSET,] [XFORWARD,] MAIL, every RCPT and DATA go
+//     out in one write; the body only when some RCPT was accepted and DATA
+//     got 354. Without it, one command at a time.
+//   - STARTTLS per TLSPolicy (zero value: opportunistic). Opportunistic does
+//     not verify the certificate (the norm between MTAs); a failed handshake
+//     fails that connection (the message waits for the next attempt) unless
+//     TLSFallbackPlain. Require verifies the certificate with TLSConfig (set
+//     InsecureSkipVerify there to encrypt without verifying) and answers
+//     4.7.4 (not offered) or 4.7.5 (handshake failed) for every recipient, so
+//     the mail waits until TLS works.
+//   - SIZE (RFC 1870): SIZE= on MAIL; a message larger than the announced
+//     limit is not sent: 552 5.3.4 for every recipient.
+//   - 8BITMIME: BODY=8BITMIME for an 8-bit body. A server without 8BITMIME
+//     gets the message anyway, without BODY= (no downgrade: nearly every
+//     server passes 8-bit data through, as Postfix's smtp client does).
+//   - SMTPUTF8 (RFC 6531): SMTPUTF8 on MAIL for a message that asked for it;
+//     a server without it gets nothing: 553 5.6.7 for every recipient.
+//   - DSN (RFC 3461): RET= and ENVID= on MAIL, NOTIFY= and ORCPT= on RCPT
+//     (ORCPT: the client's, else the address the client gave before
+//     rewriting, as Postfix does). Without DSN, none of them.
+//   - XCLIENT (XClient): the message's client address and HELO name, so
+//     Postfix applies its access rules and logs as if that client had
+//     connected; a pooled connection is re-XCLIENTed for another client.
+//   - XFORWARD (XForward): the same for logging only, per transaction.
+//   - LMTP (RFC 2033): LHLO, and one reply per accepted recipient after the
+//     final dot.
+//
+// Timeout bounds the connect and every read and write (the wait for the
+// reply to the final dot: dataDoneTimeout); the context's deadline and
+// cancellation apply to all of them.
 type SMTPHop struct {
-	Addr      string // host:port
-	LocalName string // our EHLO name
-	Timeout   time.Duration
-	IdleTime  time.Duration // how long an idle connection is kept
-	MaxIdle   int
+	Addr      string        // host:port
+	LocalName string        // our EHLO name
+	Timeout   time.Duration // connect, and each read or write (default 30 s)
+	IdleTime  time.Duration // how long an idle connection is kept (default 30 s)
+	MaxIdle   int           // idle connections kept (default 16)
+
+	TLSPolicy string      // TLSNone, TLSOpportunistic ("" too) or TLSRequire
+	TLSConfig *tls.Config // RootCAs, ServerName (default: Addr's host), client certificate...
+	// TLSFallbackPlain: with opportunistic TLS, a failed handshake is
+	// retried at once on a new connection without STARTTLS.
+	TLSFallbackPlain bool
+	XClient          bool // send XCLIENT with the message's client (Postfix smtpd_authorized_xclient_hosts)
+	XForward         bool // send XFORWARD per transaction (Postfix smtpd_authorized_xforward_hosts)
+	LMTP             bool // speak LMTP (LHLO, a reply per recipient after DATA)
+
+	// dial replaces the TCP dial (tests).
+	dial func(ctx context.Context) (net.Conn, error)
 
 	mu   sync.Mutex
 	idle []idleConn
 }
 
 type idleConn struct {
-	c     *smtp.Client
+	c     *smtpConn
 	since time.Time
 }
 
-func (h *SMTPHop) String() string { return "smtp:[" + h.Addr + "]" }
+// dataDoneTimeout bounds the wait for the reply to the final dot (Postfix's
+// smtp_data_done_timeout): the server may scan the message first.
+const dataDoneTimeout = 10 * time.Minute
 
-func (h *SMTPHop) get(ctx context.Context) (c *smtp.Client, reused bool, err error) {
-	h.mu.Lock()
-	for len(h.idle) > 0 {
-		ic := h.idle[len(h.idle)-1]
-		h.idle = h.idle[:len(h.idle)-1]
-		if time.Since(ic.since) < h.idleTime() {
-			h.mu.Unlock()
-			return ic.c, true, nil
-		}
-		go ic.c.Close()
+func (h *SMTPHop) String() string {
+	if h.LMTP {
+		return "lmtp:[" + h.Addr + "]"
 	}
-	h.mu.Unlock()
-	d := net.Dialer{Timeout: h.timeout()}
-	conn, err := d.DialContext(ctx, "tcp", h.Addr)
-	if err != nil {
-		return nil, false, err
-	}
-	c = smtp.NewClient(conn)
-	c.CommandTimeout = h.timeout()
-	c.SubmissionTimeout = 10 * time.Minute
-	if err := c.Hello(h.LocalName); err != nil {
-		c.Close()
-		return nil, false, err
-	}
-	return c, false, nil
-}
-
-func (h *SMTPHop) put(c *smtp.Client) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if len(h.idle) >= h.maxIdle() {
-		go c.Quit()
-		return
-	}
-	h.idle = append(h.idle, idleConn{c, time.Now()})
+	return "smtp:[" + h.Addr + "]"
 }
 
 func (h *SMTPHop) timeout() time.Duration {
@@ -112,6 +134,171 @@ func (h *SMTPHop) maxIdle() int {
 	return 16
 }
 
+func (h *SMTPHop) tlsPolicy() (string, error) {
+	switch h.TLSPolicy {
+	case "", TLSOpportunistic:
+		return TLSOpportunistic, nil
+	case TLSNone, TLSRequire:
+		return h.TLSPolicy, nil
+	}
+	return "", fmt.Errorf("unknown TLS policy %q (want %s, %s or %s)", h.TLSPolicy, TLSNone, TLSOpportunistic, TLSRequire)
+}
+
+func (h *SMTPHop) tlsConfig(policy string) *tls.Config {
+	cfg := &tls.Config{}
+	if h.TLSConfig != nil {
+		cfg = h.TLSConfig.Clone()
+	}
+	if cfg.ServerName == "" {
+		if host, _, err := net.SplitHostPort(h.Addr); err == nil {
+			cfg.ServerName = host
+		}
+	}
+	if policy == TLSOpportunistic {
+		cfg.InsecureSkipVerify = true
+	}
+	return cfg
+}
+
+// tlsRequired is a connection refused by the "require" TLS policy: its
+// reply goes to every recipient.
+type tlsRequired struct{ reply Reply }
+
+func (e *tlsRequired) Error() string { return e.reply.String() }
+
+// connect dials and greets a new connection: EHLO, STARTTLS per policy,
+// EHLO again. plain skips STARTTLS (TLSFallbackPlain).
+func (h *SMTPHop) connect(ctx context.Context, plain bool) (*smtpConn, error) {
+	policy, err := h.tlsPolicy()
+	if err != nil {
+		return nil, err
+	}
+	var nc net.Conn
+	if h.dial != nil {
+		nc, err = h.dial(ctx)
+	} else {
+		d := net.Dialer{Timeout: h.timeout()}
+		nc, err = d.DialContext(ctx, "tcp", h.Addr)
+	}
+	if err != nil {
+		return nil, err
+	}
+	c := newSMTPConn(nc, h.LMTP, h.timeout())
+	unbind := c.bind(ctx)
+	defer unbind()
+	fail := func(err error) (*smtpConn, error) {
+		c.Close()
+		return nil, withCtxErr(ctx, err)
+	}
+	if err := c.greet(); err != nil {
+		return fail(err)
+	}
+	if err := c.hello(h.LocalName); err != nil {
+		return fail(err)
+	}
+	if policy == TLSNone || plain {
+		return c, nil
+	}
+	if !c.has("STARTTLS") {
+		if policy == TLSRequire {
+			c.quit()
+			return nil, &tlsRequired{Reply{451, "4.7.4", "TLS is required, but was not offered by host " + h.String()}}
+		}
+		return c, nil
+	}
+	err = c.startTLS(ctx, h.tlsConfig(policy))
+	var hs errStartTLS
+	switch {
+	case err == nil:
+		if err := c.hello(h.LocalName); err != nil {
+			return fail(err)
+		}
+		return c, nil
+	case policy == TLSRequire && errors.As(err, &hs):
+		c.Close()
+		return nil, &tlsRequired{Reply{451, "4.7.5", "Cannot start TLS with host " + h.String() + ": " + hs.err.Error()}}
+	case policy == TLSRequire:
+		return fail(err)
+	case errors.As(err, &hs) && h.TLSFallbackPlain && ctx.Err() == nil:
+		c.Close()
+		return h.connect(ctx, true)
+	case errors.As(err, &hs):
+		return fail(err)
+	}
+	// STARTTLS refused (454 ...): the session goes on in plaintext.
+	var re *replyError
+	if errors.As(err, &re) && re.Reply.Code/100 != 2 && re.Reply.Code != 421 {
+		return c, nil
+	}
+	return fail(err)
+}
+
+// identity is the XCLIENT identity a message needs ("" none).
+func (h *SMTPHop) identity(env *Envelope) string {
+	if !h.XClient || env.ClientAddr == "" {
+		return ""
+	}
+	return xclientAddr(env.ClientAddr) + " " + env.ClientHelo
+}
+
+// fit ranks an idle connection for identity want: 2 in that identity
+// already, 1 usable (switchable with XCLIENT, or one that never does
+// XCLIENT), 0 not usable (it is some client, and we need to be ourselves).
+func fit(c *smtpConn, want string) int {
+	switch {
+	case c.ident == want:
+		return 2
+	case want != "" && (c.has("XCLIENT") || c.ident == ""):
+		return 1
+	}
+	return 0
+}
+
+func (h *SMTPHop) get(ctx context.Context, want string) (c *smtpConn, reused bool, err error) {
+	now := time.Now()
+	var expired []*smtpConn
+	h.mu.Lock()
+	kept := h.idle[:0]
+	for _, ic := range h.idle {
+		if now.Sub(ic.since) >= h.idleTime() {
+			expired = append(expired, ic.c)
+		} else {
+			kept = append(kept, ic)
+		}
+	}
+	h.idle = kept
+	best, pick := 0, -1
+	for i := len(h.idle) - 1; i >= 0; i-- { // most recently used first
+		if f := fit(h.idle[i].c, want); f > best {
+			best, pick = f, i
+		}
+	}
+	if pick >= 0 {
+		c = h.idle[pick].c
+		h.idle = append(h.idle[:pick], h.idle[pick+1:]...)
+	}
+	h.mu.Unlock()
+	for _, e := range expired {
+		go e.quit()
+	}
+	if c != nil {
+		return c, true, nil
+	}
+	c, err = h.connect(ctx, false)
+	return c, false, err
+}
+
+func (h *SMTPHop) put(c *smtpConn) {
+	h.mu.Lock()
+	if len(h.idle) >= h.maxIdle() {
+		h.mu.Unlock()
+		go c.quit()
+		return
+	}
+	h.idle = append(h.idle, idleConn{c, time.Now()})
+	h.mu.Unlock()
+}
+
 // Close drops idle connections.
 func (h *SMTPHop) Close() {
 	h.mu.Lock()
@@ -119,35 +306,143 @@ func (h *SMTPHop) Close() {
 	h.idle = nil
 	h.mu.Unlock()
 	for _, ic := range idle {
-		ic.c.Quit()
+		ic.c.quit()
 	}
 }
 
-// Send runs one SMTP transaction. It returns one Reply per recipient, or
-// an error when the transaction failed as a whole before any recipient got
-// a definite answer (connection refused, dropped, timed out): all
-// recipients are then to be retried.
+// Send runs one transaction. It returns one Reply per recipient, or an
+// error when the transaction failed as a whole before any recipient got a
+// definite answer (connection refused, dropped, timed out): all
+// recipients are then to be retried. A pooled connection that turns out
+// to be dead (the server closed it while idle) is replaced by a new one
+// once, as long as no byte of the body was sent.
 func (h *SMTPHop) Send(ctx context.Context, env *Envelope, from string, rcpts []string, body io.Reader) ([]Reply, error) {
-	c, reused, err := h.get(ctx)
-	if err != nil {
-		return nil, err
+	if len(rcpts) == 0 {
+		return []Reply{}, nil
 	}
-	replies, err := h.transaction(c, env, from, rcpts, body)
-	if err != nil && reused && !isSMTPError(err) && !bodyStarted(err) {
-		// A pooled connection the server had already closed: once more on a
-		// fresh one.
-		c.Close()
-		if c, _, err = h.get(ctx); err != nil {
-			return nil, err
+	want := h.identity(env)
+	c, reused, err := h.get(ctx, want)
+	if err != nil {
+		return h.connectFailure(len(rcpts), err)
+	}
+	replies, err := h.use(ctx, c, env, from, rcpts, body)
+	if err != nil && replies == nil && reused && !bodyStarted(err) && ctx.Err() == nil {
+		if c, err = h.connect(ctx, false); err != nil {
+			return h.connectFailure(len(rcpts), err)
 		}
+		replies, err = h.use(ctx, c, env, from, rcpts, body)
+	}
+	if replies != nil {
+		return replies, nil
+	}
+	return nil, withCtxErr(ctx, err)
+}
+
+// withCtxErr makes an error that the context caused say so (errors.Is
+// context.Canceled or DeadlineExceeded): a connection deadline set from
+// the context's may expire a moment before the context itself.
+func withCtxErr(ctx context.Context, err error) error {
+	cerr := ctx.Err()
+	if cerr == nil {
+		var ne net.Error
+		if d, ok := ctx.Deadline(); ok && !time.Now().Before(d) && errors.As(err, &ne) && ne.Timeout() {
+			cerr = context.DeadlineExceeded
+		}
+	}
+	if cerr == nil || errors.Is(err, cerr) {
+		return err
+	}
+	return fmt.Errorf("%w (%v)", cerr, err)
+}
+
+func (h *SMTPHop) connectFailure(n int, err error) ([]Reply, error) {
+	var tr *tlsRequired
+	if errors.As(err, &tr) {
+		return all(n, tr.reply), nil
+	}
+	return nil, err
+}
+
+// use runs a transaction on c under ctx and pools c afterwards, or closes
+// it. Replies and an error together: the replies are definite, but the
+// connection is gone.
+func (h *SMTPHop) use(ctx context.Context, c *smtpConn, env *Envelope, from string, rcpts []string, body io.Reader) ([]Reply, error) {
+	unbind := c.bind(ctx)
+	c.uses++
+	err := h.prepare(c, env)
+	var replies []Reply
+	if err == nil {
 		replies, err = h.transaction(c, env, from, rcpts, body)
 	}
-	if err != nil {
+	if !unbind() || err != nil {
 		c.Close()
-		return nil, err
+		return replies, err
 	}
 	h.put(c)
 	return replies, nil
+}
+
+// prepare puts c in the message's XCLIENT identity.
+func (h *SMTPHop) prepare(c *smtpConn, env *Envelope) error {
+	want := h.identity(env)
+	if c.ident == want || !c.has("XCLIENT") || want == "" {
+		return nil
+	}
+	helo := env.ClientHelo
+	if helo == "" {
+		helo = "[UNAVAILABLE]"
+	}
+	sent, err := c.xclient([][2]string{
+		{"ADDR", xclientAddr(env.ClientAddr)},
+		{"NAME", "[UNAVAILABLE]"},
+		{"HELO", helo},
+		{"PROTO", "ESMTP"},
+	})
+	if err != nil || !sent {
+		return err
+	}
+	// The server greets anew: EHLO as the client did (Postfix
+	// XCLIENT_README), since the EHLO name replaces the HELO attribute.
+	c.ident = "?"
+	name := env.ClientHelo
+	if !heloOK(name) {
+		name = h.LocalName
+	}
+	if err := c.hello(name); err != nil {
+		return err
+	}
+	c.ident = want
+	return nil
+}
+
+// heloOK accepts a HELO name that is safe to repeat in our EHLO.
+func heloOK(s string) bool {
+	if s == "" || len(s) > 255 {
+		return false
+	}
+	for _, ch := range s {
+		if !(ch >= 'a' && ch <= 'z' || ch >= 'A' && ch <= 'Z' || ch >= '0' && ch <= '9' || strings.ContainsRune(".-_[]:", ch)) {
+			return false
+		}
+	}
+	return true
+}
+
+// xclientAddr is a client address as XCLIENT and XFORWARD want it:
+// "192.0.2.7", "IPV6:2001:db8::1", or "[UNAVAILABLE]".
+func xclientAddr(a string) string {
+	if host, _, err := net.SplitHostPort(a); err == nil {
+		a = host
+	}
+	a, _, _ = strings.Cut(a, "%")
+	ip := net.ParseIP(strings.Trim(a, "[]"))
+	switch {
+	case ip == nil:
+		return "[UNAVAILABLE]"
+	case ip.To4() != nil:
+		return ip.To4().String()
+	}
+	return "IPV6:" + ip.String()
 }
 
 type bodyError struct{ err error }
@@ -157,20 +452,6 @@ func (e bodyError) Unwrap() error { return e.err }
 
 func bodyStarted(err error) bool { var b bodyError; return errors.As(err, &b) }
 
-func isSMTPError(err error) bool { var se *smtp.SMTPError; return errors.As(err, &se) }
-
-func replyOf(err error) (Reply, bool) {
-	var se *smtp.SMTPError
-	if !errors.As(err, &se) {
-		return Reply{}, false
-	}
-	r := Reply{Code: se.Code, Text: se.Message}
-	if se.EnhancedCode != (smtp.EnhancedCode{}) && se.EnhancedCode != smtp.NoEnhancedCode {
-		r.Enhanced = fmt.Sprintf("%d.%d.%d", se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2])
-	}
-	return r, true
-}
-
 func all(n int, r Reply) []Reply {
 	out := make([]Reply, n)
 	for i := range out {
@@ -179,69 +460,278 @@ func all(n int, r Reply) []Reply {
 	return out
 }
 
-// transaction returns a non-nil error only when the connection is no
-// longer usable; SMTP refusals come back as Replies.
-func (h *SMTPHop) transaction(c *smtp.Client, env *Envelope, from string, rcpts []string, body io.Reader) ([]Reply, error) {
-	opts := &smtp.MailOptions{UTF8: env.SMTPUTF8}
-	if env.Body8Bit {
-		opts.Body = smtp.Body8BitMIME
-	}
-	if err := c.Mail(from, opts); err != nil {
-		if r, ok := replyOf(err); ok {
-			return all(len(rcpts), r), c.Reset()
-		}
-		return nil, err
-	}
-	replies := make([]Reply, len(rcpts))
-	accepted := 0
-	for i, rc := range rcpts {
-		err := c.Rcpt(rc, nil)
-		if err == nil {
-			replies[i] = Reply{Code: 250, Text: "recipient ok"}
-			accepted++
+// recipient finds the envelope entry of rcpt in a transaction from from.
+func recipient(env *Envelope, from, rcpt string) *Recipient {
+	var first *Recipient
+	for i := range env.Recipients {
+		r := &env.Recipients[i]
+		if r.Addr != rcpt {
 			continue
 		}
-		r, ok := replyOf(err)
-		if !ok {
-			return nil, err
+		if r.Status == Pending && r.Sender(env) == from {
+			return r
 		}
-		replies[i] = r
+		if first == nil {
+			first = r
+		}
 	}
-	if accepted == 0 {
-		return replies, c.Reset()
+	return first
+}
+
+func mailParams(c *smtpConn, env *Envelope) string {
+	var b strings.Builder
+	if c.has("SIZE") && env.Size > 0 {
+		fmt.Fprintf(&b, " SIZE=%d", env.Size)
 	}
-	w, err := c.Data()
+	if env.Body8Bit && c.has("8BITMIME") {
+		b.WriteString(" BODY=8BITMIME")
+	}
+	if env.SMTPUTF8 {
+		b.WriteString(" SMTPUTF8")
+	}
+	if c.has("DSN") {
+		if ret := strings.ToUpper(env.DSNRet); ret == "FULL" || ret == "HDRS" {
+			b.WriteString(" RET=" + ret)
+		}
+		if env.DSNEnvID != "" {
+			b.WriteString(" ENVID=" + xtext(env.DSNEnvID))
+		}
+	}
+	return b.String()
+}
+
+func rcptParams(c *smtpConn, r *Recipient) string {
+	if r == nil || !c.has("DSN") {
+		return ""
+	}
+	var b strings.Builder
+	if n := strings.ToUpper(strings.ReplaceAll(r.DSNNotify, " ", "")); n != "" && validNotify(n) {
+		b.WriteString(" NOTIFY=" + n)
+	}
+	typ, addr := "rfc822", r.OrigTo
+	if r.ORcpt != "" {
+		typ, addr = "rfc822", r.ORcpt
+		if t, a, ok := strings.Cut(r.ORcpt, ";"); ok {
+			typ, addr = t, a
+		}
+	}
+	// addr-type rfc822 is ASCII; an internationalized original address
+	// (RFC 6533 utf-8 addr-type) is left out rather than mangled.
+	if addr != "" && isASCIIPrintable(addr) && isASCIIPrintable(typ) && !strings.ContainsAny(typ, "+=") {
+		b.WriteString(" ORCPT=" + typ + ";" + xtext(addr))
+	}
+	return b.String()
+}
+
+func validNotify(n string) bool {
+	if n == "NEVER" {
+		return true
+	}
+	for _, k := range strings.Split(n, ",") {
+		if k != "SUCCESS" && k != "FAILURE" && k != "DELAY" {
+			return false
+		}
+	}
+	return true
+}
+
+func isASCIIPrintable(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] > '~' {
+			return false
+		}
+	}
+	return true
+}
+
+func badAddr(a string) bool { return strings.ContainsAny(a, "\r\n<>") }
+
+// transaction runs MAIL, RCPT, DATA and the body on c. It returns a
+// non-nil error when the connection is no longer usable: with nil
+// replies, before any recipient got a definite answer; with replies, after
+// (they stand). SMTP refusals come back as Replies.
+func (h *SMTPHop) transaction(c *smtpConn, env *Envelope, from string, rcpts []string, body io.Reader) ([]Reply, error) {
+	n := len(rcpts)
+	replies := make([]Reply, n)
+	switch {
+	case badAddr(from):
+		return all(n, Reply{501, "5.1.7", "bad sender address syntax"}), nil
+	case env.SMTPUTF8 && !c.has("SMTPUTF8"):
+		return all(n, Reply{553, "5.6.7", "SMTPUTF8 is required, but was not offered by host " + h.String()}), nil
+	}
+	if lim := c.sizeLimit(); lim > 0 && env.Size > lim {
+		return all(n, Reply{552, "5.3.4", fmt.Sprintf("message size %d exceeds size limit %d of host %s", env.Size, lim, h)}), nil
+	}
+
+	// The command group: [RSET] [XFORWARD] MAIL RCPT... DATA.
+	var cmds, names []string
+	add := func(name, line string) { cmds, names = append(cmds, line), append(names, name) }
+	rset := c.dirty
+	if rset {
+		add("RSET", "RSET")
+	}
+	if h.XForward && c.has("XFORWARD") {
+		attrs := [][2]string{{"IDENT", env.ID}}
+		if env.ClientAddr != "" {
+			helo := env.ClientHelo
+			if helo == "" {
+				helo = "[UNAVAILABLE]"
+			}
+			attrs = append(attrs, [2]string{"ADDR", xclientAddr(env.ClientAddr)}, [2]string{"NAME", "[UNAVAILABLE]"},
+				[2]string{"HELO", helo}, [2]string{"PROTO", "ESMTP"}, [2]string{"SOURCE", "REMOTE"})
+		}
+		if l := c.xforwardLine(attrs); l != "" {
+			add("XFORWARD", l)
+		}
+	}
+	mailIdx := len(cmds)
+	add("MAIL", "MAIL FROM:<"+from+">"+mailParams(c, env))
+	rcptIdx := make([]int, n) // index in cmds, -1 not sent
+	for i, rc := range rcpts {
+		if badAddr(rc) {
+			replies[i], rcptIdx[i] = Reply{501, "5.1.3", "bad recipient address syntax"}, -1
+			continue
+		}
+		rcptIdx[i] = len(cmds)
+		add("RCPT", "RCPT TO:<"+rc+">"+rcptParams(c, recipient(env, from, rc)))
+	}
+	dataIdx := len(cmds)
+	if dataIdx == mailIdx+1 { // no recipient to send
+		return replies, nil
+	}
+	add("DATA", "DATA")
+
+	okRcpts := 0
+	c.dirty = true // until we know better
+	got, err := c.exchange(cmds, func(i int, r Reply) bool {
+		switch {
+		case r.Code == 421:
+			return true
+		case rset && i == 0:
+			return !r.OK()
+		case i == mailIdx:
+			return !r.OK()
+		case i > mailIdx && i < dataIdx:
+			if r.OK() {
+				okRcpts++
+			}
+			return i == dataIdx-1 && okRcpts == 0
+		}
+		return false
+	})
 	if err != nil {
-		r, ok := replyOf(err)
-		if !ok {
-			return nil, err
+		return nil, err
+	}
+	for i, r := range got {
+		if r.Code == 421 { // the server is closing the connection
+			return nil, &replyError{Cmd: names[i], Reply: r}
 		}
+	}
+	if rset && !got[0].OK() {
+		return nil, &replyError{Cmd: "RSET", Reply: got[0]}
+	}
+	var data Reply
+	if len(got) > dataIdx {
+		data = got[dataIdx]
+	}
+	if data.Code/100 == 2 || data.Code/100 == 3 && data.Code != 354 {
+		return nil, &replyError{Cmd: "DATA", Reply: data} // lost track of the protocol
+	}
+	mail := got[mailIdx]
+	if !mail.OK() {
 		for i := range replies {
-			if replies[i].OK() {
-				replies[i] = r
+			if rcptIdx[i] >= 0 {
+				replies[i] = mail
 			}
 		}
-		return replies, c.Reset()
+		c.dirty = false
+		return replies, h.endEmptyData(c, data)
 	}
-	if _, err := io.Copy(w, body); err != nil {
-		w.Close()
+	accepted := 0
+	for i := range rcpts {
+		if j := rcptIdx[i]; j >= 0 {
+			replies[i] = got[j] // all RCPTs were answered: the group stops early only on MAIL or the last RCPT
+			if replies[i].OK() {
+				accepted++
+			}
+		}
+	}
+	if accepted == 0 || data.Code != 354 {
+		for i := range replies {
+			if replies[i].OK() { // DATA refused: its reply is theirs
+				replies[i] = data
+			}
+		}
+		return replies, h.endEmptyData(c, data)
+	}
+
+	// The body, streamed.
+	dw := newDotWriter(c.bw)
+	if _, err := io.Copy(dw, body); err != nil {
 		return nil, bodyError{err}
 	}
-	resp, err := w.CloseWithResponse()
-	final := Reply{Code: 250, Text: "queued"}
-	if err != nil {
-		r, ok := replyOf(err)
-		if !ok {
+	if err := dw.Close(); err != nil {
+		return nil, bodyError{err}
+	}
+	if err := c.bw.Flush(); err != nil {
+		return nil, bodyError{err}
+	}
+	c.readTimeout = dataDoneTimeout
+	defer func() { c.readTimeout = 0 }()
+	if !h.LMTP {
+		r, err := c.readResponse()
+		if err != nil {
 			return nil, bodyError{err}
 		}
-		final = r
-	} else if resp != nil {
-		final.Text = strings.TrimSpace(resp.StatusText)
+		c.dirty = false
+		for i := range replies {
+			if replies[i].OK() {
+				replies[i] = r.Reply
+			}
+		}
+		if r.Code == 421 {
+			return replies, &replyError{Cmd: "end of data", Reply: r.Reply}
+		}
+		return replies, nil
 	}
+	// LMTP: a reply per accepted recipient, in RCPT order. Those that
+	// came before a connection loss stand; the others are deferred.
+	var lost error
 	for i := range replies {
-		if replies[i].OK() {
-			replies[i] = final
+		if !replies[i].OK() {
+			continue
+		}
+		if lost != nil {
+			replies[i] = Reply{451, "4.4.2", "lost connection with " + h.String() + " after end of data: " + lost.Error()}
+			continue
+		}
+		r, err := c.readResponse()
+		if err != nil {
+			lost = err
+			replies[i] = Reply{451, "4.4.2", "lost connection with " + h.String() + " after end of data: " + err.Error()}
+			continue
+		}
+		replies[i] = r.Reply
+		if r.Code == 421 {
+			lost = &replyError{Cmd: "end of data", Reply: r.Reply}
 		}
 	}
-	return replies, nil
+	c.dirty = false
+	return replies, lost
+}
+
+// endEmptyData completes a transaction that has no recipient: a server
+// that answered DATA with 354 anyway (RFC 2920 §3.1) gets an empty body,
+// and its reply is ignored. The transaction stays dirty (RSET next time)
+// when MAIL was accepted.
+func (h *SMTPHop) endEmptyData(c *smtpConn, data Reply) error {
+	if data.Code != 354 {
+		return nil
+	}
+	if err := c.cmd("."); err != nil {
+		return err
+	}
+	_, err := c.readResponse()
+	c.dirty = true
+	return err
 }

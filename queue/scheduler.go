@@ -108,6 +108,11 @@ type Scheduler struct {
 	wake    chan struct{}
 	work    chan *Envelope
 	slots   map[string]chan struct{} // per-destination concurrency
+	// Administrator's operations (control.go).
+	held     map[string]bool
+	deleted  map[string]bool
+	inflight map[string]bool
+	flushed  map[string]bool // flushed while in flight: retry at once
 }
 
 func (q *Scheduler) init() {
@@ -153,6 +158,7 @@ func (q *Scheduler) init() {
 	q.wake = make(chan struct{}, 1)
 	q.work = make(chan *Envelope, q.Workers)
 	q.slots = map[string]chan struct{}{}
+	q.held, q.deleted, q.inflight, q.flushed = map[string]bool{}, map[string]bool{}, map[string]bool{}, map[string]bool{}
 }
 
 // hopRouter sends our domains' mail to one hop and external forwards to
@@ -209,6 +215,9 @@ func (q *Scheduler) Run(ctx context.Context) error {
 	}
 	for _, env := range envs {
 		if env.Held {
+			q.mu.Lock()
+			q.held[env.ID] = true
+			q.mu.Unlock()
 			continue
 		}
 		at := env.NextAttempt
@@ -298,9 +307,15 @@ func (q *Scheduler) attempt(ctx context.Context, env *Envelope) {
 	done := func() {
 		q.mu.Lock()
 		delete(q.queued, env.ID)
+		delete(q.inflight, env.ID)
 		q.mu.Unlock()
 	}
-	if env.Held {
+	q.mu.Lock()
+	skip := q.held[env.ID] || q.deleted[env.ID]
+	delete(q.deleted, env.ID)
+	q.inflight[env.ID] = true
+	q.mu.Unlock()
+	if skip {
 		done()
 		return
 	}
@@ -428,6 +443,18 @@ func (q *Scheduler) deliver(ctx context.Context, log *slog.Logger, env *Envelope
 // persists its state and schedules the next attempt.
 func (q *Scheduler) finish(log *slog.Logger, env *Envelope, done func()) {
 	now := q.now()
+	q.mu.Lock()
+	held, deleted, flushed := q.held[env.ID], q.deleted[env.ID], q.flushed[env.ID]
+	delete(q.deleted, env.ID)
+	delete(q.flushed, env.ID)
+	q.mu.Unlock()
+	if deleted {
+		log.Info("deleted by the administrator")
+		q.Spool.Remove(env.ID)
+		done()
+		return
+	}
+	env.Held = held
 	if age := now.Sub(env.Received); age >= q.Lifetime {
 		for _, r := range env.Pending() {
 			r.Status = Failed
@@ -466,11 +493,16 @@ func (q *Scheduler) finish(log *slog.Logger, env *Envelope, done func()) {
 		return
 	}
 	env.NextAttempt = q.nextAttempt(env)
+	if flushed {
+		env.NextAttempt = now
+	}
 	if err := q.Spool.Update(env); err != nil {
 		log.Error("cannot record delivery outcome; will retry pending recipients", "err", err)
 	}
 	done()
-	q.schedule(env, env.NextAttempt)
+	if !held {
+		q.schedule(env, env.NextAttempt)
+	}
 }
 
 func (q *Scheduler) send(ctx context.Context, hop Hop, env *Envelope, from string, rcpts []string) ([]Reply, error) {

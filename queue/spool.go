@@ -17,6 +17,9 @@ import (
 	"time"
 )
 
+// ErrSpoolLocked: another process (a running mailfwd) has the spool open.
+var ErrSpoolLocked = errors.New("spool is in use by another mailfwd process")
+
 // ErrSpoolFull marks a message that could not be written for lack of space
 // or permission: temporary for the client (452 4.3.1), never half-accepted.
 var ErrSpoolFull = errors.New("spool cannot store the message")
@@ -36,6 +39,7 @@ type Spool struct {
 	corrupt   string
 	mu        sync.Mutex
 	recovered []*Envelope
+	unlock    func()
 }
 
 // OpenSpool creates dir if needed, recovers from a crash (see recover) and
@@ -50,16 +54,30 @@ func OpenSpool(dir string, log *slog.Logger) (*Spool, error) {
 	if err := os.MkdirAll(msgDir, 0o700); err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
 	}
-	ds, err := newDirSyncer(msgDir)
+	s := &Spool{dir: msgDir, log: log, corrupt: filepath.Join(dir, "corrupt")}
+	// The lock comes first: recovery deletes temp files, which must never
+	// happen under a process that is writing them.
+	unlock, err := s.Lock()
 	if err != nil {
+		return nil, fmt.Errorf("%w (%s): %v", ErrSpoolLocked, dir, err)
+	}
+	s.unlock = unlock
+	if s.syncer, err = newDirSyncer(msgDir); err != nil {
+		unlock()
 		return nil, fmt.Errorf("spool: %w", err)
 	}
-	s := &Spool{dir: msgDir, log: log, syncer: ds, corrupt: filepath.Join(dir, "corrupt")}
 	if s.recovered, err = s.recover(); err != nil {
-		ds.close()
+		s.Close()
 		return nil, fmt.Errorf("spool: %w", err)
 	}
 	return s, nil
+}
+
+// ReadSpool gives read-only access (List, Load, OpenBody) to a spool that a
+// running daemon may be writing: files only ever appear by rename, so a
+// reader sees whole files.
+func ReadSpool(dir string) *Spool {
+	return &Spool{dir: filepath.Join(dir, "msg"), log: slog.Default()}
 }
 
 // TakeRecovered returns, once, the messages found in the spool when it was
@@ -72,8 +90,18 @@ func (s *Spool) TakeRecovered() []*Envelope {
 	return r
 }
 
-// Close stops the directory syncer.
-func (s *Spool) Close() error { return s.syncer.close() }
+// Close stops the directory syncer and releases the lock.
+func (s *Spool) Close() error {
+	var err error
+	if s.syncer != nil {
+		err = s.syncer.close()
+	}
+	if s.unlock != nil {
+		s.unlock()
+		s.unlock = nil
+	}
+	return err
+}
 
 // Dir is where message files live.
 func (s *Spool) Dir() string { return s.dir }

@@ -21,6 +21,7 @@ commands:
   sink          a minimal SMTP server that prints each message it receives
   send          send one test message through an SMTP server
   lookup        show where mail for an address goes (-config FILE | -postfix-map FILE.cf)
+  queue         list | show ID | flush [ID] | hold ID | release ID | delete ID (-config FILE)
   srs           SRS-rewrite a sender or decode a bounce address (forward|reverse -secrets FILE -domain D)
 
 "mailfwd <command> -h" shows a command's flags.
@@ -44,6 +45,8 @@ func main() {
 		err = send(args)
 	case "lookup":
 		err = lookup(args, os.Stdout, os.Stderr)
+	case "queue":
+		err = queueCommand(args, os.Stdout)
 	case "srs":
 		err = srsCommand(args)
 	case "-h", "-help", "--help", "help":

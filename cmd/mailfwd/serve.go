@@ -217,6 +217,10 @@ func serve(args []string) error {
 		listeners = append(listeners, l)
 	}
 	schedCtx, stopSched := context.WithCancel(context.Background())
+	if err := serveControl(schedCtx, spool.ControlSocket(), sched, log); err != nil {
+		stopSched()
+		return err
+	}
 	schedDone := make(chan error, 1)
 	go func() { schedDone <- sched.Run(schedCtx) }()
 
