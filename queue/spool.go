@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -362,8 +363,11 @@ func classify(err error) error {
 // dirSyncer batches directory fsyncs: callers that renamed a file ask for
 // a sync; one fsync that starts after their rename covers all of them.
 type dirSyncer struct {
-	dir  *os.File
-	reqs chan chan error
+	dir *os.File
+	// fsync is the directory sync (a hook for tests); syncs counts them.
+	fsync func() error
+	syncs atomic.Int64
+	reqs  chan chan error
 	quit chan struct{}
 	once sync.Once
 	wg   sync.WaitGroup
@@ -375,6 +379,7 @@ func newDirSyncer(path string) (*dirSyncer, error) {
 		return nil, err
 	}
 	d := &dirSyncer{dir: f, reqs: make(chan chan error, 1024), quit: make(chan struct{})}
+	d.fsync = f.Sync
 	d.wg.Add(1)
 	go d.loop()
 	return d, nil
@@ -399,7 +404,8 @@ func (d *dirSyncer) loop() {
 				break drain
 			}
 		}
-		err := d.dir.Sync()
+		err := d.fsync()
+		d.syncs.Add(1)
 		for _, r := range batch {
 			r <- err
 		}

@@ -190,3 +190,50 @@ func TestSpoolConcurrentCommits(t *testing.T) {
 		}
 	}
 }
+
+// Group commit: concurrent commits share directory fsyncs, and each commit
+// still returns only after an fsync that started after its rename.
+func TestSpoolGroupCommit(t *testing.T) {
+	s := openTestSpool(t)
+	var mu sync.Mutex
+	var renamedBeforeSync []int // how many commits had renamed when each fsync began
+	s.syncer.fsync = func() error {
+		ents, _ := os.ReadDir(s.Dir())
+		n := 0
+		for _, e := range ents {
+			if strings.HasSuffix(e.Name(), envSuffix) {
+				n++
+			}
+		}
+		mu.Lock()
+		renamedBeforeSync = append(renamedBeforeSync, n)
+		mu.Unlock()
+		time.Sleep(20 * time.Millisecond) // a slow disk
+		return nil
+	}
+	const n = 50
+	var wg sync.WaitGroup
+	start := s.syncer.syncs.Load()
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			env := commit(t, s, strings.Repeat("x", i+1), "a@example.com")
+			// Durable when Commit returned: an fsync began after our rename.
+			mu.Lock()
+			defer mu.Unlock()
+			if _, err := os.Stat(filepath.Join(s.Dir(), env.ID+envSuffix)); err != nil {
+				t.Errorf("committed envelope missing: %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+	syncs := s.syncer.syncs.Load() - start
+	if syncs >= n/2 {
+		t.Fatalf("%d directory fsyncs for %d concurrent commits: not batched", syncs, n)
+	}
+	if last := renamedBeforeSync[len(renamedBeforeSync)-1]; last != n {
+		t.Fatalf("last fsync began with %d of %d envelopes renamed", last, n)
+	}
+	t.Logf("%d commits, %d directory fsyncs", n, syncs)
+}
