@@ -368,9 +368,9 @@ type dirSyncer struct {
 	fsync func() error
 	syncs atomic.Int64
 	reqs  chan chan error
-	quit chan struct{}
-	once sync.Once
-	wg   sync.WaitGroup
+	quit  chan struct{}
+	once  sync.Once
+	wg    sync.WaitGroup
 }
 
 func newDirSyncer(path string) (*dirSyncer, error) {
