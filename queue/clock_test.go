@@ -252,7 +252,8 @@ func TestDelayWarningAndExpiry(t *testing.T) {
 		t.Fatalf("%d DSNs, want a delay notice and a bounce", len(dsns))
 	}
 	d, f := parseDSN(t, dsns[0]), parseDSN(t, dsns[1])
-	if d["Action"] != "delayed" || d["Status"] != "4.4.2" || f["Action"] != "failed" || f["Status"] != "4.4.7" {
+	if d["Action"] != "delayed" || d["Status"] != "4.4.2" || f["Action"] != "failed" || f["Status"] != "4.4.7" ||
+		d["Will-Retry-Until"] != start.Add(3*time.Hour).Format(time.RFC1123Z) {
 		t.Fatalf("delay %v / failure %v", d, f)
 	}
 	if !strings.Contains(dsns[1], "Content-Type: message/rfc822") || !strings.Contains(dsns[1], "full body") {

@@ -22,7 +22,7 @@ const (
 // w: a human-readable part, the delivery-status part, and the original
 // message (RET=FULL) or its header (otherwise: the report must not carry,
 // and re-send, whole bodies by default).
-func writeDSN(w io.Writer, reportingMTA string, env *Envelope, rcpts []*Recipient, kind dsnKind, origBody io.Reader, now time.Time) error {
+func writeDSN(w io.Writer, reportingMTA string, env *Envelope, rcpts []*Recipient, kind dsnKind, origBody io.Reader, now, retryUntil time.Time) error {
 	var rb [12]byte
 	rand.Read(rb[:])
 	boundary := "mailfwd-" + hex.EncodeToString(rb[:])
@@ -68,7 +68,7 @@ func writeDSN(w io.Writer, reportingMTA string, env *Envelope, rcpts []*Recipien
 		if kind == dsnDelayed {
 			action, status = "delayed", dsnStatus(r.LastReply, "4.0.0")
 			fmt.Fprintf(bw, "Final-Recipient: rfc822; %s\r\nAction: %s\r\nStatus: %s\r\nWill-Retry-Until: %s\r\n",
-				r.Addr, action, status, env.Received.Add(DefaultLifetime).Format(time.RFC1123Z))
+				r.Addr, action, status, retryUntil.Format(time.RFC1123Z))
 		} else {
 			fmt.Fprintf(bw, "Final-Recipient: rfc822; %s\r\nAction: %s\r\nStatus: %s\r\n", r.Addr, action, status)
 		}
@@ -155,7 +155,7 @@ func (q *Scheduler) notify(env *Envelope, kind dsnKind, due func(*Recipient) boo
 		return err
 	}
 	now := q.now()
-	if err := writeDSN(w, q.hostname(), env, report, kind, body, now); err != nil {
+	if err := writeDSN(w, q.hostname(), env, report, kind, body, now, env.Received.Add(q.Lifetime)); err != nil {
 		w.Abort()
 		return err
 	}
