@@ -161,6 +161,19 @@ type Delivery struct {
 	DelayWarning           time.Duration `yaml:"delay_warning"`
 	DestinationConcurrency int           `yaml:"destination_concurrency"`
 	ConnectTimeout         time.Duration `yaml:"connect_timeout"`
+	// TLSPolicy for outgoing connections: opportunistic (default: STARTTLS
+	// when offered, certificate not verified), require (verified, else the
+	// mail waits) or none. TLSPolicies overrides it per destination (a
+	// recipient domain for MX delivery, else the next hop's host).
+	TLSPolicy   string            `yaml:"tls_policy"`
+	TLSPolicies map[string]string `yaml:"tls_policies"`
+	// TLSCAFile verifies next hops under the require policy (default: the
+	// system's roots).
+	TLSCAFile string `yaml:"tls_ca_file"`
+	// XClient / XForward pass the original client to next_hop (Postfix:
+	// smtpd_authorized_xclient_hosts / smtpd_authorized_xforward_hosts).
+	XClient  bool `yaml:"xclient"`
+	XForward bool `yaml:"xforward"`
 }
 
 // Log is the logging setup.
@@ -308,6 +321,9 @@ func (c *Config) setDefaults() {
 	if d.DestinationConcurrency == 0 {
 		d.DestinationConcurrency = 20
 	}
+	if d.TLSPolicy == "" {
+		d.TLSPolicy = "opportunistic"
+	}
 	if d.MXPort == 0 {
 		d.MXPort = 25
 	}
@@ -419,6 +435,17 @@ func (c *Config) validate() error {
 		if s.Separator != "" && s.Separator != "=" && s.Separator != "+" && s.Separator != "-" {
 			bad("srs.separator: %q: want =, + or -", s.Separator)
 		}
+	}
+	for dest, p := range c.Delivery.TLSPolicies {
+		if p != "none" && p != "opportunistic" && p != "require" {
+			bad("delivery.tls_policies[%s]: %q: want none, opportunistic or require", dest, p)
+		}
+	}
+	if p := c.Delivery.TLSPolicy; p != "none" && p != "opportunistic" && p != "require" {
+		bad("delivery.tls_policy: %q: want none, opportunistic or require", p)
+	}
+	if c.Delivery.XClient && c.Delivery.XForward {
+		bad("delivery: set xclient or xforward, not both")
 	}
 	for k, v := range c.Delivery.Transports {
 		if _, err := queue.ParseTransport(v); err != nil {

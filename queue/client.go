@@ -64,7 +64,6 @@ type smtpConn struct {
 	tls      bool              // STARTTLS done
 	ident    string            // XCLIENT identity in effect ("" none)
 	dirty    bool              // a MAIL transaction may be open: RSET first
-	uses     int               // transactions attempted on this connection
 }
 
 func newSMTPConn(nc net.Conn, lmtp bool, timeout time.Duration) *smtpConn {
@@ -324,13 +323,15 @@ type errStartTLS struct{ err error }
 func (e errStartTLS) Error() string { return "STARTTLS: " + e.err.Error() }
 func (e errStartTLS) Unwrap() error { return e.err }
 
-// startTLS upgrades the connection. The caller says EHLO again.
+// startTLS upgrades the connection. The caller says EHLO again. A
+// refusal is a *replyError (the session goes on in plaintext), a failed
+// handshake an errStartTLS (the connection is lost).
 func (c *smtpConn) startTLS(ctx context.Context, cfg *tls.Config) error {
 	if err := c.cmd("STARTTLS"); err != nil {
 		return err
 	}
 	if _, err := c.expect("STARTTLS", 2); err != nil {
-		return errStartTLS{err}
+		return err
 	}
 	if c.br.Buffered() > 0 { // bytes before the handshake: injected plaintext
 		return errStartTLS{errors.New("server sent data after its STARTTLS reply")}
@@ -457,7 +458,6 @@ type dotWriter struct {
 	w         *bufio.Writer
 	lineStart bool
 	cr        bool // the last byte was a CR not yet written
-	n         int64
 }
 
 func newDotWriter(w *bufio.Writer) *dotWriter { return &dotWriter{w: w, lineStart: true} }
@@ -494,7 +494,6 @@ func (d *dotWriter) Write(p []byte) (int, error) {
 		}
 		i = j + 1
 	}
-	d.n += int64(len(p))
 	// bufio flushes by itself when full and then keeps its first error
 	if _, err := d.w.Write(nil); err != nil {
 		return 0, err

@@ -32,6 +32,7 @@ type scriptMTA struct {
 	lmtp      bool              // per-recipient replies after the dot
 	tls       *tls.Config       // for STARTTLS
 	tlsBroken bool              // answer STARTTLS with 220 and then garbage
+	tlsReply  string            // answer STARTTLS with this refusal
 	mailReply string            // e.g. "452 4.3.1 full" (default 250)
 	rcpt      map[string]string // RCPT replies by address (default 250)
 	dataReply string            // instead of 354
@@ -170,7 +171,10 @@ func (f *scriptMTA) serve(nc net.Conn) {
 		}
 		line = strings.TrimRight(line, "\r\n")
 		f.record(&f.cmds, id, line)
-		if f.stall != "" && strings.HasPrefix(line, f.stall) {
+		f.mu.Lock()
+		stall := f.stall
+		f.mu.Unlock()
+		if stall != "" && strings.HasPrefix(line, stall) {
 			bw.Flush()
 			io.Copy(io.Discard, br) // until the client gives up
 			return
@@ -208,6 +212,10 @@ func (f *scriptMTA) serve(nc net.Conn) {
 		case "HELO":
 			out("250 fake.test")
 		case "STARTTLS":
+			if f.tlsReply != "" {
+				out(f.tlsReply)
+				continue
+			}
 			out("220 2.0.0 Ready to start TLS")
 			bw.Flush()
 			if f.tlsBroken {
@@ -631,7 +639,7 @@ func (c *fakeConn) Close() error                     { return nil }
 func (c *fakeConn) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
 func (c *fakeConn) LocalAddr() net.Addr              { return &net.TCPAddr{} }
 
-func TestXtext(t *testing.T) {
+func TestClientXtext(t *testing.T) {
 	for in, want := range map[string]string{
 		"client.example":     "client.example",
 		"[UNAVAILABLE]":      "[UNAVAILABLE]",
@@ -731,9 +739,9 @@ func TestClientHELOFallback(t *testing.T) {
 
 // XCLIENT: after EHLO, the client's address and HELO as xtext with the
 // attributes the server announced, then EHLO again under the client's
-// name. The pooled connection keeps that identity for the client's next
-// message, switches with another XCLIENT for another client, and a
-// message without client information gets a connection of its own.
+// name. A pooled connection keeps that identity: reused for the same
+// client without another XCLIENT, never for another client (Postfix
+// refuses a second XCLIENT) nor for a message without client information.
 func TestClientXCLIENT(t *testing.T) {
 	f := &scriptMTA{ext: []string{"PIPELINING", "XCLIENT NAME ADDR PROTO HELO LOGIN"}}
 	hop := pipeHop(f)
@@ -746,22 +754,27 @@ func TestClientXCLIENT(t *testing.T) {
 	send(t, hop, env("192.0.2.7", "client.example"), "b@x.test")
 	send(t, hop, env("[2001:db8::7]:4711", "we=ird+helo name"), "c@x.test")
 	send(t, hop, env("", ""), "d@x.test")
-	want1 := []string{
-		"EHLO relay.test",
-		"XCLIENT ADDR=192.0.2.7 NAME=[UNAVAILABLE] HELO=client.example PROTO=ESMTP",
-		"EHLO client.example",
-		"MAIL FROM:<s@y.test>", "RCPT TO:<a@x.test>", "DATA",
-		"MAIL FROM:<s@y.test>", "RCPT TO:<b@x.test>", "DATA",
-		"XCLIENT ADDR=IPV6:2001:db8::7 NAME=[UNAVAILABLE] HELO=we+3Dird+2Bhelo+20name PROTO=ESMTP",
-		"EHLO relay.test", // not a usable EHLO name: ours
-		"MAIL FROM:<s@y.test>", "RCPT TO:<c@x.test>", "DATA",
-	}
-	if got := cmdsOf(f, 1, false); strings.Join(got, "\n") != strings.Join(want1, "\n") {
-		t.Errorf("connection 1:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want1, "\n"))
-	}
-	want2 := []string{"EHLO relay.test", "MAIL FROM:<s@y.test>", "RCPT TO:<d@x.test>", "DATA"}
-	if got := cmdsOf(f, 2, false); strings.Join(got, "\n") != strings.Join(want2, "\n") {
-		t.Errorf("connection 2:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want2, "\n"))
+	send(t, hop, env("192.0.2.7", "client.example"), "e@x.test")
+	for i, want := range [][]string{
+		{
+			"EHLO relay.test",
+			"XCLIENT ADDR=192.0.2.7 NAME=[UNAVAILABLE] HELO=client.example PROTO=ESMTP",
+			"EHLO client.example",
+			"MAIL FROM:<s@y.test>", "RCPT TO:<a@x.test>", "DATA",
+			"MAIL FROM:<s@y.test>", "RCPT TO:<b@x.test>", "DATA",
+			"MAIL FROM:<s@y.test>", "RCPT TO:<e@x.test>", "DATA",
+		},
+		{
+			"EHLO relay.test",
+			"XCLIENT ADDR=IPV6:2001:db8::7 NAME=[UNAVAILABLE] HELO=we+3Dird+2Bhelo+20name PROTO=ESMTP",
+			"EHLO relay.test", // not a usable EHLO name: ours
+			"MAIL FROM:<s@y.test>", "RCPT TO:<c@x.test>", "DATA",
+		},
+		{"EHLO relay.test", "MAIL FROM:<s@y.test>", "RCPT TO:<d@x.test>", "DATA"},
+	} {
+		if got := cmdsOf(f, i+1, false); strings.Join(got, "\n") != strings.Join(want, "\n") {
+			t.Errorf("connection %d:\n%s\nwant:\n%s", i+1, strings.Join(got, "\n"), strings.Join(want, "\n"))
+		}
 	}
 
 	t.Run("only announced attributes", func(t *testing.T) {
@@ -923,28 +936,31 @@ func TestClientSTARTTLS(t *testing.T) {
 		policy    string
 		offer     bool
 		broken    bool
+		refuse    string // the reply to STARTTLS
 		cfg       *tls.Config
 		fallback  bool
 		wantTLS   bool   // the message went over TLS
 		wantReply string // for the recipient, "" 250, "error" Send failed
 		wantConns int
 	}{
-		{"opportunistic, self-signed: not verified", "", true, false, nil, false, true, "", 1},
-		{"opportunistic by name", TLSOpportunistic, true, false, nil, false, true, "", 1},
-		{"opportunistic, not offered: plaintext", "", false, false, nil, false, false, "", 1},
-		{"opportunistic, handshake fails: retry later", "", true, true, nil, false, false, "error", 1},
-		{"opportunistic, handshake fails, fallback configured", "", true, true, nil, true, false, "", 2},
-		{"opportunistic, no common TLS version: retry later", "", true, false, &tls.Config{MaxVersion: tls.VersionTLS12}, false, false, "error", 1},
-		{"none: never", TLSNone, true, false, nil, false, false, "", 1},
-		{"require, trusted", TLSRequire, true, false, &tls.Config{RootCAs: roots}, false, true, "", 1},
-		{"require, untrusted: 4.7.5", TLSRequire, true, false, nil, false, false, "451 4.7.5", 1},
-		{"require, untrusted, verification off", TLSRequire, true, false, &tls.Config{InsecureSkipVerify: true}, false, true, "", 1},
-		{"require, wrong name: 4.7.5", TLSRequire, true, false, &tls.Config{RootCAs: roots, ServerName: "other.test"}, false, false, "451 4.7.5", 1},
-		{"require, not offered: 4.7.4", TLSRequire, false, false, &tls.Config{RootCAs: roots}, false, false, "451 4.7.4", 1},
-		{"require, handshake fails: 4.7.5", TLSRequire, true, true, &tls.Config{RootCAs: roots}, false, false, "451 4.7.5", 1},
+		{"opportunistic, self-signed: not verified", "", true, false, "", nil, false, true, "", 1},
+		{"opportunistic by name", TLSOpportunistic, true, false, "", nil, false, true, "", 1},
+		{"opportunistic, not offered: plaintext", "", false, false, "", nil, false, false, "", 1},
+		{"opportunistic, handshake fails: retry later", "", true, true, "", nil, false, false, "error", 1},
+		{"opportunistic, handshake fails, fallback configured", "", true, true, "", nil, true, false, "", 2},
+		{"opportunistic, no common TLS version: retry later", "", true, false, "", &tls.Config{MaxVersion: tls.VersionTLS12}, false, false, "error", 1},
+		{"opportunistic, STARTTLS refused: plaintext on the same connection", "", true, false, "454 4.7.0 TLS not available due to local problem", nil, false, false, "", 1},
+		{"none: never", TLSNone, true, false, "", nil, false, false, "", 1},
+		{"require, trusted", TLSRequire, true, false, "", &tls.Config{RootCAs: roots}, false, true, "", 1},
+		{"require, untrusted: 4.7.5", TLSRequire, true, false, "", nil, false, false, "451 4.7.5", 1},
+		{"require, untrusted, verification off", TLSRequire, true, false, "", &tls.Config{InsecureSkipVerify: true}, false, true, "", 1},
+		{"require, wrong name: 4.7.5", TLSRequire, true, false, "", &tls.Config{RootCAs: roots, ServerName: "other.test"}, false, false, "451 4.7.5", 1},
+		{"require, not offered: 4.7.4", TLSRequire, false, false, "", &tls.Config{RootCAs: roots}, false, false, "451 4.7.4", 1},
+		{"require, handshake fails: 4.7.5", TLSRequire, true, true, "", &tls.Config{RootCAs: roots}, false, false, "451 4.7.5", 1},
+		{"require, STARTTLS refused: 4.7.5", TLSRequire, true, false, "454 4.7.0 TLS not available due to local problem", &tls.Config{RootCAs: roots}, false, false, "451 4.7.5", 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			f := &scriptMTA{ext: []string{"PIPELINING"}, tls: srvTLS, tlsBroken: tc.broken}
+			f := &scriptMTA{ext: []string{"PIPELINING"}, tls: srvTLS, tlsBroken: tc.broken, tlsReply: tc.refuse}
 			if tc.offer {
 				f.ext = append(f.ext, "STARTTLS")
 			}

@@ -20,6 +20,7 @@ var ErrNoMessage = errors.New("no such message in the queue")
 // Hold stops delivery of a message until Release.
 func (q *Scheduler) Hold(id string) error {
 	q.init()
+	q.load()
 	if _, err := q.Spool.Load(id); err != nil {
 		return fmt.Errorf("%w: %s", ErrNoMessage, id)
 	}
@@ -37,6 +38,7 @@ func (q *Scheduler) Hold(id string) error {
 // Release resumes delivery of a held message, at once.
 func (q *Scheduler) Release(id string) error {
 	q.init()
+	q.load()
 	env, err := q.Spool.Load(id)
 	if err != nil {
 		return fmt.Errorf("%w: %s", ErrNoMessage, id)
@@ -60,6 +62,7 @@ func (q *Scheduler) Release(id string) error {
 // Delete removes a message without delivering or bouncing it.
 func (q *Scheduler) Delete(id string) error {
 	q.init()
+	q.load()
 	if _, err := q.Spool.Load(id); err != nil {
 		return fmt.Errorf("%w: %s", ErrNoMessage, id)
 	}
@@ -80,6 +83,7 @@ func (q *Scheduler) Delete(id string) error {
 // Flush makes deferred messages (or one, given its ID) due now.
 func (q *Scheduler) Flush(id string) error {
 	q.init()
+	q.load()
 	q.mu.Lock()
 	found := id == ""
 	now := q.now()

@@ -86,7 +86,7 @@ func listenOn(t *testing.T, ip string, port int, m *mxServer) int {
 func hops(timeoutHop func(string) *SMTPHop) HopFactory {
 	var mu sync.Mutex
 	m := map[string]Hop{}
-	return func(addr string, _ bool) Hop {
+	return func(addr string, _ bool, _ string) Hop {
 		mu.Lock()
 		defer mu.Unlock()
 		if h, ok := m[addr]; ok {

@@ -66,7 +66,8 @@ const (
 //     rewriting, as Postfix does). Without DSN, none of them.
 //   - XCLIENT (XClient): the message's client address and HELO name, so
 //     Postfix applies its access rules and logs as if that client had
-//     connected; a pooled connection is re-XCLIENTed for another client.
+//     connected. A connection keeps that identity: it is reused only for
+//     messages from the same client (address and HELO name).
 //   - XFORWARD (XForward): the same for logging only, per transaction.
 //   - LMTP (RFC 2033): LHLO, and one reply per accepted recipient after the
 //     final dot.
@@ -208,27 +209,22 @@ func (h *SMTPHop) connect(ctx context.Context, plain bool) (*smtpConn, error) {
 	}
 	err = c.startTLS(ctx, h.tlsConfig(policy))
 	var hs errStartTLS
+	var re *replyError
+	refused := errors.As(err, &re) && re.Reply.Code != 421 // 454 TLS not available...
 	switch {
 	case err == nil:
 		if err := c.hello(h.LocalName); err != nil {
 			return fail(err)
 		}
 		return c, nil
-	case policy == TLSRequire && errors.As(err, &hs):
+	case policy == TLSRequire && (refused || errors.As(err, &hs)):
 		c.Close()
-		return nil, &tlsRequired{Reply{451, "4.7.5", "Cannot start TLS with host " + h.String() + ": " + hs.err.Error()}}
-	case policy == TLSRequire:
-		return fail(err)
+		return nil, &tlsRequired{Reply{451, "4.7.5", "Cannot start TLS with host " + h.String() + ": " + err.Error()}}
+	case refused: // opportunistic: the session goes on in plaintext
+		return c, nil
 	case errors.As(err, &hs) && h.TLSFallbackPlain && ctx.Err() == nil:
 		c.Close()
 		return h.connect(ctx, true)
-	case errors.As(err, &hs):
-		return fail(err)
-	}
-	// STARTTLS refused (454 ...): the session goes on in plaintext.
-	var re *replyError
-	if errors.As(err, &re) && re.Reply.Code/100 != 2 && re.Reply.Code != 421 {
-		return c, nil
 	}
 	return fail(err)
 }
@@ -242,13 +238,15 @@ func (h *SMTPHop) identity(env *Envelope) string {
 }
 
 // fit ranks an idle connection for identity want: 2 in that identity
-// already, 1 usable (switchable with XCLIENT, or one that never does
-// XCLIENT), 0 not usable (it is some client, and we need to be ourselves).
+// already, 1 usable (not yet XCLIENTed: it can take any identity), 0 not
+// usable. Postfix refuses a second XCLIENT on a connection (the client it
+// now believes it talks to is not in smtpd_authorized_xclient_hosts), so
+// a connection keeps the identity of its first XCLIENT for life.
 func fit(c *smtpConn, want string) int {
 	switch {
 	case c.ident == want:
 		return 2
-	case want != "" && (c.has("XCLIENT") || c.ident == ""):
+	case c.ident == "":
 		return 1
 	}
 	return 0
@@ -288,15 +286,19 @@ func (h *SMTPHop) get(ctx context.Context, want string) (c *smtpConn, reused boo
 	return c, false, err
 }
 
+// put pools c; when the pool is full, the connection idle longest goes.
 func (h *SMTPHop) put(c *smtpConn) {
 	h.mu.Lock()
+	var evict *smtpConn
 	if len(h.idle) >= h.maxIdle() {
-		h.mu.Unlock()
-		go c.quit()
-		return
+		evict = h.idle[0].c
+		h.idle = append(h.idle[:0], h.idle[1:]...)
 	}
 	h.idle = append(h.idle, idleConn{c, time.Now()})
 	h.mu.Unlock()
+	if evict != nil {
+		go evict.quit()
+	}
 }
 
 // Close drops idle connections.
@@ -368,7 +370,6 @@ func (h *SMTPHop) connectFailure(n int, err error) ([]Reply, error) {
 // connection is gone.
 func (h *SMTPHop) use(ctx context.Context, c *smtpConn, env *Envelope, from string, rcpts []string, body io.Reader) ([]Reply, error) {
 	unbind := c.bind(ctx)
-	c.uses++
 	err := h.prepare(c, env)
 	var replies []Reply
 	if err == nil {
@@ -382,11 +383,15 @@ func (h *SMTPHop) use(ctx context.Context, c *smtpConn, env *Envelope, from stri
 	return replies, nil
 }
 
-// prepare puts c in the message's XCLIENT identity.
+// prepare puts c in the message's XCLIENT identity (get gave us a
+// connection in that identity, or one without any).
 func (h *SMTPHop) prepare(c *smtpConn, env *Envelope) error {
 	want := h.identity(env)
 	if c.ident == want || !c.has("XCLIENT") || want == "" {
 		return nil
+	}
+	if c.ident != "" {
+		return fmt.Errorf("connection is XCLIENT %q already, not %q", c.ident, want)
 	}
 	helo := env.ClientHelo
 	if helo == "" {

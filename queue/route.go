@@ -76,8 +76,9 @@ func (t Transport) String() string {
 }
 
 // HopFactory makes the SMTP hop for one host:port, so that every route to
-// the same server shares one connection pool.
-type HopFactory func(addr string, lmtp bool) Hop
+// the same server shares one connection pool. dest names the destination
+// (the recipient domain for MX delivery, else the host) for TLS policies.
+type HopFactory func(addr string, lmtp bool, dest string) Hop
 
 // TransportRouter is the delivery routing of a relay, in this order: a
 // transport map entry for the address, then for its domain; our own
@@ -137,7 +138,7 @@ func (tr *TransportRouter) destination(t Transport, _ string) Destination {
 	if t.MX {
 		d = Destination{Key: key, External: true, Hop: &MXHop{Domain: t.Host, Port: t.Port, Resolver: tr.Resolver, Hops: tr.Hops}}
 	} else {
-		d = Destination{Key: key, Hop: tr.Hops(net.JoinHostPort(t.Host, strconv.Itoa(t.Port)), t.LMTP)}
+		d = Destination{Key: key, Hop: tr.Hops(net.JoinHostPort(t.Host, strconv.Itoa(t.Port)), t.LMTP, t.Host)}
 	}
 	tr.dest[key] = d
 	return d

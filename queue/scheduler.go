@@ -113,6 +113,7 @@ type Scheduler struct {
 	deleted  map[string]bool
 	inflight map[string]bool
 	flushed  map[string]bool // flushed while in flight: retry at once
+	loadOnce sync.Once
 }
 
 func (q *Scheduler) init() {
@@ -177,6 +178,7 @@ func (q *Scheduler) now() time.Time { return q.Clock.Now() }
 // Submit schedules a just-committed message for immediate delivery.
 func (q *Scheduler) Submit(env *Envelope) {
 	q.init()
+	q.load()
 	q.schedule(env, q.now())
 }
 
@@ -203,10 +205,39 @@ func (q *Scheduler) schedule(env *Envelope, at time.Time) {
 }
 
 // Run delivers until ctx ends, starting with what the spool held when it
-// was opened. Those messages are spread over the first seconds (jitter),
-// so a restart after an outage does not hit the next hop all at once.
+// was opened.
 func (q *Scheduler) Run(ctx context.Context) error {
 	q.init()
+	q.load()
+	var wg sync.WaitGroup
+	for range q.Workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case env := <-q.work:
+					q.attempt(ctx, env)
+				case <-ctx.Done():
+					return
+				}
+			}
+		}()
+	}
+	q.dispatch(ctx)
+	wg.Wait()
+	return nil
+}
+
+// load schedules the messages the spool held when it was opened, once,
+// before anything else touches the queue. They are spread over the first
+// seconds (jitter), so a restart after an outage does not hit the next hop
+// all at once.
+func (q *Scheduler) load() {
+	q.loadOnce.Do(q.loadRecovered)
+}
+
+func (q *Scheduler) loadRecovered() {
 	envs := q.Spool.TakeRecovered()
 	now := q.now()
 	spread := time.Duration(len(envs)) * time.Millisecond
@@ -232,24 +263,6 @@ func (q *Scheduler) Run(ctx context.Context) error {
 	if len(envs) > 0 {
 		q.Log.Info("spool loaded", "messages", len(envs))
 	}
-	var wg sync.WaitGroup
-	for range q.Workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case env := <-q.work:
-					q.attempt(ctx, env)
-				case <-ctx.Done():
-					return
-				}
-			}
-		}()
-	}
-	q.dispatch(ctx)
-	wg.Wait()
-	return nil
 }
 
 // dispatch moves due messages to the workers.
@@ -499,10 +512,27 @@ func (q *Scheduler) finish(log *slog.Logger, env *Envelope, done func()) {
 	if err := q.Spool.Update(env); err != nil {
 		log.Error("cannot record delivery outcome; will retry pending recipients", "err", err)
 	}
-	done()
-	if !held {
-		q.schedule(env, env.NextAttempt)
+	q.requeue(env, held)
+}
+
+// requeue ends an attempt and puts the message back on the timer heap in
+// one step, so that a queue operation never finds it in neither place.
+func (q *Scheduler) requeue(env *Envelope, held bool) {
+	q.mu.Lock()
+	delete(q.inflight, env.ID)
+	at := env.NextAttempt
+	if q.flushed[env.ID] { // flushed after finish looked
+		delete(q.flushed, env.ID)
+		at = q.now()
 	}
+	if held || q.held[env.ID] {
+		delete(q.queued, env.ID)
+		q.mu.Unlock()
+		return
+	}
+	heap.Push(&q.pending, timedEnv{at, env}) // still marked queued
+	q.mu.Unlock()
+	q.Kick()
 }
 
 func (q *Scheduler) send(ctx context.Context, hop Hop, env *Envelope, from string, rcpts []string) ([]Reply, error) {

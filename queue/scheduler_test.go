@@ -344,3 +344,51 @@ func TestSchedulerSplitsBySenderAndHop(t *testing.T) {
 		t.Errorf("external hop got %q", got)
 	}
 }
+
+// gateHop holds every Send until released and records the peak of
+// concurrent transactions.
+type gateHop struct {
+	mu        sync.Mutex
+	cur, peak int
+	release   chan struct{}
+}
+
+func (h *gateHop) String() string { return "gate" }
+func (h *gateHop) Send(ctx context.Context, _ *Envelope, _ string, rcpts []string, _ io.Reader) ([]Reply, error) {
+	h.mu.Lock()
+	h.cur++
+	h.peak = max(h.peak, h.cur)
+	h.mu.Unlock()
+	select {
+	case <-h.release:
+	case <-ctx.Done():
+	}
+	h.mu.Lock()
+	h.cur--
+	h.mu.Unlock()
+	return all(len(rcpts), Reply{Code: 250}), nil
+}
+
+// No more transactions run at once towards one destination than the
+// limit, however many workers are free.
+func TestDestinationConcurrency(t *testing.T) {
+	s := openTestSpool(t)
+	hop := &gateHop{release: make(chan struct{})}
+	q := &Scheduler{Spool: s, Hop: hop, Workers: 8, DestinationConcurrency: 2, Retry: Retry{Min: time.Hour, Max: time.Hour}}
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan struct{})
+	go func() { q.Run(ctx); close(stopped) }()
+	defer func() { cancel(); <-stopped }()
+	for range 6 {
+		q.Submit(commit(t, s, "m\r\n", "a@x.test"))
+	}
+	time.Sleep(100 * time.Millisecond)
+	hop.mu.Lock()
+	peak := hop.peak
+	hop.mu.Unlock()
+	close(hop.release)
+	waitFor(t, "spool to empty", spoolEmpty(s))
+	if peak != 2 {
+		t.Fatalf("peak of %d concurrent transactions to one destination, want 2", peak)
+	}
+}

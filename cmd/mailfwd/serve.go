@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -105,16 +107,38 @@ func newExpander(c *config.Config, log *slog.Logger) (*routing.Expander, *routin
 // per server, shared by every route to it.
 func newRouter(c *config.Config) (*queue.TransportRouter, func(), error) {
 	d := c.Delivery
+	var roots *x509.CertPool
+	if d.TLSCAFile != "" {
+		pem, err := os.ReadFile(c.Path(d.TLSCAFile))
+		if err != nil {
+			return nil, nil, fmt.Errorf("delivery.tls_ca_file: %w", err)
+		}
+		roots = x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(pem) {
+			return nil, nil, fmt.Errorf("delivery.tls_ca_file %s holds no PEM certificate", d.TLSCAFile)
+		}
+	}
 	var mu sync.Mutex
 	hops := map[string]*queue.SMTPHop{}
-	factory := func(addr string, lmtp bool) queue.Hop {
+	factory := func(addr string, lmtp bool, dest string) queue.Hop {
+		policy := d.TLSPolicy
+		if p, ok := d.TLSPolicies[strings.ToLower(dest)]; ok {
+			policy = p
+		}
+		key := addr + "|" + policy
 		mu.Lock()
 		defer mu.Unlock()
-		if h, ok := hops[addr]; ok {
+		if h, ok := hops[key]; ok {
 			return h
 		}
-		h := &queue.SMTPHop{Addr: addr, LocalName: c.Hostname, Timeout: d.ConnectTimeout}
-		hops[addr] = h
+		h := &queue.SMTPHop{Addr: addr, LocalName: c.Hostname, Timeout: d.ConnectTimeout, LMTP: lmtp, TLSPolicy: policy}
+		if policy == "require" {
+			h.TLSConfig = &tls.Config{RootCAs: roots, ServerName: dest, MinVersion: tls.VersionTLS12}
+		}
+		if addr == d.NextHop {
+			h.XClient, h.XForward = d.XClient, d.XForward
+		}
+		hops[key] = h
 		return h
 	}
 	closeAll := func() {
