@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -49,17 +50,24 @@ type Config struct {
 	FirstRetry time.Duration
 }
 
-// Backend builds the go-smtp server around routing and the spool.
+// Backend builds the go-smtp server around routing and the spool. Its
+// policy (domains, routing, SRS, limits) can be replaced while it runs
+// (Reload); each session keeps the policy it started with.
 type Backend struct {
+	pol      atomic.Pointer[policy]
+	srsFails *failureLimiter
+	spool    Committer
+	submit   func(*queue.Envelope)
+	log      *slog.Logger
+}
+
+// policy is one generation of the configuration.
+type policy struct {
 	cfg      Config
 	domains  map[string]bool // relay domains: we accept mail for them
 	local    map[string]bool // relay and local domains: not external
 	srsDom   string
-	srsFails *failureLimiter
 	expander Expander
-	spool    Committer
-	submit   func(*queue.Envelope)
-	log      *slog.Logger
 }
 
 // NewBackend returns a backend; submit is called with each committed
@@ -68,6 +76,28 @@ func NewBackend(cfg Config, exp Expander, spool Committer, submit func(*queue.En
 	if log == nil {
 		log = slog.Default()
 	}
+	p, err := newPolicy(cfg, exp)
+	if err != nil {
+		return nil, err
+	}
+	b := &Backend{spool: spool, submit: submit, log: log,
+		srsFails: newFailureLimiter(p.cfg.SRSFailureLimit, p.cfg.SRSFailureWindow)}
+	b.pol.Store(p)
+	return b, nil
+}
+
+// Reload replaces the policy for new sessions (SIGHUP). Listener settings
+// (addresses, size and recipient limits, timeouts) need a restart.
+func (b *Backend) Reload(cfg Config, exp Expander) error {
+	p, err := newPolicy(cfg, exp)
+	if err != nil {
+		return err
+	}
+	b.pol.Store(p)
+	return nil
+}
+
+func newPolicy(cfg Config, exp Expander) (*policy, error) {
 	if cfg.LookupTimeout <= 0 {
 		cfg.LookupTimeout = 10 * time.Second
 	}
@@ -83,49 +113,51 @@ func NewBackend(cfg Config, exp Expander, spool Committer, submit func(*queue.En
 	if cfg.SRSFailureWindow <= 0 {
 		cfg.SRSFailureWindow = 10 * time.Minute
 	}
-	b := &Backend{cfg: cfg, domains: map[string]bool{}, local: map[string]bool{}, expander: exp, spool: spool, submit: submit, log: log,
-		srsFails: newFailureLimiter(cfg.SRSFailureLimit, cfg.SRSFailureWindow)}
+	p := &policy{cfg: cfg, domains: map[string]bool{}, local: map[string]bool{}, expander: exp}
 	for _, d := range cfg.RelayDomains {
 		nd, err := routing.NormalizeDomain(d)
 		if err != nil {
 			return nil, fmt.Errorf("relay domain %q: %w", d, err)
 		}
-		b.domains[nd], b.local[nd] = true, true
+		p.domains[nd], p.local[nd] = true, true
 	}
 	for _, d := range cfg.LocalDomains {
 		nd, err := routing.NormalizeDomain(d)
 		if err != nil {
 			return nil, fmt.Errorf("local domain %q: %w", d, err)
 		}
-		b.local[nd] = true
+		p.local[nd] = true
 	}
 	if cfg.SRS != nil {
 		nd, err := routing.NormalizeDomain(cfg.SRS.Domain)
 		if err != nil {
 			return nil, fmt.Errorf("SRS domain %q: %w", cfg.SRS.Domain, err)
 		}
-		if b.domains[nd] {
+		if p.domains[nd] {
 			return nil, fmt.Errorf("SRS domain %s must not also be a relay domain: bounces to it are decoded, not looked up", nd)
 		}
-		b.srsDom = nd
-		b.local[nd] = true
+		p.srsDom = nd
+		p.local[nd] = true
 	}
-	return b, nil
+	return p, nil
 }
 
 // Local reports whether domain is ours (relay, local or SRS domain): mail
 // for it is not an external forward.
-func (b *Backend) Local(domain string) bool {
+func (b *Backend) Local(domain string) bool { return b.pol.Load().isLocal(domain) }
+
+func (p *policy) isLocal(domain string) bool {
 	d, err := routing.NormalizeDomain(domain)
-	return err == nil && b.local[d]
+	return err == nil && p.local[d]
 }
 
 // NewServer returns a go-smtp server for b (not yet listening).
 func (b *Backend) NewServer() *smtp.Server {
+	cfg := b.pol.Load().cfg
 	s := smtp.NewServer(b)
-	s.Domain = b.cfg.Hostname
-	s.MaxRecipients = b.cfg.MaxRecipients
-	s.MaxMessageBytes = b.cfg.MaxSize
+	s.Domain = cfg.Hostname
+	s.MaxRecipients = cfg.MaxRecipients
+	s.MaxMessageBytes = cfg.MaxSize
 	s.MaxLineLength = 4096
 	s.ReadTimeout = 5 * time.Minute
 	s.WriteTimeout = 5 * time.Minute
@@ -137,7 +169,7 @@ func (b *Backend) NewServer() *smtp.Server {
 
 // NewSession is called by go-smtp for each connection.
 func (b *Backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
-	s := &session{b: b, helo: c.Hostname(), seen: map[string]bool{}}
+	s := &session{b: b, p: b.pol.Load(), conn: c, helo: c.Hostname(), seen: map[string]bool{}}
 	if a, ok := c.Conn().RemoteAddr().(*net.TCPAddr); ok {
 		s.clientIP = a.IP.String()
 	} else {
@@ -150,6 +182,8 @@ func (b *Backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 
 type session struct {
 	b        *Backend
+	p        *policy // the policy this session started with
+	conn     *smtp.Conn
 	log      *slog.Logger
 	clientIP string
 	helo     string
@@ -212,20 +246,20 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	if err != nil {
 		return replyBadRcpt
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), s.b.cfg.LookupTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), s.p.cfg.LookupTimeout)
 	defer cancel()
 	var finals []string
 	switch {
-	case s.b.srsDom != "" && addr.Domain == s.b.srsDom:
+	case s.p.srsDom != "" && addr.Domain == s.p.srsDom:
 		var reply error
 		if finals, reply = s.reverseSRS(ctx, to); reply != nil {
 			return reply
 		}
-	case !s.b.domains[addr.Domain]:
+	case !s.p.domains[addr.Domain]:
 		s.log.Info("reject: relay access denied", "from", s.from, "to", to)
 		return replyRelayDenied
 	default:
-		finals, err = s.b.expander.Expand(ctx, routing.External(to))
+		finals, err = s.p.expander.Expand(ctx, routing.External(to))
 	}
 	if err := s.rcptError(to, err); err != nil {
 		return err
@@ -247,7 +281,7 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 		if s.seen[k] {
 			continue
 		}
-		if len(s.rcpts) >= s.b.cfg.MaxRecipients {
+		if len(s.rcpts) >= s.p.cfg.MaxRecipients {
 			return replyTooManyRcpt
 		}
 		rc := queue.Recipient{Addr: f, OrigTo: routing.External(to), Status: queue.Pending, DSNNotify: s.notify, ORcpt: s.orcpt}
@@ -268,7 +302,7 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 // isLocal reports whether a final recipient is in one of our domains.
 func (s *session) isLocal(addr string) bool {
 	i := strings.LastIndexByte(addr, '@')
-	return i >= 0 && s.b.Local(addr[i+1:])
+	return i >= 0 && s.p.isLocal(addr[i+1:])
 }
 
 // forwardSender is the envelope sender for external forwards: the SRS form
@@ -277,14 +311,14 @@ func (s *session) isLocal(addr string) bool {
 // not fit RFC 5321's 64-octet local part is refused for external forwards
 // (550 5.1.7) rather than sent with an invalid address or deferred for days.
 func (s *session) forwardSender() (string, error) {
-	if s.b.cfg.SRS == nil || s.from == "" {
+	if s.p.cfg.SRS == nil || s.from == "" {
 		return s.from, nil
 	}
 	if !s.srsDone {
 		s.srsDone = true
 		// SRS encodes the address as parsed; the result is quoted for the
 		// wire like any address.
-		s.srsFrom, s.srsFromErr = s.b.cfg.SRS.Forward(s.rawFrom)
+		s.srsFrom, s.srsFromErr = s.p.cfg.SRS.Forward(s.rawFrom)
 		s.srsFrom = routing.External(s.srsFrom)
 		switch {
 		case errors.Is(s.srsFromErr, routing.ErrSRSTooLong):
@@ -310,7 +344,7 @@ func (s *session) reverseSRS(ctx context.Context, to string) ([]string, error) {
 		s.log.Warn("defer: SRS failure limit reached", "to", to)
 		return nil, replySRSLimited
 	}
-	orig, err := s.b.cfg.SRS.Reverse(to)
+	orig, err := s.p.cfg.SRS.Reverse(to)
 	if err == nil {
 		orig = routing.External(orig)
 	}
@@ -322,7 +356,7 @@ func (s *session) reverseSRS(ctx context.Context, to string) ([]string, error) {
 	s.log.Info("srs: bounce address decoded", "to", to, "orig", orig)
 	if s.isLocal(orig) {
 		// The original sender is one of ours: route it as usual.
-		finals, err := s.b.expander.Expand(ctx, orig)
+		finals, err := s.p.expander.Expand(ctx, orig)
 		if err == nil || !errors.Is(err, routing.ErrNotFound) {
 			return finals, s.rcptError(to, err)
 		}
@@ -381,7 +415,7 @@ func (s *session) Data(r io.Reader) error {
 		Body8Bit:    s.opts.Body == smtp.Body8BitMIME,
 		DSNRet:      string(s.opts.Return),
 		DSNEnvID:    s.opts.EnvelopeID,
-		NextAttempt: now.Add(s.b.cfg.FirstRetry),
+		NextAttempt: now.Add(s.p.cfg.FirstRetry),
 	}
 	if err := w.Commit(env); err != nil {
 		return s.storageReply(err, w.ID())
@@ -411,7 +445,7 @@ func (s *session) receivedHeader(id string) string {
 		proto = "UTF8SMTP"
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "Received: from %s ([%s])\r\n\tby %s (mailfwd) with %s id %s", sanitize(helo), s.clientIP, s.b.cfg.Hostname, proto, id)
+	fmt.Fprintf(&b, "Received: from %s ([%s])\r\n\tby %s (mailfwd) with %s id %s", sanitize(helo), s.clientIP, s.p.cfg.Hostname, proto, id)
 	if len(s.rcpts) == 1 {
 		fmt.Fprintf(&b, "\r\n\tfor <%s>", sanitize(s.rcpts[0].OrigTo))
 	}
