@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -44,6 +45,19 @@ type Config struct {
 	// in SRSFailureWindow before its SRS RCPTs are deferred unverified.
 	SRSFailureLimit  int
 	SRSFailureWindow time.Duration
+	// MaxErrors refused commands, or MaxCommands transaction commands, end
+	// a session with 421 (a client probing addresses or looping).
+	MaxErrors   int
+	MaxCommands int
+	// CommandTimeout bounds the wait for each command line, DataTimeout the
+	// whole message (a client trickling bytes cannot hold a session open).
+	CommandTimeout time.Duration
+	DataTimeout    time.Duration
+	// MaxReceived: a message with more Received headers is refused as a
+	// mail loop (554 5.4.6), as Postfix's hopcount_limit does.
+	MaxReceived int
+	// TLS, if set, offers STARTTLS (certificates may change under it).
+	TLS *tls.Config
 	// FirstRetry is stored as the next attempt time of a new message: the
 	// first attempt starts at once, and if the relay dies during it, the
 	// restarted relay tries again after this long (not in a hot loop).
@@ -113,6 +127,21 @@ func newPolicy(cfg Config, exp Expander) (*policy, error) {
 	if cfg.SRSFailureWindow <= 0 {
 		cfg.SRSFailureWindow = 10 * time.Minute
 	}
+	if cfg.MaxErrors <= 0 {
+		cfg.MaxErrors = 20
+	}
+	if cfg.MaxCommands <= 0 {
+		cfg.MaxCommands = 1000
+	}
+	if cfg.CommandTimeout <= 0 {
+		cfg.CommandTimeout = 5 * time.Minute
+	}
+	if cfg.DataTimeout <= 0 {
+		cfg.DataTimeout = 10 * time.Minute
+	}
+	if cfg.MaxReceived <= 0 {
+		cfg.MaxReceived = 50
+	}
 	p := &policy{cfg: cfg, domains: map[string]bool{}, local: map[string]bool{}, expander: exp}
 	for _, d := range cfg.RelayDomains {
 		nd, err := routing.NormalizeDomain(d)
@@ -159,8 +188,9 @@ func (b *Backend) NewServer() *smtp.Server {
 	s.MaxRecipients = cfg.MaxRecipients
 	s.MaxMessageBytes = cfg.MaxSize
 	s.MaxLineLength = 4096
-	s.ReadTimeout = 5 * time.Minute
-	s.WriteTimeout = 5 * time.Minute
+	s.ReadTimeout = cfg.CommandTimeout
+	s.WriteTimeout = cfg.CommandTimeout
+	s.TLSConfig = cfg.TLS
 	s.EnableSMTPUTF8 = true
 	s.EnableDSN = true
 	s.ErrorLog = slogLogger{b.log}
@@ -188,6 +218,8 @@ type session struct {
 	clientIP string
 	helo     string
 
+	commands, errors int
+
 	hasFrom bool
 	from    string // external (wire) form
 	rawFrom string // as go-smtp parsed it: what SRS encodes
@@ -212,7 +244,53 @@ func (s *session) Reset() {
 
 func (s *session) Logout() error { return nil }
 
+// Mail, Rcpt and Data count commands and refusals: past the limits the
+// session ends with 421, as Postfix's smtpd_hard_error_limit does.
 func (s *session) Mail(from string, opts *smtp.MailOptions) error {
+	return s.account(s.mail(from, opts))
+}
+
+func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	return s.account(s.rcpt(to, opts))
+}
+
+func (s *session) Data(r io.Reader) error { return s.account(s.data(r)) }
+
+func (s *session) account(err error) error {
+	s.commands++
+	var se *smtp.SMTPError
+	if errors.As(err, &se) && se.Code >= 400 {
+		s.errors++
+		if se.Code == 421 {
+			s.closeAfterReply()
+			return err
+		}
+	}
+	switch {
+	case s.errors >= s.p.cfg.MaxErrors:
+		s.log.Warn("disconnect: too many errors", "errors", s.errors)
+		s.closeAfterReply()
+		return replyTooManyErrs
+	case s.commands >= s.p.cfg.MaxCommands:
+		s.log.Warn("disconnect: too many commands", "commands", s.commands)
+		s.closeAfterReply()
+		return replyTooManyCmds
+	}
+	return err
+}
+
+// closeAfterReply makes the connection close once the next reply is out.
+func (s *session) closeAfterReply() {
+	c := s.conn.Conn()
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	if t, ok := c.(*trackedConn); ok {
+		t.closeAfter.Store(true)
+	}
+}
+
+func (s *session) mail(from string, opts *smtp.MailOptions) error {
 	s.Reset()
 	if from != "" {
 		if _, err := routing.ParseAddress(from); err != nil {
@@ -230,7 +308,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	return nil
 }
 
-func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+func (s *session) rcpt(to string, opts *smtp.RcptOptions) error {
 	s.notify, s.orcpt = "", ""
 	if opts != nil {
 		var n []string
@@ -381,10 +459,13 @@ func (s *session) rcptError(to string, err error) error {
 	}
 }
 
-func (s *session) Data(r io.Reader) error {
+func (s *session) data(r io.Reader) error {
 	if len(s.rcpts) == 0 {
 		return replyNoRcpt
 	}
+	// The whole message must arrive within DataTimeout (go-smtp's own
+	// deadline is per command line).
+	s.conn.Conn().SetReadDeadline(time.Now().Add(s.p.cfg.DataTimeout))
 	w, err := s.b.spool.Create()
 	if err != nil {
 		return s.storageReply(err, "")
@@ -393,10 +474,19 @@ func (s *session) Data(r io.Reader) error {
 		w.Abort()
 		return s.storageReply(err, w.ID())
 	}
-	if _, err := io.Copy(w, r); err != nil {
+	hops := &hopCounter{w: w, max: s.p.cfg.MaxReceived}
+	if _, err := io.Copy(hops, r); err != nil {
 		w.Abort()
-		if errors.Is(err, smtp.ErrDataTooLarge) {
+		var ne net.Error
+		switch {
+		case errors.Is(err, smtp.ErrDataTooLarge):
 			return replyTooBig
+		case errors.Is(err, errTooManyHops):
+			s.log.Warn("reject: mail loop", "from", s.from, "received_headers", hops.received)
+			return replyLoop
+		case errors.As(err, &ne) && ne.Timeout():
+			s.closeAfterReply()
+			return replyDataTimeout
 		}
 		var se *smtp.SMTPError
 		if errors.As(err, &se) {
@@ -440,12 +530,16 @@ func (s *session) receivedHeader(id string) string {
 	if helo == "" {
 		helo = "unknown"
 	}
-	proto := "ESMTP"
+	proto, tlsInfo := "ESMTP", ""
 	if s.opts.UTF8 {
 		proto = "UTF8SMTP"
 	}
+	if st, ok := s.conn.TLSConnectionState(); ok {
+		proto += "S"
+		tlsInfo = fmt.Sprintf(" (%s with cipher %s)", tls.VersionName(st.Version), tls.CipherSuiteName(st.CipherSuite))
+	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "Received: from %s ([%s])\r\n\tby %s (mailfwd) with %s id %s", sanitize(helo), s.clientIP, s.p.cfg.Hostname, proto, id)
+	fmt.Fprintf(&b, "Received: from %s ([%s])\r\n\tby %s (mailfwd) with %s%s id %s", sanitize(helo), s.clientIP, s.p.cfg.Hostname, proto, tlsInfo, id)
 	if len(s.rcpts) == 1 {
 		fmt.Fprintf(&b, "\r\n\tfor <%s>", sanitize(s.rcpts[0].OrigTo))
 	}

@@ -1,0 +1,53 @@
+package relay
+
+import (
+	"bytes"
+	"errors"
+	"io"
+)
+
+var errTooManyHops = errors.New("too many Received headers")
+
+// hopCounter passes the message through and counts Received header fields
+// in its header section, failing once there are more than max: two
+// forwarders that point at each other must not pass a message back and
+// forth forever.
+type hopCounter struct {
+	w        io.Writer
+	max      int
+	received int
+	line     []byte // start of the current line (enough to recognise it)
+	inBody   bool
+}
+
+func (h *hopCounter) Write(p []byte) (int, error) {
+	if !h.inBody {
+		for _, c := range p {
+			if c == '\n' {
+				h.endLine()
+				if h.inBody {
+					break
+				}
+				continue
+			}
+			if len(h.line) < 16 {
+				h.line = append(h.line, c)
+			}
+		}
+		if h.received > h.max {
+			return 0, errTooManyHops
+		}
+	}
+	return h.w.Write(p)
+}
+
+func (h *hopCounter) endLine() {
+	l := bytes.TrimRight(h.line, "\r")
+	switch {
+	case len(l) == 0:
+		h.inBody = true
+	case len(l) >= 9 && bytes.EqualFold(l[:9], []byte("received:")):
+		h.received++
+	}
+	h.line = h.line[:0]
+}

@@ -1,0 +1,166 @@
+package relay
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	proxyproto "github.com/pires/go-proxyproto"
+)
+
+// ListenLimits bound what clients can take before they send anything.
+type ListenLimits struct {
+	MaxConns      int // in total (0: no limit)
+	MaxConnsPerIP int
+	// RatePerIP is new connections per minute per client address.
+	RatePerIP int
+	// ProxyFrom are the load balancers allowed to send a PROXY protocol
+	// (v1 or v2) header; the header is required from them and refused from
+	// anyone else. Empty: PROXY protocol off.
+	ProxyFrom []netip.Prefix
+	Hostname  string
+}
+
+// Listen wraps l with the PROXY protocol (when configured) and the
+// connection limits. Refused connections get a 421 and are closed before
+// any session starts, so they cost no goroutine beyond the accept loop.
+func Listen(l net.Listener, lim ListenLimits) net.Listener {
+	if len(lim.ProxyFrom) > 0 {
+		l = &proxyproto.Listener{
+			Listener:          l,
+			ReadHeaderTimeout: 10 * time.Second,
+			ConnPolicy: func(o proxyproto.ConnPolicyOptions) (proxyproto.Policy, error) {
+				if inPrefixes(o.Upstream, lim.ProxyFrom) {
+					return proxyproto.REQUIRE, nil
+				}
+				return proxyproto.REJECT, nil
+			},
+		}
+	}
+	return &limitListener{Listener: l, lim: lim, perIP: map[netip.Addr]int{}, rates: map[netip.Addr]*rate{}}
+}
+
+func inPrefixes(a net.Addr, ps []netip.Prefix) bool {
+	ip := addrIP(a)
+	for _, p := range ps {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+func addrIP(a net.Addr) netip.Addr {
+	if t, ok := a.(*net.TCPAddr); ok {
+		ip, _ := netip.AddrFromSlice(t.IP)
+		return ip.Unmap()
+	}
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
+}
+
+type limitListener struct {
+	net.Listener
+	lim ListenLimits
+
+	mu    sync.Mutex
+	total int
+	perIP map[netip.Addr]int
+	rates map[netip.Addr]*rate
+}
+
+type rate struct {
+	tokens float64
+	last   time.Time
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		ip := addrIP(c.RemoteAddr())
+		if why := l.admit(ip); why != "" {
+			c.SetWriteDeadline(time.Now().Add(2 * time.Second))
+			fmt.Fprintf(c, "421 4.7.0 %s %s, try again later\r\n", l.lim.Hostname, why)
+			c.Close()
+			continue
+		}
+		return &trackedConn{Conn: c, release: func() { l.leave(ip) }}, nil
+	}
+}
+
+// admit counts a new connection in, or says why it may not come in.
+func (l *limitListener) admit(ip netip.Addr) string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.lim.MaxConns > 0 && l.total >= l.lim.MaxConns {
+		return "too many connections"
+	}
+	if l.lim.MaxConnsPerIP > 0 && l.perIP[ip] >= l.lim.MaxConnsPerIP {
+		return "too many connections from your address"
+	}
+	if l.lim.RatePerIP > 0 {
+		now := time.Now()
+		r := l.rates[ip]
+		if r == nil {
+			if len(l.rates) > 100000 { // bounded: forget idle buckets
+				for k, v := range l.rates {
+					if now.Sub(v.last) > time.Minute {
+						delete(l.rates, k)
+					}
+				}
+			}
+			r = &rate{tokens: float64(l.lim.RatePerIP), last: now}
+			l.rates[ip] = r
+		}
+		r.tokens = min(float64(l.lim.RatePerIP), r.tokens+now.Sub(r.last).Minutes()*float64(l.lim.RatePerIP))
+		r.last = now
+		if r.tokens < 1 {
+			return "connection rate limit exceeded for your address"
+		}
+		r.tokens--
+	}
+	l.total++
+	l.perIP[ip]++
+	return ""
+}
+
+func (l *limitListener) leave(ip netip.Addr) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.total--
+	if l.perIP[ip]--; l.perIP[ip] <= 0 {
+		delete(l.perIP, ip)
+	}
+}
+
+// trackedConn gives its slot back on close, and can be told to close once
+// the next reply is written (go-smtp keeps a session open after a 421 from
+// our handlers; we do not).
+type trackedConn struct {
+	net.Conn
+	once       sync.Once
+	release    func()
+	closeAfter atomic.Bool
+}
+
+func (c *trackedConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	if c.closeAfter.Load() {
+		c.Close()
+	}
+	return n, err
+}
+
+func (c *trackedConn) Close() error {
+	c.once.Do(c.release)
+	return c.Conn.Close()
+}
