@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -42,11 +43,16 @@ type Config struct {
 	LookupTimeout  time.Duration `yaml:"lookup_timeout"`
 	MaxMessageSize int64         `yaml:"max_message_size"`
 	MaxRecipients  int           `yaml:"max_recipients"`
-	Routing        Routing       `yaml:"routing"`
-	SRS            *SRS          `yaml:"srs"`
-	Directory      Directory     `yaml:"directory"`
-	Delivery       Delivery      `yaml:"delivery"`
-	Log            Log           `yaml:"log"`
+	TLS            *TLS          `yaml:"tls"`
+	Limits         Limits        `yaml:"limits"`
+	// ProxyProtocolFrom lists the load balancers (CIDRs) allowed to send a
+	// PROXY protocol v1/v2 header; empty: PROXY protocol off.
+	ProxyProtocolFrom []string  `yaml:"proxy_protocol_from"`
+	Routing           Routing   `yaml:"routing"`
+	SRS               *SRS      `yaml:"srs"`
+	Directory         Directory `yaml:"directory"`
+	Delivery          Delivery  `yaml:"delivery"`
+	Log               Log       `yaml:"log"`
 
 	// dir is the directory relative paths are resolved against.
 	dir string
@@ -69,6 +75,24 @@ type Routing struct {
 	RecursionLimit     int               `yaml:"recursion_limit"`
 	ExpansionLimit     int               `yaml:"expansion_limit"`
 	AddressLengthLimit int               `yaml:"address_length_limit"`
+}
+
+// TLS offers STARTTLS with this certificate (reloaded on SIGHUP).
+type TLS struct {
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+}
+
+// Limits protect the front end from floods and slow or broken clients.
+type Limits struct {
+	MaxConnections      int           `yaml:"max_connections"`        // in total (default 1000)
+	MaxConnectionsPerIP int           `yaml:"max_connections_per_ip"` // default 20
+	ConnectionRatePerIP int           `yaml:"connection_rate_per_ip"` // new connections per minute (default 120)
+	MaxErrors           int           `yaml:"max_errors"`             // refused commands per session (default 20)
+	MaxCommands         int           `yaml:"max_commands"`           // MAIL/RCPT/DATA per session (default 1000)
+	CommandTimeout      time.Duration `yaml:"command_timeout"`        // default 5m
+	DataTimeout         time.Duration `yaml:"data_timeout"`           // whole message, default 10m
+	MaxReceived         int           `yaml:"max_received_headers"`   // loop guard, default 50
 }
 
 // SRS rewrites the sender of external forwards (off when absent).
@@ -264,6 +288,31 @@ func (c *Config) setDefaults() {
 			l.PoolSize = 8
 		}
 	}
+	l := &c.Limits
+	if l.MaxConnections == 0 {
+		l.MaxConnections = 1000
+	}
+	if l.MaxConnectionsPerIP == 0 {
+		l.MaxConnectionsPerIP = 20
+	}
+	if l.ConnectionRatePerIP == 0 {
+		l.ConnectionRatePerIP = 120
+	}
+	if l.MaxErrors == 0 {
+		l.MaxErrors = 20
+	}
+	if l.MaxCommands == 0 {
+		l.MaxCommands = 1000
+	}
+	if l.CommandTimeout == 0 {
+		l.CommandTimeout = 5 * time.Minute
+	}
+	if l.DataTimeout == 0 {
+		l.DataTimeout = 10 * time.Minute
+	}
+	if l.MaxReceived == 0 {
+		l.MaxReceived = 50
+	}
 	r := &c.Routing
 	if r.RecipientDelimiter == "" {
 		r.RecipientDelimiter = "+"
@@ -344,6 +393,16 @@ func (c *Config) validate() error {
 	for _, l := range c.Listen {
 		if _, _, err := net.SplitHostPort(l); err != nil {
 			bad("listen: %q is not host:port", l)
+		}
+	}
+	if t := c.TLS; t != nil && (t.CertFile == "" || t.KeyFile == "") {
+		bad("tls: cert_file and key_file are both required")
+	}
+	for _, p := range c.ProxyProtocolFrom {
+		if _, err := netip.ParsePrefix(p); err != nil {
+			if _, err2 := netip.ParseAddr(p); err2 != nil {
+				bad("proxy_protocol_from: %q is not an address or CIDR", p)
+			}
 		}
 	}
 	if len(c.RelayDomains) == 0 {
@@ -488,6 +547,19 @@ func (s *SRS) Codec(c *Config) (*routing.SRS, error) {
 		return nil, fmt.Errorf("srs: %w", err)
 	}
 	return r, nil
+}
+
+// ProxyPrefixes returns proxy_protocol_from as prefixes (validated).
+func (c *Config) ProxyPrefixes() []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range c.ProxyProtocolFrom {
+		if pr, err := netip.ParsePrefix(p); err == nil {
+			out = append(out, pr)
+		} else if a, err := netip.ParseAddr(p); err == nil {
+			out = append(out, netip.PrefixFrom(a, a.BitLen()))
+		}
+	}
+	return out
 }
 
 // Delimiter is the recipient delimiter in effect ("" for none).

@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -103,6 +104,36 @@ func newExpander(c *config.Config, log *slog.Logger) (*routing.Expander, *routin
 	}, cache, nil
 }
 
+// reload applies a changed config to a running relay. Settings that need a
+// restart (listeners, spool, delivery) are reported, not applied.
+func reload(path string, old *config.Config, be *relay.Backend, certs *certStore, log *slog.Logger) error {
+	var args []string
+	if path != "" {
+		args = []string{"-config", path}
+	}
+	c, _, err := loadConfig(flag.NewFlagSet("reload", flag.ContinueOnError), args)
+	if err != nil {
+		return err
+	}
+	exp, _, err := newExpander(c, log)
+	if err != nil {
+		return err
+	}
+	rc, err := relayConfig(c, certs)
+	if err != nil {
+		return err
+	}
+	if err := be.Reload(rc, exp); err != nil {
+		return err
+	}
+	if fmt.Sprint(c.Listen, c.SpoolDir, c.Delivery, c.Limits, c.ProxyProtocolFrom) !=
+		fmt.Sprint(old.Listen, old.SpoolDir, old.Delivery, old.Limits, old.ProxyProtocolFrom) {
+		log.Warn("reload: listen, spool_dir, delivery, limits and proxy_protocol_from changes take effect at the next restart")
+	}
+	log.Info("reloaded", "relay_domains", len(c.RelayDomains))
+	return nil
+}
+
 // newRouter builds delivery routing from the config: one pooled SMTP hop
 // per server, shared by every route to it.
 func newRouter(c *config.Config) (*queue.TransportRouter, func(), error) {
@@ -180,7 +211,58 @@ func hostPortTransport(hp string) (queue.Transport, error) {
 	return queue.ParseTransport("smtp:[" + h + "]:" + p)
 }
 
+// relayConfig is the front end's policy from a config: what SIGHUP
+// re-reads.
+func relayConfig(c *config.Config, certs *certStore) (relay.Config, error) {
+	rc := relay.Config{
+		Hostname: c.Hostname, RelayDomains: c.RelayDomains, LookupTimeout: c.LookupTimeout,
+		MaxRecipients: c.MaxRecipients, MaxSize: c.MaxMessageSize, FirstRetry: c.Delivery.RetryMin,
+		LocalDomains: c.LocalDomains,
+		MaxErrors:    c.Limits.MaxErrors, MaxCommands: c.Limits.MaxCommands,
+		CommandTimeout: c.Limits.CommandTimeout, DataTimeout: c.Limits.DataTimeout, MaxReceived: c.Limits.MaxReceived,
+	}
+	if c.SRS != nil {
+		srs, err := c.SRS.Codec(c)
+		if err != nil {
+			return rc, err
+		}
+		rc.SRS, rc.SRSFailureLimit, rc.SRSFailureWindow = srs, c.SRS.FailureLimit, c.SRS.FailureWindow
+	}
+	if c.TLS != nil {
+		if err := certs.load(c.Path(c.TLS.CertFile), c.Path(c.TLS.KeyFile)); err != nil {
+			return rc, err
+		}
+		rc.TLS = &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: certs.get}
+	}
+	return rc, nil
+}
+
+// certStore holds the current certificate, so that SIGHUP can replace it
+// under running listeners.
+type certStore struct {
+	cert atomic.Pointer[tls.Certificate]
+}
+
+func (s *certStore) load(certFile, keyFile string) error {
+	c, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return fmt.Errorf("tls: %w", err)
+	}
+	s.cert.Store(&c)
+	return nil
+}
+
+func (s *certStore) get(*tls.ClientHelloInfo) (*tls.Certificate, error) { return s.cert.Load(), nil }
+
 func serve(args []string) error {
+	path := ""
+	for i, a := range args {
+		if (a == "-config" || a == "--config") && i+1 < len(args) {
+			path = args[i+1]
+		} else if v, ok := strings.CutPrefix(a, "-config="); ok {
+			path = v
+		}
+	}
 	c, name, err := loadConfig(flag.NewFlagSet("serve", flag.ContinueOnError), args)
 	if err != nil {
 		return err
@@ -196,14 +278,10 @@ func serve(args []string) error {
 		return err
 	}
 	defer spool.Close()
-	var srs *routing.SRS
-	var srsWindow time.Duration
-	var srsLimit int
-	if c.SRS != nil {
-		if srs, err = c.SRS.Codec(c); err != nil {
-			return err
-		}
-		srsLimit, srsWindow = c.SRS.FailureLimit, c.SRS.FailureWindow
+	certs := &certStore{}
+	rc, err := relayConfig(c, certs)
+	if err != nil {
+		return err
 	}
 	router, closeHops, err := newRouter(c)
 	if err != nil {
@@ -217,15 +295,15 @@ func serve(args []string) error {
 		ExternalRetry: queue.Retry{Min: d.ExternalRetryMin, Max: d.ExternalRetryMax},
 		Lifetime:      d.Lifetime, DelayWarning: d.DelayWarning, DestinationConcurrency: d.DestinationConcurrency,
 	}
-	be, err := relay.NewBackend(relay.Config{
-		Hostname: c.Hostname, RelayDomains: c.RelayDomains, LookupTimeout: c.LookupTimeout,
-		MaxRecipients: c.MaxRecipients, MaxSize: c.MaxMessageSize, FirstRetry: c.Delivery.RetryMin,
-		LocalDomains: c.LocalDomains, SRS: srs, SRSFailureLimit: srsLimit, SRSFailureWindow: srsWindow,
-	}, exp, spool, sched.Submit, log)
+	be, err := relay.NewBackend(rc, exp, spool, sched.Submit, log)
 	if err != nil {
 		return err
 	}
 	sched.Local = be.Local
+	limits := relay.ListenLimits{
+		MaxConns: c.Limits.MaxConnections, MaxConnsPerIP: c.Limits.MaxConnectionsPerIP,
+		RatePerIP: c.Limits.ConnectionRatePerIP, ProxyFrom: c.ProxyPrefixes(), Hostname: c.Hostname,
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -238,8 +316,20 @@ func serve(args []string) error {
 			}
 			return err
 		}
-		listeners = append(listeners, l)
+		listeners = append(listeners, relay.Listen(l, limits))
 	}
+	// SIGHUP: re-read the config, directory, SRS secrets and certificate;
+	// sessions in progress finish under the old policy.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for range hup {
+			if err := reload(path, c, be, certs, log); err != nil {
+				log.Error("reload failed; keeping the running configuration", "err", err)
+			}
+		}
+	}()
 	schedCtx, stopSched := context.WithCancel(context.Background())
 	if err := serveControl(schedCtx, spool.ControlSocket(), sched, log); err != nil {
 		stopSched()
