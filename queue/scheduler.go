@@ -445,9 +445,15 @@ func (q *Scheduler) deliver(ctx context.Context, log *slog.Logger, env *Envelope
 		case reply.Permanent():
 			r.Status, status = Failed, "bounced"
 		}
-		log.Info(status, "from", from, "to", r.Addr, "orig_to", r.OrigTo, "relay", hop.String(),
-			"delay", delay.String(), "attempt_time", time.Since(start).Round(time.Millisecond).String(),
-			"status", reply.String())
+		// One line per recipient and attempt, as Postfix's smtp(8) logs it,
+		// so that admins' greps and log tools keep working.
+		dsn := reply.Enhanced
+		if dsn == "" {
+			dsn = fmt.Sprintf("%d.0.0", reply.Code/100)
+		}
+		log.Info(fmt.Sprintf("to=<%s>, orig_to=<%s>, relay=%s, delay=%.2f, delays=%.2f, dsn=%s, status=%s (%s)",
+			r.Addr, r.OrigTo, hop.String(), delay.Seconds(), time.Since(start).Seconds(), dsn, status, oneLine(reply.String())),
+			"from", from, "status", status)
 	}
 }
 

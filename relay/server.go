@@ -510,7 +510,8 @@ func (s *session) data(r io.Reader) error {
 	if err := w.Commit(env); err != nil {
 		return s.storageReply(err, w.ID())
 	}
-	s.log.Info("queued", "queue_id", env.ID, "from", s.from, "nrcpt", len(env.Recipients), "size", env.Size)
+	s.log.Info(fmt.Sprintf("from=<%s>, size=%d, nrcpt=%d (queue active)", s.from, env.Size, len(env.Recipients)),
+		"queue_id", env.ID, "client", s.clientIP, "helo", s.helo)
 	s.b.submit(env)
 	return replyQueued(env.ID)
 }
