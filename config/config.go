@@ -71,10 +71,17 @@ type Routing struct {
 	PropagateUnmatchedExtensions *bool `yaml:"propagate_unmatched_extensions"`
 	// DomainRewrites maps a whole domain to another without directory
 	// entries (old.example: new.example), consulted after the directory.
-	DomainRewrites     map[string]string `yaml:"domain_rewrites"`
-	RecursionLimit     int               `yaml:"recursion_limit"`
-	ExpansionLimit     int               `yaml:"expansion_limit"`
-	AddressLengthLimit int               `yaml:"address_length_limit"`
+	DomainRewrites map[string]string `yaml:"domain_rewrites"`
+	// UnknownRecipients: "reject" (550 5.1.1, default) or "pass" (deliver
+	// unchanged to the next hop: the migration shim in front of an MTA that
+	// knows the rest of the domain).
+	UnknownRecipients string `yaml:"unknown_recipients"`
+	// DryRun records each routing decision in the log but delivers every
+	// recipient unchanged.
+	DryRun             bool `yaml:"dry_run"`
+	RecursionLimit     int  `yaml:"recursion_limit"`
+	ExpansionLimit     int  `yaml:"expansion_limit"`
+	AddressLengthLimit int  `yaml:"address_length_limit"`
 }
 
 // TLS offers STARTTLS with this certificate (reloaded on SIGHUP).
@@ -324,6 +331,9 @@ func (c *Config) setDefaults() {
 		t := true
 		r.PropagateUnmatchedExtensions = &t
 	}
+	if r.UnknownRecipients == "" {
+		r.UnknownRecipients = "reject"
+	}
 	if r.RecursionLimit == 0 {
 		r.RecursionLimit = 1000
 	}
@@ -432,6 +442,9 @@ func (c *Config) validate() error {
 		if _, err := routing.NormalizeDomain(to); err != nil {
 			bad("routing.domain_rewrites: %v", err)
 		}
+	}
+	if u := c.Routing.UnknownRecipients; u != "reject" && u != "pass" {
+		bad("routing.unknown_recipients: %q: want reject or pass", u)
 	}
 	if c.Routing.RecursionLimit < 0 || c.Routing.ExpansionLimit < 0 || c.Routing.AddressLengthLimit < 0 {
 		bad("routing: limits must be positive")

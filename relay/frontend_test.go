@@ -314,3 +314,52 @@ func TestReload(t *testing.T) {
 		t.Fatal("a bad config was accepted by Reload")
 	}
 }
+
+// queuedRcpts sends one message and returns the recipients queued for it.
+func (f *front) queuedRcpts(t *testing.T, rcpts ...string) []string {
+	t.Helper()
+	d := dial(t, f.addr)
+	d.reply()
+	d.cmd("EHLO shim.test")
+	d.cmd("MAIL FROM:<a@example.org>")
+	for _, r := range rcpts {
+		expectPrefix(t, "RCPT "+r, d.cmd("RCPT TO:<"+r+">"), "250")
+	}
+	d.cmd("DATA")
+	reply := d.cmd("Subject: shim\r\n\r\nhi\r\n.")
+	expectPrefix(t, "DATA", reply, "250 2.0.0 Ok: queued as ")
+	env, err := f.spool.Load(strings.TrimPrefix(reply, "250 2.0.0 Ok: queued as "))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, r := range env.Recipients {
+		out = append(out, r.Addr)
+	}
+	return out
+}
+
+// The migration shim: known addresses are rewritten, unknown ones in our
+// domains pass through unchanged to the old MTA; other domains stay refused.
+func TestPassUnknown(t *testing.T) {
+	f := startFront(t, Config{PassUnknown: true}, ListenLimits{})
+	got := f.queuedRcpts(t, "old.address@domain.com", "someone.else@domain.com")
+	if strings.Join(got, " ") != "new.address@domain.ro someone.else@domain.com" {
+		t.Fatalf("queued %v", got)
+	}
+	d := dial(t, f.addr)
+	d.reply()
+	d.cmd("EHLO shim.test")
+	d.cmd("MAIL FROM:<a@example.org>")
+	expectPrefix(t, "foreign domain", d.cmd("RCPT TO:<x@example.net>"), "554 5.7.1")
+}
+
+// Dry run: routing is evaluated and logged, but recipients are queued as
+// the client gave them.
+func TestDryRun(t *testing.T) {
+	f := startFront(t, Config{DryRun: true}, ListenLimits{})
+	got := f.queuedRcpts(t, "old.address@domain.com", "sales@company.com", "nobody@company.com")
+	if strings.Join(got, " ") != "old.address@domain.com sales@company.com nobody@company.com" {
+		t.Fatalf("queued %v", got)
+	}
+}

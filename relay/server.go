@@ -56,6 +56,14 @@ type Config struct {
 	// MaxReceived: a message with more Received headers is refused as a
 	// mail loop (554 5.4.6), as Postfix's hopcount_limit does.
 	MaxReceived int
+	// PassUnknown delivers recipients the directory does not know, in relay
+	// domains, unchanged to the next hop (the migration shim in front of
+	// the old MTA, which knows them) instead of refusing them.
+	PassUnknown bool
+	// DryRun resolves every recipient and logs what routing would do, but
+	// queues the recipient unchanged: try the directory on live traffic
+	// without changing where mail goes.
+	DryRun bool
 	// TLS, if set, offers STARTTLS (certificates may change under it).
 	TLS *tls.Config
 	// FirstRetry is stored as the next attempt time of a new message: the
@@ -338,6 +346,17 @@ func (s *session) rcpt(to string, opts *smtp.RcptOptions) error {
 		return replyRelayDenied
 	default:
 		finals, err = s.p.expander.Expand(ctx, routing.External(to))
+		switch {
+		case s.p.cfg.DryRun && err == nil:
+			s.log.Info("dry-run: would rewrite", "to", to, "finals", finals)
+			finals = []string{routing.External(to)}
+		case s.p.cfg.DryRun && errors.Is(err, routing.ErrNotFound):
+			s.log.Info("dry-run: would refuse as unknown (550 5.1.1)", "to", to)
+			finals, err = []string{routing.External(to)}, nil
+		case s.p.cfg.PassUnknown && errors.Is(err, routing.ErrNotFound):
+			s.log.Info("pass-through: not in the directory, delivered unchanged", "to", to)
+			finals, err = []string{routing.External(to)}, nil
+		}
 	}
 	if err := s.rcptError(to, err); err != nil {
 		return err

@@ -217,8 +217,8 @@ func relayConfig(c *config.Config, certs *certStore) (relay.Config, error) {
 	rc := relay.Config{
 		Hostname: c.Hostname, RelayDomains: c.RelayDomains, LookupTimeout: c.LookupTimeout,
 		MaxRecipients: c.MaxRecipients, MaxSize: c.MaxMessageSize, FirstRetry: c.Delivery.RetryMin,
-		LocalDomains: c.LocalDomains,
-		MaxErrors:    c.Limits.MaxErrors, MaxCommands: c.Limits.MaxCommands,
+		LocalDomains: c.LocalDomains, PassUnknown: c.Routing.UnknownRecipients == "pass", DryRun: c.Routing.DryRun,
+		MaxErrors: c.Limits.MaxErrors, MaxCommands: c.Limits.MaxCommands,
 		CommandTimeout: c.Limits.CommandTimeout, DataTimeout: c.Limits.DataTimeout, MaxReceived: c.Limits.MaxReceived,
 	}
 	if c.SRS != nil {
