@@ -29,6 +29,9 @@ type Config struct {
 	Hostname string `yaml:"hostname"`
 	// Listen addresses for SMTP (host:port).
 	Listen []string `yaml:"listen"`
+	// AdminListen is the admin HTTP listener (host:port) for /metrics and
+	// /healthz; empty: none.
+	AdminListen string `yaml:"admin_listen"`
 	// RelayDomains are the domains we accept mail for; anything else is
 	// refused at RCPT with 554 5.7.1.
 	RelayDomains []string `yaml:"relay_domains"`
@@ -403,6 +406,16 @@ func (c *Config) validate() error {
 	for _, l := range c.Listen {
 		if _, _, err := net.SplitHostPort(l); err != nil {
 			bad("listen: %q is not host:port", l)
+		}
+	}
+	if a := c.AdminListen; a != "" {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			bad("admin_listen: %q is not host:port", a)
+		}
+		for _, l := range c.Listen {
+			if l == a {
+				bad("admin_listen: %s is also an SMTP listener", a)
+			}
 		}
 	}
 	if t := c.TLS; t != nil && (t.CertFile == "" || t.KeyFile == "") {

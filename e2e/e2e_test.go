@@ -121,6 +121,7 @@ func stopServers() {
 // mailfwdProc is one running mailfwd binary.
 type mailfwdProc struct {
 	dir, addr, spool string
+	admin            string // http://host:port of its admin listener (metrics_test.go)
 	cmd              *exec.Cmd
 	log              *os.File
 	done             chan error
@@ -179,6 +180,11 @@ delivery:
 log:
   level: debug
 `, addr, servers["DS_URL"], srsDomain, servers["PF_SMTP"], servers["SINK_ADDR"])
+	adminAddr, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	cfg += fmt.Sprintf("admin_listen: %q\n", adminAddr)
 	cfgPath := filepath.Join(dir, "mailfwd.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		return nil, err
@@ -191,6 +197,7 @@ log:
 		return nil, err
 	}
 	p := &mailfwdProc{dir: dir, addr: addr, spool: filepath.Join(dir, "spool", "msg"), log: logf, done: make(chan error, 1)}
+	p.admin = "http://" + adminAddr
 	p.cmd = exec.Command(binary, "serve", "-config", cfgPath)
 	p.cmd.Stdout, p.cmd.Stderr = logf, logf
 	if err := p.cmd.Start(); err != nil {

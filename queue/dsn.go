@@ -171,6 +171,7 @@ func (q *Scheduler) notify(env *Envelope, kind dsnKind, due func(*Recipient) boo
 	for _, r := range report {
 		mark(r)
 	}
+	q.observe("dsn", map[dsnKind]string{dsnFailed: "failure", dsnDelayed: "delay"}[kind])
 	kindName := map[dsnKind]string{dsnFailed: "bounce", dsnDelayed: "delay notice"}[kind]
 	q.Log.Info(kindName+" queued", "queue_id", env.ID, "dsn_queue_id", dsn.ID, "to", env.From, "recipients", len(report))
 	q.Submit(dsn)

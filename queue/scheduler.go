@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -101,10 +102,15 @@ type Scheduler struct {
 	// Hostname names us in DSNs.
 	Hostname string
 	Clock    Clock
+	// Observe, if set, hears each recipient's delivery outcome ("delivery":
+	// sent, deferred, bounced or expired) and each DSN queued ("dsn":
+	// failure or delay). It must not block.
+	Observe func(event, result string)
 
+	running atomic.Bool // Run is delivering (Health)
 	mu      sync.Mutex
 	pending timeHeap
-	queued  map[string]bool // in the heap or being delivered
+	queued  map[string]time.Time // in the heap or being delivered: arrival time (Stats)
 	wake    chan struct{}
 	work    chan *Envelope
 	slots   map[string]chan struct{} // per-destination concurrency
@@ -155,7 +161,7 @@ func (q *Scheduler) init() {
 	if q.Router == nil {
 		q.Router = hopRouter{local: q.Hop, external: q.ExternalHop}
 	}
-	q.queued = map[string]bool{}
+	q.queued = map[string]time.Time{}
 	q.wake = make(chan struct{}, 1)
 	q.work = make(chan *Envelope, q.Workers)
 	q.slots = map[string]chan struct{}{}
@@ -194,11 +200,11 @@ func (q *Scheduler) Kick() {
 
 func (q *Scheduler) schedule(env *Envelope, at time.Time) {
 	q.mu.Lock()
-	if q.queued[env.ID] {
+	if _, ok := q.queued[env.ID]; ok {
 		q.mu.Unlock()
 		return
 	}
-	q.queued[env.ID] = true
+	q.queued[env.ID] = env.Received
 	heap.Push(&q.pending, timedEnv{at, env})
 	q.mu.Unlock()
 	q.Kick()
@@ -209,6 +215,8 @@ func (q *Scheduler) schedule(env *Envelope, at time.Time) {
 func (q *Scheduler) Run(ctx context.Context) error {
 	q.init()
 	q.load()
+	q.running.Store(true)
+	defer q.running.Store(false)
 	var wg sync.WaitGroup
 	for range q.Workers {
 		wg.Add(1)
@@ -445,6 +453,7 @@ func (q *Scheduler) deliver(ctx context.Context, log *slog.Logger, env *Envelope
 		case reply.Permanent():
 			r.Status, status = Failed, "bounced"
 		}
+		q.observe("delivery", status)
 		// One line per recipient and attempt, as Postfix's smtp(8) logs it,
 		// so that admins' greps and log tools keep working.
 		dsn := reply.Enhanced
@@ -479,6 +488,7 @@ func (q *Scheduler) finish(log *slog.Logger, env *Envelope, done func()) {
 			r.Status = Failed
 			r.LastReply = fmt.Sprintf("message expired after %s in the queue; last error: %s", q.Lifetime, r.LastReply)
 			r.expired = true
+			q.observe("delivery", "expired")
 			log.Info("expired", "to", r.Addr, "orig_to", r.OrigTo, "status", r.LastReply)
 		}
 	} else if q.DelayWarning > 0 && age >= q.DelayWarning {

@@ -332,6 +332,9 @@ func (s *session) rcpt(to string, opts *smtp.RcptOptions) error {
 	if err != nil {
 		return replyBadRcpt
 	}
+	if err := s.checkRecipient(to, addr); err != nil {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.p.cfg.LookupTimeout)
 	defer cancel()
 	var finals []string

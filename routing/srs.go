@@ -107,6 +107,9 @@ type SRS struct {
 	MaxAgeDays int
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
+	// Observe, if set, hears the outcome of every Forward and Reverse (see
+	// SRSResult).
+	Observe func(op, result string)
 }
 
 // LoadSRSSecrets reads a secrets file as postsrsd does: one secret per line,
@@ -272,7 +275,8 @@ func hasControl(s string) bool {
 // relay defers such a message with a 4xx and a log line rather than sending
 // it with the original sender, which SPF at the recipient could reject, or
 // with an address that breaks RFC 5321.
-func (s *SRS) Forward(sender string) (string, error) {
+func (s *SRS) Forward(sender string) (res string, err error) {
+	defer func() { s.observe("forward", res != sender, err) }()
 	p, err := s.params()
 	if err != nil {
 		return "", err
@@ -368,7 +372,8 @@ func parseSRS(local string) (srsFields, error) {
 // (checked before the hash, as postsrsd does); a hash of HashMin..27
 // characters of which every one must match (case-insensitively) the digest
 // of one of the secrets; non-empty user and host.
-func (s *SRS) Reverse(addr string) (string, error) {
+func (s *SRS) Reverse(addr string) (res string, err error) {
+	defer func() { s.observe("reverse", true, err) }()
 	p, err := s.params()
 	if err != nil {
 		return "", err

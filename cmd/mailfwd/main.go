@@ -22,6 +22,7 @@ commands:
   send          send one test message through an SMTP server
   lookup        show where mail for an address goes (-config FILE | -postfix-map FILE.cf)
   queue         list | show ID | flush [ID] | hold ID | release ID | delete ID (-config FILE)
+  health        ask a running relay's admin listener if it is healthy (-url URL); exit 0 if so
   srs           SRS-rewrite a sender or decode a bounce address (forward|reverse -secrets FILE -domain D)
 
 "mailfwd <command> -h" shows a command's flags.
@@ -47,6 +48,8 @@ func main() {
 		err = lookup(args, os.Stdout, os.Stderr)
 	case "queue":
 		err = queueCommand(args, os.Stdout)
+	case "health":
+		err = health(args, os.Stdout)
 	case "srs":
 		err = srsCommand(args)
 	case "-h", "-help", "--help", "help":

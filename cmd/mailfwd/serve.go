@@ -93,8 +93,10 @@ func newExpander(c *config.Config, log *slog.Logger) (*routing.Expander, *routin
 	if err != nil {
 		return nil, nil, err
 	}
+	src = observeDirectory(c, src)
 	ca := c.Directory.Cache
 	cache := routing.NewCache(src, *ca.PositiveTTL, *ca.NegativeTTL, ca.Size)
+	observeCache(cache)
 	// A Postfix map is expanded exactly as Postfix would: catch-all lookups
 	// are part of virtual_alias_maps.
 	catchAll := *c.Routing.CatchAll || c.Directory.PostfixMap != ""
@@ -226,6 +228,7 @@ func relayConfig(c *config.Config, certs *certStore) (relay.Config, error) {
 		if err != nil {
 			return rc, err
 		}
+		observeSRS(srs)
 		rc.SRS, rc.SRSFailureLimit, rc.SRSFailureWindow = srs, c.SRS.FailureLimit, c.SRS.FailureWindow
 	}
 	if c.TLS != nil {
@@ -269,6 +272,7 @@ func serve(args []string) error {
 	}
 	log := newLogger(c)
 	slog.SetDefault(log)
+	initMetrics(c)
 	exp, _, err := newExpander(c, log)
 	if err != nil {
 		return err
@@ -316,6 +320,7 @@ func serve(args []string) error {
 			}
 			return err
 		}
+		l = observeListener(l)
 		listeners = append(listeners, relay.Listen(l, limits))
 	}
 	// SIGHUP: re-read the config, directory, SRS secrets and certificate;
@@ -335,6 +340,10 @@ func serve(args []string) error {
 		stopSched()
 		return err
 	}
+	if err := startAdmin(schedCtx, c, sched, spool, log); err != nil {
+		stopSched()
+		return err
+	}
 	schedDone := make(chan error, 1)
 	go func() { schedDone <- sched.Run(schedCtx) }()
 
@@ -342,6 +351,7 @@ func serve(args []string) error {
 	var wg sync.WaitGroup
 	for _, l := range listeners {
 		srv := be.NewServer()
+		observeServer(srv)
 		servers = append(servers, srv)
 		wg.Add(1)
 		go func() {

@@ -1,0 +1,94 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+
+	"github.com/emersion/go-smtp"
+
+	"mailfwd/admin"
+	"mailfwd/config"
+	"mailfwd/queue"
+	"mailfwd/relay"
+	"mailfwd/routing"
+)
+
+// metrics are the running relay's (nil when admin_listen is empty, and in
+// every command but serve). What builds directories, caches and SRS codecs
+// (newExpander, relayConfig) attaches them here, so that the ones a SIGHUP
+// reload builds are counted too.
+var metrics *admin.Metrics
+
+var _ relay.Observer = (*admin.Metrics)(nil)
+
+// initMetrics creates the metrics when the config has an admin listener.
+func initMetrics(c *config.Config) {
+	if c.AdminListen != "" {
+		metrics = admin.NewMetrics()
+	}
+}
+
+// observeDirectory times the queries of an LDAP directory (ldap or a
+// Postfix LDAP map); it goes under the cache, so only real queries count.
+func observeDirectory(c *config.Config, src routing.Source) routing.Source {
+	if metrics == nil || (c.Directory.LDAP == nil && c.Directory.PostfixMap == "") {
+		return src
+	}
+	return routing.Observed(src, metrics.ObserveLDAP)
+}
+
+// observeCache makes cache the one whose hits and misses are exported.
+func observeCache(cache *routing.Cache) {
+	if metrics != nil {
+		metrics.SetCache(cache)
+	}
+}
+
+// observeSRS counts the SRS codec's rewrites and decodings.
+func observeSRS(srs *routing.SRS) {
+	if metrics != nil {
+		srs.Observe = metrics.ObserveSRS
+	}
+}
+
+// observeListener counts the connections of a raw SMTP listener (wrap it
+// before relay.Listen, so that connections the limits refuse count).
+func observeListener(l net.Listener) net.Listener {
+	if metrics == nil {
+		return l
+	}
+	return relay.ObserveListener(l, metrics)
+}
+
+// observeServer counts RCPT replies and messages of an SMTP server.
+func observeServer(srv *smtp.Server) {
+	if metrics != nil {
+		relay.ObserveServer(srv, metrics)
+	}
+}
+
+// startAdmin opens admin_listen (an address in use is an error at once)
+// and serves /metrics and /healthz until ctx ends. /healthz is 200 while
+// the spool takes a write and fsync and the scheduler runs, else 503 with
+// the reason.
+func startAdmin(ctx context.Context, c *config.Config, sched *queue.Scheduler, spool *queue.Spool, log *slog.Logger) error {
+	if metrics == nil {
+		return nil
+	}
+	sched.Observe = metrics.ObserveQueue
+	metrics.SetQueue(sched.Stats)
+	l, err := net.Listen("tcp", c.AdminListen)
+	if err != nil {
+		return fmt.Errorf("admin_listen: %w", err)
+	}
+	health := func() error { return errors.Join(spool.CheckWritable(), sched.Health()) }
+	go func() {
+		if err := admin.ServeListener(ctx, l, metrics, health, log); err != nil {
+			log.Error("admin listener stopped", "addr", c.AdminListen, "err", err)
+		}
+	}()
+	return nil
+}

@@ -1,0 +1,45 @@
+package relay
+
+import (
+	"strings"
+
+	"mailfwd/routing"
+)
+
+// routingChars are the characters that make a local part a route to
+// another host: user@host (also quoted: "user@host"@relay.domain, which
+// go-smtp hands over unquoted), the percent hack user%host and the UUCP
+// bang path host!user.
+const routingChars = "@%!"
+
+// checkRecipient is the relay policy applied to every RCPT address once it
+// parsed, before any lookup: raw is the address as go-smtp hands it over
+// (unquoted), addr its parsed form. It returns nil when the address may be
+// looked up, or the reply refusing it.
+//
+// A local part carrying sender-specified routing is refused as a relay
+// attempt (554 5.7.1), as Postfix's smtpd does for its relay domains with
+// allow_untrusted_routing = no (its default). Our directory would not know
+// such an address, but the routing rules around it can carry it to the next
+// hop intact: a recipient delimiter with propagated extensions
+// (sales+x%evil.test@company.com becomes central+x%evil.test@company.com),
+// a domain rewrite or catch-all (user@evil.test@domain.com becomes
+// "user@evil.test"@domain.ro), and the Postfix behind us, which by default
+// resolves inside quotes (resolve_dequoted_address = yes) and applies the
+// percent hack and bang paths for its local domains, may route those to
+// evil.test on our behalf, as a trusted client.
+//
+// Addresses in the SRS domain are exempt: their only way through is a
+// valid, unexpired signature (reverseSRS), which no address with routing
+// characters passes unless we signed it; a bounce to the SRS form of a
+// sender such as a%b@example.com (which we forwarded) still reaches it.
+func (s *session) checkRecipient(raw string, addr routing.Address) error {
+	if s.p.srsDom != "" && addr.Domain == s.p.srsDom {
+		return nil
+	}
+	if strings.ContainsAny(addr.Local, routingChars) {
+		s.log.Info("reject: sender-specified routing", "from", s.from, "to", raw)
+		return replyRelayDenied
+	}
+	return nil
+}

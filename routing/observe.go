@@ -1,0 +1,61 @@
+package routing
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Observed returns src with each Lookup reported to obs: how long it took
+// and its error (nil for found and not found alike). Put it between a
+// directory and its Cache, so that only real directory queries are timed.
+func Observed(src Source, obs func(d time.Duration, err error)) Source {
+	if obs == nil {
+		return src
+	}
+	return observed{src, obs}
+}
+
+type observed struct {
+	src Source
+	obs func(time.Duration, error)
+}
+
+// Lookup implements Source.
+func (o observed) Lookup(ctx context.Context, key string) ([]Match, error) {
+	start := time.Now()
+	ms, err := o.src.Lookup(ctx, key)
+	o.obs(time.Since(start), err)
+	return ms, err
+}
+
+// SRSResult names the outcome of an SRS Forward or Reverse, as SRS.Observe
+// hears it: "ok" (rewritten or decoded), "unchanged" (Forward: nothing to
+// rewrite, e.g. the null sender or an address already ours), "not_srs",
+// "bad_hash", "expired", "malformed", "too_long", or "error" (the SRS
+// settings themselves are unusable).
+func SRSResult(changed bool, err error) string {
+	switch {
+	case err == nil && changed:
+		return "ok"
+	case err == nil:
+		return "unchanged"
+	case errors.Is(err, ErrNotSRS):
+		return "not_srs"
+	case errors.Is(err, ErrSRSBadHash):
+		return "bad_hash"
+	case errors.Is(err, ErrSRSExpired):
+		return "expired"
+	case errors.Is(err, ErrSRSMalformed):
+		return "malformed"
+	case errors.Is(err, ErrSRSTooLong):
+		return "too_long"
+	}
+	return "error"
+}
+
+func (s *SRS) observe(op string, changed bool, err error) {
+	if s.Observe != nil {
+		s.Observe(op, SRSResult(changed, err))
+	}
+}

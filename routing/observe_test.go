@@ -1,0 +1,101 @@
+package routing
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+type slowSource struct {
+	delay time.Duration
+	err   error
+}
+
+func (s slowSource) Lookup(_ context.Context, key string) ([]Match, error) {
+	time.Sleep(s.delay)
+	if s.err != nil {
+		return nil, s.err
+	}
+	if key == "known@example.com" {
+		return []Match{{Value: "target@example.net"}}, nil
+	}
+	return nil, nil
+}
+
+func TestObservedTimesEachLookup(t *testing.T) {
+	var durs []time.Duration
+	var errs []error
+	src := Observed(slowSource{delay: 5 * time.Millisecond}, func(d time.Duration, err error) {
+		durs, errs = append(durs, d), append(errs, err)
+	})
+	ms, err := src.Lookup(context.Background(), "known@example.com")
+	if err != nil || len(ms) != 1 || ms[0].Value != "target@example.net" {
+		t.Fatalf("found: %v %v", ms, err)
+	}
+	if ms, err := src.Lookup(context.Background(), "nobody@example.com"); err != nil || len(ms) != 0 {
+		t.Fatalf("not found: %v %v", ms, err)
+	}
+	if len(durs) != 2 || errs[0] != nil || errs[1] != nil {
+		t.Fatalf("observed %v %v, want two lookups without error", durs, errs)
+	}
+	for _, d := range durs {
+		if d < 5*time.Millisecond {
+			t.Errorf("duration %v shorter than the lookup", d)
+		}
+	}
+
+	down := fmt.Errorf("ldap://ldap1: %w", ErrUnavailable)
+	var got error
+	src = Observed(slowSource{err: down}, func(_ time.Duration, err error) { got = err })
+	if _, err := src.Lookup(context.Background(), "x@example.com"); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("error not passed through: %v", err)
+	}
+	if !errors.Is(got, ErrUnavailable) {
+		t.Fatalf("observer got %v, want the lookup error", got)
+	}
+}
+
+// Behind a cache only misses reach the directory, so only they are timed.
+func TestObservedBehindCacheTimesOnlyMisses(t *testing.T) {
+	n := 0
+	cache := NewCache(Observed(slowSource{}, func(time.Duration, error) { n++ }), time.Minute, time.Minute, 10)
+	for range 3 {
+		cache.Lookup(context.Background(), "known@example.com")
+		cache.Lookup(context.Background(), "nobody@example.com")
+	}
+	if n != 2 {
+		t.Fatalf("%d directory lookups observed, want 2 (the misses)", n)
+	}
+	if hits, misses := cache.Stats(); hits != 4 || misses != 2 {
+		t.Fatalf("cache stats %d/%d, want 4 hits, 2 misses", hits, misses)
+	}
+	if Observed(slowSource{}, nil) != (slowSource{}) {
+		t.Fatal("a nil observer should leave the source unwrapped")
+	}
+}
+
+func TestSRSObserve(t *testing.T) {
+	var got []string
+	s := testSRS()
+	s.Observe = func(op, result string) { got = append(got, op+":"+result) }
+	fwd, _ := s.Forward("alice@example.com")
+	s.Forward("")
+	s.Forward("no-at-sign")
+	s.Forward(strings.Repeat("a", 60) + "@example.com")
+	s.Reverse(fwd)
+	s.Reverse("alice@example.com")
+	s.Reverse(strings.Replace(fwd, "gfkj", "zzzz", 1))
+	s.at(srsTestDay.AddDate(0, 0, 30)).Reverse(fwd)
+	s.Reverse("SRS0=gfkj@x@srs.example.net")
+	want := []string{"forward:ok", "forward:unchanged", "forward:malformed", "forward:too_long",
+		"reverse:ok", "reverse:not_srs", "reverse:bad_hash", "reverse:expired", "reverse:malformed"}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Fatalf("observed\n %v\nwant\n %v", got, want)
+	}
+	if r := SRSResult(false, errors.New("srs: no secrets")); r != "error" {
+		t.Errorf("settings error: %q", r)
+	}
+}
