@@ -159,6 +159,7 @@ listen: [%q]
 relay_domains: [domain.com, domain.ro, company.com]
 spool_dir: spool
 lookup_timeout: 5s
+limits: {max_connections_per_ip: 1000, connection_rate_per_ip: 1000000}   # load tests from one loopback address
 directory:
   ldap:
     servers: [%q]
