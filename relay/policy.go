@@ -3,8 +3,15 @@ package relay
 import (
 	"strings"
 
+	"github.com/emersion/go-smtp"
+
 	"mailfwd/routing"
 )
+
+// replyNeedMail refuses a recipient outside a transaction. go-smtp answers
+// RCPT before any MAIL itself (502 5.5.1), but after a refused MAIL it
+// still holds the earlier, accepted one while our session was reset.
+var replyNeedMail = &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "need MAIL command"}
 
 // routingChars are the characters that make a local part a route to
 // another host: user@host (also quoted: "user@host"@relay.domain, which
@@ -29,17 +36,41 @@ const routingChars = "@%!"
 // percent hack and bang paths for its local domains, may route those to
 // evil.test on our behalf, as a trusted client.
 //
-// Addresses in the SRS domain are exempt: their only way through is a
-// valid, unexpired signature (reverseSRS), which no address with routing
-// characters passes unless we signed it; a bounce to the SRS form of a
-// sender such as a%b@example.com (which we forwarded) still reaches it.
+// Addresses in the SRS domain are let through to reverseSRS, which admits
+// only a valid, unexpired signature; a bounce to the SRS form of a sender
+// such as a%b@example.com (which we forwarded) still reaches it, at its
+// own domain. But a signed address is no proof against routing: any client
+// can claim MAIL FROM:<x%evil.test@company.com>, we sign it when we forward
+// the message, and whoever sees that copy holds a valid bounce address that
+// decodes into one of our domains, where it is routed like any recipient
+// (and, unknown to the directory, handed to the next hop unchanged). So an
+// SRS address that decodes into our domains gets the same rule.
+//
+// It also refuses any recipient while the session has no sender: after
+// MAIL FROM:<a> (250) and MAIL FROM:<bad> (501), go-smtp keeps the first
+// transaction open but our session was reset by the second MAIL, and the
+// message would be queued with a null sender the client never gave.
 func (s *session) checkRecipient(raw string, addr routing.Address) error {
+	if !s.hasFrom {
+		s.log.Info("reject: RCPT without a sender", "to", raw)
+		return replyNeedMail
+	}
 	if s.p.srsDom != "" && addr.Domain == s.p.srsDom {
+		// Invalid addresses are left to reverseSRS, which counts them.
+		orig, err := s.p.cfg.SRS.Reverse(raw)
+		if err != nil || !s.isLocal(orig) || !routedLocal(orig) {
+			return nil
+		}
+	} else if !strings.ContainsAny(addr.Local, routingChars) {
 		return nil
 	}
-	if strings.ContainsAny(addr.Local, routingChars) {
-		s.log.Info("reject: sender-specified routing", "from", s.from, "to", raw)
-		return replyRelayDenied
-	}
-	return nil
+	s.log.Info("reject: sender-specified routing", "from", s.from, "to", raw)
+	return replyRelayDenied
+}
+
+// routedLocal reports whether the local part of addr (internal form, split
+// at the last @) carries a route.
+func routedLocal(addr string) bool {
+	i := strings.LastIndexByte(addr, '@')
+	return i > 0 && strings.ContainsAny(addr[:i], routingChars)
 }

@@ -348,17 +348,24 @@ func (s *session) rcpt(to string, opts *smtp.RcptOptions) error {
 		s.log.Info("reject: relay access denied", "from", s.from, "to", to)
 		return replyRelayDenied
 	default:
-		finals, err = s.p.expander.Expand(ctx, routing.External(to))
+		// The client's spelling is kept, unless its domain only becomes
+		// ours once normalised (full-width or U-label forms): then the
+		// normalised form is what we look up and pass on.
+		rcptAddr := routing.External(to)
+		if i := strings.LastIndexByte(to, '@'); i >= 0 && !strings.EqualFold(to[i+1:], addr.Domain) {
+			rcptAddr = routing.QuoteLocal(addr.Local) + "@" + addr.Domain
+		}
+		finals, err = s.p.expander.Expand(ctx, rcptAddr)
 		switch {
 		case s.p.cfg.DryRun && err == nil:
 			s.log.Info("dry-run: would rewrite", "to", to, "finals", finals)
-			finals = []string{routing.External(to)}
+			finals = []string{rcptAddr}
 		case s.p.cfg.DryRun && errors.Is(err, routing.ErrNotFound):
 			s.log.Info("dry-run: would refuse as unknown (550 5.1.1)", "to", to)
-			finals, err = []string{routing.External(to)}, nil
+			finals, err = []string{rcptAddr}, nil
 		case s.p.cfg.PassUnknown && errors.Is(err, routing.ErrNotFound):
 			s.log.Info("pass-through: not in the directory, delivered unchanged", "to", to)
-			finals, err = []string{routing.External(to)}, nil
+			finals, err = []string{rcptAddr}, nil
 		}
 	}
 	if err := s.rcptError(to, err); err != nil {
@@ -375,14 +382,21 @@ func (s *session) rcpt(to string, opts *smtp.RcptOptions) error {
 			break
 		}
 	}
+	// All of this RCPT's new recipients fit, or none is added.
+	fresh := map[string]bool{}
+	for _, f := range finals {
+		if k := routing.RecipientKey(f); !s.seen[k] {
+			fresh[k] = true
+		}
+	}
+	if len(s.rcpts)+len(fresh) > s.p.cfg.MaxRecipients {
+		return replyTooManyRcpt
+	}
 	added := 0
 	for _, f := range finals {
 		k := routing.RecipientKey(f)
 		if s.seen[k] {
 			continue
-		}
-		if len(s.rcpts) >= s.p.cfg.MaxRecipients {
-			return replyTooManyRcpt
 		}
 		rc := queue.Recipient{Addr: f, OrigTo: routing.External(to), Status: queue.Pending, DSNNotify: s.notify, ORcpt: s.orcpt}
 		if !s.isLocal(f) {
@@ -503,6 +517,8 @@ func (s *session) data(r io.Reader) error {
 		switch {
 		case errors.Is(err, smtp.ErrDataTooLarge):
 			return replyTooBig
+		case errors.Is(err, smtp.ErrTooLongLine):
+			return replyLineTooLong
 		case errors.Is(err, errTooManyHops):
 			s.log.Warn("reject: mail loop", "from", s.from, "received_headers", hops.received)
 			return replyLoop
