@@ -363,3 +363,21 @@ func TestDryRun(t *testing.T) {
 		t.Fatalf("queued %v", got)
 	}
 }
+
+// A BDAT chunk cut short by the client's EOF is never committed (go-smtp
+// passes the short chunk on as if it were whole).
+func TestBDATTruncatedByEOF(t *testing.T) {
+	f := startFront(t, Config{}, ListenLimits{})
+	d := dial(t, f.addr)
+	d.reply()
+	d.cmd("EHLO chunk.test")
+	d.cmd("MAIL FROM:<a@example.org>")
+	d.cmd("RCPT TO:<sales@company.com>")
+	fmt.Fprintf(d.c, "BDAT 1000 LAST\r\nSubject: short\r\n\r\nonly part of it")
+	d.c.(*net.TCPConn).CloseWrite()
+	d.reply()
+	time.Sleep(100 * time.Millisecond)
+	if envs, _ := f.spool.List(); len(envs) != 0 {
+		t.Fatalf("a truncated BDAT message was queued: %+v", envs[0])
+	}
+}

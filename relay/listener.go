@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -150,6 +151,21 @@ type trackedConn struct {
 	once       sync.Once
 	release    func()
 	closeAfter atomic.Bool
+	// ended: the client's side of the stream ended (EOF or a read error).
+	// go-smtp passes a BDAT chunk cut short by EOF on as if it were whole;
+	// a message must never be committed from such a stream.
+	ended atomic.Bool
+}
+
+func (c *trackedConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if err != nil {
+		var ne net.Error
+		if !(errors.As(err, &ne) && ne.Timeout()) {
+			c.ended.Store(true)
+		}
+	}
+	return n, err
 }
 
 func (c *trackedConn) Write(b []byte) (int, error) {

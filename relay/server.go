@@ -287,6 +287,16 @@ func (s *session) account(err error) error {
 	return err
 }
 
+// clientGone reports whether the client's stream ended (EOF) under us.
+func (s *session) clientGone() bool {
+	c := s.conn.Conn()
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	t, ok := c.(*trackedConn)
+	return ok && t.ended.Load()
+}
+
 // closeAfterReply makes the connection close once the next reply is out.
 func (s *session) closeAfterReply() {
 	c := s.conn.Conn()
@@ -531,6 +541,13 @@ func (s *session) data(r io.Reader) error {
 			return se
 		}
 		return s.storageReply(err, w.ID())
+	}
+	if s.clientGone() {
+		// The message may be cut short (a BDAT chunk ending at EOF): the
+		// client gets no 250 and will send it again; keep nothing.
+		w.Abort()
+		s.log.Warn("client disconnected during the message; discarded", "queue_id", w.ID())
+		return replyLocalError
 	}
 	now := time.Now()
 	env := &queue.Envelope{
