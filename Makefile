@@ -3,7 +3,7 @@ GO ?= go
 SHELL := /bin/bash
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: all build run test unit e2e deps check fmt vet lint clean
+.PHONY: all build run test unit e2e deps check fmt vet lint clean bench
 
 all: build
 
@@ -28,6 +28,12 @@ e2e: deps
 	$(GO) test -count=1 -tags e2e -timeout 20m -v ./e2e/ 2>&1 | tee e2e-test.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go' ; exit $${PIPESTATUS[0]}
 
 check: fmt vet lint
+
+# mailfwd against Postfix 3.7 + virtual_alias_maps = ldap: + postsrsd on this
+# machine (389-DS, smtp-sink, smtp-source; needs root), ~10-15 minutes; writes
+# docs/benchmarks.md. BENCH_FLAGS=-quick for a short run printed on stdout.
+bench: deps
+	$(GO) run ./bench $(BENCH_FLAGS)
 
 # staticcheck, pinned, from the Go module proxy.
 lint:

@@ -40,8 +40,8 @@ type runResult struct {
 	relay                  string
 	accept, e2e            float64 // msgs/s
 	cpuPerK                float64 // CPU seconds per 1,000 messages
-	rssKB                  int64
-	sampledKB              int64
+	rssKB                  int64   // the table's peak: mailfwd VmHWM, Postfix summed Pss
+	sampledKB, sampledPss  int64   // sampled peaks of summed Rss and Pss
 	searches               float64 // per message
 	dsCPUPerK              float64
 	acceptSecs, e2eSecs    float64
@@ -279,7 +279,7 @@ log:
 
 	e.cmds = []string{
 		fmt.Sprintf("smtp-sink -c -4 -h sink.bench.test -m 512 -u nobody %s 512", sinkAddr),
-		fmt.Sprintf("smtp-source -4 -s C -m N -l SIZE -M client.bench.test -f sender@example.org -t RCPT 127.0.0.1:PORT"),
+		"smtp-source -4 -s C -m N -l SIZE -M client.bench.test -f sender@example.org -t RCPT 127.0.0.1:PORT",
 		fmt.Sprintf("postsrsd %s", strings.Join(e.pf.srsArgs, " ")),
 		"PF_DIR=" + pfDir + " PF_PORT=" + fmt.Sprint(p(2)) + " SINK_PORT=" + fmt.Sprint(p(0)) + " PF_MAIN_EXTRA='" + extra + "' e2e/scripts/start-postfix.sh",
 		"mailfwd serve -config " + mcfg,
@@ -350,8 +350,8 @@ func (e *env) measure(r relay, s scenario) (res runResult) {
 	tEnd, ok := sk.counter.waitFor(base+s.msgs, timeout)
 	time.Sleep(300 * time.Millisecond)
 	cpu1, ds1 := r.cpu().seconds(), dsCPU(e.dsPid)
-	res.sampledKB = sampler.finish()
-	res.rssKB = r.peakRSS(res.sampledKB)
+	res.sampledKB, res.sampledPss = sampler.finish()
+	res.rssKB = r.peakRSS(res.sampledPss)
 	srch := countSearches(e.dsAccess, off0)
 	res.delivered = sk.counter.count() - base
 	res.acceptSecs, res.e2eSecs = tAcc.Sub(t0).Seconds(), tEnd.Sub(t0).Seconds()

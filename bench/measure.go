@@ -237,11 +237,34 @@ func statusKB(pid int, key string) int64 {
 	return 0
 }
 
-// rssSampler records the peak of the summed VmRSS of pids() every interval.
+// rollupKB reads Rss and Pss (kB) of /proc/PID/smaps_rollup.
+func rollupKB(pid int) (rss, pss int64) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		return 0, 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 2 {
+			continue
+		}
+		n, _ := strconv.ParseInt(f[1], 10, 64)
+		switch f[0] {
+		case "Rss:":
+			rss = n
+		case "Pss:":
+			pss = n
+		}
+	}
+	return rss, pss
+}
+
+// rssSampler records the peaks of the summed Rss and Pss of pids() every
+// interval.
 type rssSampler struct {
-	stop chan struct{}
-	done chan struct{}
-	peak int64 // kB
+	stop          chan struct{}
+	done          chan struct{}
+	peak, peakPss int64 // kB
 }
 
 func sampleRSS(pids func() []int, every time.Duration) *rssSampler {
@@ -251,13 +274,14 @@ func sampleRSS(pids func() []int, every time.Duration) *rssSampler {
 		t := time.NewTicker(every)
 		defer t.Stop()
 		for {
-			var sum int64
+			var sum, sumPss int64
 			for _, p := range pids() {
-				sum += statusKB(p, "VmRSS")
+				r, ps := rollupKB(p)
+				sum += r
+				sumPss += ps
 			}
-			if sum > s.peak {
-				s.peak = sum
-			}
+			s.peak = max(s.peak, sum)
+			s.peakPss = max(s.peakPss, sumPss)
 			select {
 			case <-s.stop:
 				return
@@ -268,10 +292,10 @@ func sampleRSS(pids func() []int, every time.Duration) *rssSampler {
 	return s
 }
 
-func (s *rssSampler) finish() int64 {
+func (s *rssSampler) finish() (rss, pss int64) {
 	close(s.stop)
 	<-s.done
-	return s.peak
+	return s.peak, s.peakPss
 }
 
 // fileSize is the size of a file, 0 when missing.
@@ -305,11 +329,12 @@ func countSearches(path string, offset int64) int {
 	return n
 }
 
-// sinkCounter follows smtp-sink -c output ("sess=N quit=N msg=N\r").
+// sinkCounter follows smtp-sink -c output ("sess=N quit=N mesg=N\r").
 type sinkCounter struct {
 	mu      sync.Mutex
 	cond    *sync.Cond
 	msgs    int
+	at      []time.Time // at[i]: when the counter reached i+1
 	closed  bool
 	history []string
 }
@@ -321,10 +346,14 @@ func newSinkCounter(r io.Reader) *sinkCounter {
 		br := bufio.NewReader(r)
 		for {
 			tok, err := br.ReadString('\r')
-			if i := strings.LastIndex(tok, "msg="); i >= 0 {
-				v := strings.TrimSpace(tok[i+4:])
+			if i := strings.LastIndex(tok, "mesg="); i >= 0 {
+				v := strings.TrimSpace(tok[i+5:])
 				if n, e := strconv.Atoi(v); e == nil {
 					c.mu.Lock()
+					now := time.Now()
+					for len(c.at) < n {
+						c.at = append(c.at, now)
+					}
 					if n > c.msgs {
 						c.msgs = n
 					}
@@ -354,8 +383,9 @@ func (c *sinkCounter) count() int {
 	return c.msgs
 }
 
-// waitFor blocks until the counter reaches n; it returns when it did, or
-// false after timeout or when the sink's output ended.
+// waitFor blocks until the counter reaches n; it returns when it did (the
+// time of the counter update), or false after timeout or when the sink's
+// output ended.
 func (c *sinkCounter) waitFor(n int, timeout time.Duration) (time.Time, bool) {
 	deadline := time.Now().Add(timeout)
 	stop := time.AfterFunc(timeout, func() { c.mu.Lock(); c.cond.Broadcast(); c.mu.Unlock() })
@@ -368,5 +398,5 @@ func (c *sinkCounter) waitFor(n int, timeout time.Duration) (time.Time, bool) {
 		}
 		c.cond.Wait()
 	}
-	return time.Now(), true
+	return c.at[n-1], true
 }

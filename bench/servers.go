@@ -132,9 +132,9 @@ type relay interface {
 	start() error
 	stop() error
 	cpu() *cpuGroup
-	// peakRSS is the peak resident memory in kB of the measured window; sampled is
-	// the peak of the 100 ms samples.
-	peakRSS(sampled int64) int64
+	// peakRSS is the peak memory in kB reported for the run; sampledPss is
+	// the peak of the 100 ms samples of the summed Pss.
+	peakRSS(sampledPss int64) int64
 	rssPids() []int
 }
 
@@ -201,8 +201,8 @@ func (p *postfixRelay) name() string   { return "Postfix" }
 func (p *postfixRelay) addr() string   { return fmt.Sprintf("127.0.0.1:%d", p.port) }
 func (p *postfixRelay) cpu() *cpuGroup { return p.group }
 func (p *postfixRelay) rssPids() []int { return p.group.pids() }
-func (p *postfixRelay) peakRSS(sampled int64) int64 {
-	return sampled
+func (p *postfixRelay) peakRSS(sampledPss int64) int64 {
+	return sampledPss
 }
 
 func (p *postfixRelay) script(n string) string { return filepath.Join(p.repo, "e2e/scripts", n) }
