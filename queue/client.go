@@ -8,6 +8,7 @@ package queue
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -478,9 +479,9 @@ func (d *dotWriter) Write(p []byte) (int, error) {
 		}
 		d.lineStart = false
 		// copy up to the next line end in one go
-		j := i
-		for j < len(p) && p[j] != '\r' && p[j] != '\n' {
-			j++
+		j := len(p)
+		if k := bytes.IndexAny(p[i:], "\r\n"); k >= 0 {
+			j = i + k
 		}
 		d.w.Write(p[i:j])
 		if j == len(p) {

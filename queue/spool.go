@@ -16,6 +16,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // ErrSpoolLocked: another process (a running mailfwd) has the spool open.
@@ -150,13 +152,16 @@ func (w *Writer) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-// Commit makes the message durable: body fsynced, envelope written and
-// fsynced, both renamed into place (body first), and the directory fsynced.
-// Only when Commit returns nil may the client be told 250.
+// Commit makes the message durable: body and envelope written, renamed
+// into place (body first), then one syncfs(2) of the spool's filesystem,
+// shared with every commit that renamed before it began (group commit):
+// it covers the files' data and the directory entries at once. Only when
+// Commit returns nil may the client be told 250.
 //
-// A crash before the directory fsync may leave an envelope without its body
-// (renames are not ordered on disk); the client never got a 250 for such a
-// message, and Scan discards it.
+// A crash before that sync may leave any part of it on disk: an envelope
+// without its body, or files renamed but empty. The client never got a 250
+// for such a message, and recovery discards it (the envelope records the
+// body's size).
 func (w *Writer) Commit(env *Envelope) error {
 	if w.done {
 		return errors.New("spool: message already committed or aborted")
@@ -164,9 +169,6 @@ func (w *Writer) Commit(env *Envelope) error {
 	env.ID = w.id
 	env.Size = w.n
 	err := w.bw.Flush()
-	if err == nil {
-		err = w.f.Sync()
-	}
 	if cerr := w.f.Close(); err == nil {
 		err = cerr
 	}
@@ -176,7 +178,7 @@ func (w *Writer) Commit(env *Envelope) error {
 	}
 	w.done = true
 	s := w.s
-	if err := s.writeEnvelopeFile(env, false); err != nil {
+	if err := s.writeEnvelopeFile(env, false, false); err != nil {
 		os.Remove(s.path(w.id, bodySuffix+tmpSuffix))
 		return err
 	}
@@ -210,9 +212,9 @@ func (w *Writer) Abort() {
 
 func (s *Spool) path(id, suffix string) string { return filepath.Join(s.dir, id+suffix) }
 
-// writeEnvelopeFile writes env to a fsynced temp file; with install it is
-// also renamed into place and the directory synced.
-func (s *Spool) writeEnvelopeFile(env *Envelope, install bool) error {
+// writeEnvelopeFile writes env to a temp file (fsynced with fsync); with
+// install it is also renamed into place and the spool synced.
+func (s *Spool) writeEnvelopeFile(env *Envelope, install, fsync bool) error {
 	b, err := env.marshal()
 	if err != nil {
 		return err
@@ -223,7 +225,7 @@ func (s *Spool) writeEnvelopeFile(env *Envelope, install bool) error {
 		return classify(err)
 	}
 	_, err = f.Write(b)
-	if err == nil {
+	if err == nil && fsync {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
@@ -244,11 +246,15 @@ func (s *Spool) writeEnvelopeFile(env *Envelope, install bool) error {
 }
 
 // Update durably replaces a message's envelope (recipient states, next
-// attempt time).
-func (s *Spool) Update(env *Envelope) error { return s.writeEnvelopeFile(env, true) }
+// attempt time). The new file is fsynced before it replaces the old one,
+// so a crash leaves one of the two whole, never an empty envelope.
+func (s *Spool) Update(env *Envelope) error { return s.writeEnvelopeFile(env, true, true) }
 
 // Remove deletes a finished message: envelope first, so a crash in between
-// leaves an orphan body that Scan removes, never an envelope without body.
+// leaves an orphan body that recovery removes, never an envelope without
+// body. It does not wait for a sync: an unlink lost to a power cut only
+// makes the just-delivered message go out once more, and Postfix does not
+// sync its removals either.
 func (s *Spool) Remove(id string) error {
 	if err := os.Remove(s.path(id, envSuffix)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
@@ -256,7 +262,7 @@ func (s *Spool) Remove(id string) error {
 	if err := os.Remove(s.path(id, bodySuffix)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	return s.syncer.sync()
+	return nil
 }
 
 // OpenBody opens a committed message's body for reading.
@@ -321,8 +327,20 @@ func (s *Spool) recover() ([]*Envelope, error) {
 		delete(bodies, id)
 		env, err := s.Load(id)
 		if err != nil {
+			if st, serr := os.Stat(s.path(id, envSuffix)); serr == nil && st.Size() == 0 {
+				s.log.Warn("spool: empty envelope (commit interrupted before 250), removing", "queue_id", id)
+				os.Remove(s.path(id, envSuffix))
+				os.Remove(s.path(id, bodySuffix))
+				continue
+			}
 			s.log.Error("spool: unreadable envelope, moving aside", "queue_id", id, "err", err)
 			s.quarantine(id)
+			continue
+		}
+		if st, serr := os.Stat(s.path(id, bodySuffix)); serr != nil || st.Size() != env.Size {
+			s.log.Warn("spool: body shorter than recorded (commit interrupted before 250), removing", "queue_id", id)
+			os.Remove(s.path(id, envSuffix))
+			os.Remove(s.path(id, bodySuffix))
 			continue
 		}
 		out = append(out, env)
@@ -379,7 +397,9 @@ func newDirSyncer(path string) (*dirSyncer, error) {
 		return nil, err
 	}
 	d := &dirSyncer{dir: f, reqs: make(chan chan error, 1024), quit: make(chan struct{})}
-	d.fsync = f.Sync
+	// syncfs: the data and metadata of every file in the spool's
+	// filesystem, in one call, whatever the batch size.
+	d.fsync = func() error { return unix.Syncfs(int(f.Fd())) }
 	d.wg.Add(1)
 	go d.loop()
 	return d, nil

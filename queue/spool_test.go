@@ -106,6 +106,10 @@ func TestSpoolRecoveryCleansCrashLeftovers(t *testing.T) {
 	write("00DDD.env.tmp", "{")                                                             // envelope being written
 	write("00EEE.body", "body")                                                             // envelope garbage
 	write("00EEE.env", "not json")
+	write("00FFF.body", "body") // renamed, but the data never reached the disk
+	write("00FFF.env", "")
+	write("00GGG.body", "short") // body cut short by the crash
+	write("00GGG.env", `{"id":"00GGG","size":100,"recipients":[{"addr":"x@y.z","status":"pending"}]}`)
 	s.Close()
 	s = openSpoolAt(t, dir)
 	got := s.TakeRecovered()
