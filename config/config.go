@@ -53,6 +53,7 @@ type Config struct {
 	ProxyProtocolFrom []string  `yaml:"proxy_protocol_from"`
 	Routing           Routing   `yaml:"routing"`
 	SRS               *SRS      `yaml:"srs"`
+	Auth              *Auth     `yaml:"auth"`
 	Directory         Directory `yaml:"directory"`
 	Delivery          Delivery  `yaml:"delivery"`
 	Log               Log       `yaml:"log"`
@@ -103,6 +104,28 @@ type Limits struct {
 	CommandTimeout      time.Duration `yaml:"command_timeout"`        // default 5m
 	DataTimeout         time.Duration `yaml:"data_timeout"`           // whole message, default 10m
 	MaxReceived         int           `yaml:"max_received_headers"`   // loop guard, default 50
+}
+
+// Auth checks SPF/DKIM/DMARC at the edge and signs/seals forwards (off
+// when absent).
+type Auth struct {
+	// AuthservID names us in Authentication-Results (default: hostname).
+	AuthservID    string        `yaml:"authserv_id"`
+	LookupTimeout time.Duration `yaml:"lookup_timeout"` // each DNS lookup, default 5s
+	Timeout       time.Duration `yaml:"timeout"`        // wait after the message, default 15s
+	// SPFFail and DMARCReject: accept (default), tag or reject. A
+	// forwarder should not refuse what the final mailbox would accept.
+	SPFFail     string   `yaml:"spf_fail"`
+	DMARCReject string   `yaml:"dmarc_reject"`
+	DKIM        *AuthKey `yaml:"dkim"` // signs external forwards
+	ARC         *AuthKey `yaml:"arc"`  // seals external forwards (RSA)
+}
+
+// AuthKey is a signing key and where its public half is published.
+type AuthKey struct {
+	Domain   string `yaml:"domain"`
+	Selector string `yaml:"selector"`
+	KeyFile  string `yaml:"key_file"`
 }
 
 // SRS rewrites the sender of external forwards (off when absent).
@@ -500,6 +523,18 @@ func (c *Config) validate() error {
 	for _, d := range c.LocalDomains {
 		if _, err := routing.NormalizeDomain(d); err != nil {
 			bad("local_domains: %v", err)
+		}
+	}
+	if a := c.Auth; a != nil {
+		for name, v := range map[string]string{"spf_fail": a.SPFFail, "dmarc_reject": a.DMARCReject} {
+			if v != "" && v != "accept" && v != "tag" && v != "reject" {
+				bad("auth.%s: %q: want accept, tag or reject", name, v)
+			}
+		}
+		for name, k := range map[string]*AuthKey{"dkim": a.DKIM, "arc": a.ARC} {
+			if k != nil && (k.Domain == "" || k.Selector == "" || k.KeyFile == "") {
+				bad("auth.%s: domain, selector and key_file are required", name)
+			}
 		}
 	}
 	if s := c.SRS; s != nil {

@@ -87,8 +87,14 @@ type Envelope struct {
 	DSNRet   string `json:"dsn_ret,omitempty"`
 	DSNEnvID string `json:"dsn_envid,omitempty"`
 	// Held messages are not delivered until released (mailfwd queue hold).
-	Held bool  `json:"held,omitempty"`
-	Size int64 `json:"size"`
+	Held bool `json:"held,omitempty"`
+	// AuthHeader (Authentication-Results) goes before the body for every
+	// recipient, ForwardHeader (ARC set, our DKIM-Signature) before that for
+	// external forwards only: kept here, not in the body file, so the
+	// client's bytes are spooled once and never altered.
+	AuthHeader    string `json:"auth_header,omitempty"`
+	ForwardHeader string `json:"forward_header,omitempty"`
+	Size          int64  `json:"size"`
 	// Attempts counts delivery attempts started. NextAttempt is written
 	// before an attempt starts, so a crash during it cannot cause a hot
 	// retry loop on restart.

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -435,7 +436,11 @@ func (q *Scheduler) deliver(ctx context.Context, log *slog.Logger, env *Envelope
 		addrs[i] = r.Addr
 	}
 	start := time.Now()
-	replies, err := q.send(ctx, hop, env, from, addrs)
+	external := false
+	for _, r := range rcpts {
+		external = external || r.External
+	}
+	replies, err := q.send(ctx, hop, env, from, addrs, external)
 	delay := q.now().Sub(env.Received).Round(time.Millisecond)
 	for i, r := range rcpts {
 		var reply Reply
@@ -535,6 +540,16 @@ func (q *Scheduler) finish(log *slog.Logger, env *Envelope, done func()) {
 // one step, so that a queue operation never finds it in neither place.
 func (q *Scheduler) requeue(env *Envelope, held bool) {
 	q.mu.Lock()
+	if q.held[env.ID] && !env.Held {
+		// Held while this attempt was finishing: Hold left the writing to
+		// us (the message is still in flight), so record it now.
+		q.mu.Unlock()
+		env.Held = true
+		if err := q.Spool.Update(env); err != nil {
+			q.Log.Error("cannot record hold", "queue_id", env.ID, "err", err)
+		}
+		q.mu.Lock()
+	}
 	delete(q.inflight, env.ID)
 	at := env.NextAttempt
 	if q.flushed[env.ID] { // flushed after finish looked
@@ -551,13 +566,21 @@ func (q *Scheduler) requeue(env *Envelope, held bool) {
 	q.Kick()
 }
 
-func (q *Scheduler) send(ctx context.Context, hop Hop, env *Envelope, from string, rcpts []string) ([]Reply, error) {
-	body, err := q.Spool.OpenBody(env.ID)
+func (q *Scheduler) send(ctx context.Context, hop Hop, env *Envelope, from string, rcpts []string, external bool) ([]Reply, error) {
+	f, err := q.Spool.OpenBody(env.ID)
 	if err != nil {
 		return nil, fmt.Errorf("opening body: %w", err)
 	}
-	defer body.Close()
-	replies, err := hop.Send(ctx, env, from, rcpts, body)
+	defer f.Close()
+	prefix := env.AuthHeader
+	if external {
+		prefix = env.ForwardHeader + prefix
+	}
+	sized := *env // SIZE= and size checks must count the prepended headers
+	sized.Size += int64(len(prefix))
+	body := &prefixedBody{prefix: prefix, f: f}
+	body.Seek(0, io.SeekStart)
+	replies, err := hop.Send(ctx, &sized, from, rcpts, body)
 	if err == nil && len(replies) != len(rcpts) {
 		err = fmt.Errorf("next hop returned %d replies for %d recipients", len(replies), len(rcpts))
 	}
@@ -565,6 +588,27 @@ func (q *Scheduler) send(ctx context.Context, hop Hop, env *Envelope, from strin
 		return nil, fmt.Errorf("%s: %s", hop, strings.TrimSpace(err.Error()))
 	}
 	return replies, nil
+}
+
+// prefixedBody is the message as delivered: our headers, then the spooled
+// body file. It can be rewound (MX delivery tries the next host).
+type prefixedBody struct {
+	prefix string
+	f      *os.File
+	r      io.Reader
+}
+
+func (p *prefixedBody) Read(b []byte) (int, error) { return p.r.Read(b) }
+
+func (p *prefixedBody) Seek(offset int64, whence int) (int64, error) {
+	if offset != 0 || whence != io.SeekStart {
+		return 0, fmt.Errorf("prefixedBody: only rewinding is supported")
+	}
+	if _, err := p.f.Seek(0, io.SeekStart); err != nil {
+		return 0, err
+	}
+	p.r = io.MultiReader(strings.NewReader(p.prefix), p.f)
+	return 0, nil
 }
 
 type timedEnv struct {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"mailfwd/auth"
 	"mailfwd/queue"
 	"mailfwd/routing"
 )
@@ -64,6 +65,10 @@ type Config struct {
 	// queues the recipient unchanged: try the directory on live traffic
 	// without changing where mail goes.
 	DryRun bool
+	// Auth, if set, checks SPF/DKIM/DMARC on every message (adding
+	// Authentication-Results), may refuse by policy, and signs/seals
+	// external forwards.
+	Auth *auth.Authenticator
 	// TLS, if set, offers STARTTLS (certificates may change under it).
 	TLS *tls.Config
 	// FirstRetry is stored as the next attempt time of a new message: the
@@ -520,6 +525,19 @@ func (s *session) data(r io.Reader) error {
 		w.Abort()
 		return s.storageReply(err, w.ID())
 	}
+	var chk *auth.Check
+	if a := s.p.cfg.Auth; a != nil {
+		// The checker sees the client's message (our Received header is
+		// not part of it), with forged Authentication-Results removed from
+		// what is spooled and checked alike.
+		external := false
+		for _, rc := range s.rcpts {
+			external = external || rc.External
+		}
+		chk = a.Start(auth.Inbound{ClientIP: net.ParseIP(s.clientIP), Helo: s.helo, MailFrom: s.from, Forward: external})
+		defer chk.Abort()
+		r = io.TeeReader(auth.StripForged(r, a.AuthServID()), chk)
+	}
 	hops := &hopCounter{w: w, max: s.p.cfg.MaxReceived}
 	if _, err := io.Copy(hops, r); err != nil {
 		w.Abort()
@@ -549,18 +567,33 @@ func (s *session) data(r io.Reader) error {
 		s.log.Warn("client disconnected during the message; discarded", "queue_id", w.ID())
 		return replyLocalError
 	}
+	var authHeader, forwardHeader string
+	if chk != nil {
+		v := chk.Finish()
+		if v.Err != nil {
+			s.log.Warn("auth: signing failed; forwarding unsigned", "queue_id", w.ID(), "err", v.Err)
+		}
+		if v.Action == auth.Reject {
+			w.Abort()
+			s.log.Info("reject: message authentication policy", "queue_id", w.ID(), "from", s.from, "reason", v.Message)
+			return &smtp.SMTPError{Code: v.Code, EnhancedCode: smtp.EnhancedCode(v.EnhancedCode), Message: v.Message}
+		}
+		authHeader, forwardHeader = v.Header, v.ForwardHeader
+	}
 	now := time.Now()
 	env := &queue.Envelope{
-		From:        s.from,
-		Recipients:  s.rcpts,
-		Received:    now,
-		ClientAddr:  s.clientIP,
-		ClientHelo:  s.helo,
-		SMTPUTF8:    s.opts.UTF8,
-		Body8Bit:    s.opts.Body == smtp.Body8BitMIME,
-		DSNRet:      string(s.opts.Return),
-		DSNEnvID:    s.opts.EnvelopeID,
-		NextAttempt: now.Add(s.p.cfg.FirstRetry),
+		AuthHeader:    authHeader,
+		ForwardHeader: forwardHeader,
+		From:          s.from,
+		Recipients:    s.rcpts,
+		Received:      now,
+		ClientAddr:    s.clientIP,
+		ClientHelo:    s.helo,
+		SMTPUTF8:      s.opts.UTF8,
+		Body8Bit:      s.opts.Body == smtp.Body8BitMIME,
+		DSNRet:        string(s.opts.Return),
+		DSNEnvID:      s.opts.EnvelopeID,
+		NextAttempt:   now.Add(s.p.cfg.FirstRetry),
 	}
 	if err := w.Commit(env); err != nil {
 		return s.storageReply(err, w.ID())

@@ -231,6 +231,13 @@ func relayConfig(c *config.Config, certs *certStore) (relay.Config, error) {
 		observeSRS(srs)
 		rc.SRS, rc.SRSFailureLimit, rc.SRSFailureWindow = srs, c.SRS.FailureLimit, c.SRS.FailureWindow
 	}
+	if c.Auth != nil {
+		a, err := newAuthenticator(c)
+		if err != nil {
+			return rc, err
+		}
+		rc.Auth = a
+	}
 	if c.TLS != nil {
 		if err := certs.load(c.Path(c.TLS.CertFile), c.Path(c.TLS.KeyFile)); err != nil {
 			return rc, err

@@ -5,7 +5,7 @@
 # Needs root (or sudo without a password); never reads stdin.
 set -eu
 
-PKGS="389-ds-base slapd ldap-utils postfix postfix-ldap swaks libnss3-tools openssl ca-certificates postsrsd faketime libmail-srs-perl docker-compose systemd haproxy"
+PKGS="389-ds-base slapd ldap-utils postfix postfix-ldap swaks libnss3-tools openssl ca-certificates postsrsd faketime libmail-srs-perl docker-compose systemd haproxy python3-dkim python3-authres"
 
 die() { echo "install-deps: $*" >&2; exit 1; }
 

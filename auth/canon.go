@@ -1,0 +1,266 @@
+package auth
+
+import (
+	"bytes"
+	"hash"
+	"strings"
+)
+
+// field is one header field as it appears in the message: Raw holds the
+// name, the colon, the value with its folding and the final CRLF (a bare LF
+// in the input is kept as is; canonicalization treats it as CRLF).
+type field struct {
+	Name string // as written
+	Raw  string
+}
+
+func (f field) lower() string { return strings.ToLower(f.Name) }
+
+// value is the unfolded value without leading/trailing whitespace.
+func (f field) value() string {
+	_, v, _ := strings.Cut(f.Raw, ":")
+	v = strings.ReplaceAll(v, "\r\n", "")
+	v = strings.ReplaceAll(v, "\n", "")
+	return strings.TrimSpace(v)
+}
+
+// parseHeader splits a header section (without the blank line) into fields.
+// Lines before the first field that are not continuations are kept as
+// nameless fields so nothing is lost; they never match a name.
+func parseHeader(b []byte) []field {
+	var out []field
+	for len(b) > 0 {
+		end := bytes.IndexByte(b, '\n')
+		var line []byte
+		if end < 0 {
+			line, b = b, nil
+		} else {
+			line, b = b[:end+1], b[end+1:]
+		}
+		if (line[0] == ' ' || line[0] == '\t') && len(out) > 0 {
+			out[len(out)-1].Raw += string(line)
+			continue
+		}
+		name := ""
+		if i := bytes.IndexByte(line, ':'); i > 0 {
+			name = strings.TrimRight(string(line[:i]), " \t")
+		}
+		out = append(out, field{Name: name, Raw: string(line)})
+	}
+	return out
+}
+
+// relaxedHeader is RFC 6376 §3.4.2 relaxed header canonicalization of one
+// field, with the final CRLF.
+func relaxedHeader(raw string) string {
+	name, v, _ := strings.Cut(raw, ":")
+	name = strings.ToLower(strings.TrimRight(name, " \t"))
+	v = strings.ReplaceAll(v, "\r\n", "")
+	v = strings.ReplaceAll(v, "\n", "")
+	v = strings.ReplaceAll(v, "\r", "")
+	var b strings.Builder
+	b.Grow(len(name) + len(v) + 3)
+	b.WriteString(name)
+	b.WriteByte(':')
+	sp := false
+	started := false
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if c == ' ' || c == '\t' {
+			sp = true
+			continue
+		}
+		if sp && started {
+			b.WriteByte(' ')
+		}
+		sp = false
+		started = true
+		b.WriteByte(c)
+	}
+	b.WriteString("\r\n")
+	return b.String()
+}
+
+// simpleHeader is RFC 6376 §3.4.1: unchanged, with CRLF line ends.
+func simpleHeader(raw string) string {
+	return fixCRLF(raw)
+}
+
+func fixCRLF(s string) string {
+	if !strings.Contains(s, "\n") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\n' && (i == 0 || s[i-1] != '\r') {
+			b.WriteByte('\r')
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+func canonHeader(c, raw string) string {
+	if c == "relaxed" {
+		return relaxedHeader(raw)
+	}
+	return simpleHeader(raw)
+}
+
+// bodyHasher canonicalizes a body (simple or relaxed, RFC 6376 §3.4.3/4)
+// into a hash as it is written. Lines are processed as they complete;
+// empty lines are held back until a non-empty one follows, so trailing
+// empty lines are dropped.
+type bodyHasher struct {
+	relaxed bool
+	h       hash.Hash
+	line    []byte // current incomplete line (without line end)
+	empties int    // held-back empty lines
+	any     bool   // a non-empty line was written
+	sum     []byte
+}
+
+func newBodyHasher(relaxed bool, h hash.Hash) *bodyHasher {
+	return &bodyHasher{relaxed: relaxed, h: h}
+}
+
+func (b *bodyHasher) Write(p []byte) (int, error) {
+	n := len(p)
+	for len(p) > 0 {
+		i := bytes.IndexByte(p, '\n')
+		if i < 0 {
+			b.line = append(b.line, p...)
+			break
+		}
+		b.line = append(b.line, p[:i]...)
+		p = p[i+1:]
+		if l := len(b.line); l > 0 && b.line[l-1] == '\r' {
+			b.line = b.line[:l-1]
+		}
+		b.endLine()
+	}
+	return n, nil
+}
+
+func (b *bodyHasher) endLine() {
+	line := b.line
+	if b.relaxed {
+		line = relaxBodyLine(line)
+	}
+	if len(line) == 0 {
+		b.empties++
+	} else {
+		for ; b.empties > 0; b.empties-- {
+			b.h.Write([]byte("\r\n"))
+		}
+		b.h.Write(line)
+		b.h.Write([]byte("\r\n"))
+		b.any = true
+	}
+	b.line = b.line[:0]
+}
+
+// Sum finishes the body (an unterminated last line counts as a line) and
+// returns the hash.
+func (b *bodyHasher) Sum() []byte {
+	if len(b.line) > 0 {
+		b.endLine()
+	}
+	if !b.any && !b.relaxed {
+		// simple: an empty body is a single CRLF
+		b.h.Write([]byte("\r\n"))
+	}
+	return b.h.Sum(nil)
+}
+
+// relaxBodyLine reduces whitespace runs to one space and drops trailing
+// whitespace.
+func relaxBodyLine(l []byte) []byte {
+	out := make([]byte, 0, len(l))
+	sp := false
+	for _, c := range l {
+		if c == ' ' || c == '\t' {
+			sp = true
+			continue
+		}
+		if sp {
+			out = append(out, ' ')
+			sp = false
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+// tags parses a DKIM-style tag list (RFC 6376 §3.2). Whitespace (including
+// folding) around and inside values is removed for the values we use.
+func tags(v string) (map[string]string, bool) {
+	m := map[string]string{}
+	for _, part := range strings.Split(v, ";") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		k, val, ok := strings.Cut(part, "=")
+		if !ok {
+			return nil, false
+		}
+		k = strings.TrimSpace(k)
+		if _, dup := m[k]; dup || k == "" {
+			return nil, false
+		}
+		m[k] = strings.TrimSpace(val)
+	}
+	return m, true
+}
+
+func stripWS(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r == ' ' || r == '\t' || r == '\r' || r == '\n' {
+			return -1
+		}
+		return r
+	}, s)
+}
+
+// removeB empties the b= tag of a signature field, keeping everything
+// else (RFC 6376 §3.7).
+func removeB(raw string) string {
+	name, v, _ := strings.Cut(raw, ":")
+	parts := strings.Split(v, ";")
+	for i, p := range parts {
+		k, _, ok := strings.Cut(p, "=")
+		if ok && strings.TrimSpace(k) == "b" {
+			eq := strings.IndexByte(p, '=')
+			parts[i] = p[:eq+1]
+		}
+	}
+	return name + ":" + strings.Join(parts, ";")
+}
+
+// pickHeaders returns, for each name in h (in order), the next unused
+// field of that name from the bottom of the header (RFC 6376 §5.4.2);
+// names without a remaining field contribute nothing.
+func pickHeaders(fields []field, names []string) []field {
+	used := map[int]bool{}
+	var out []field
+	for _, n := range names {
+		n = strings.ToLower(strings.TrimSpace(n))
+		for i := len(fields) - 1; i >= 0; i-- {
+			if !used[i] && fields[i].lower() == n {
+				used[i] = true
+				out = append(out, fields[i])
+				break
+			}
+		}
+	}
+	return out
+}
+
+// sumOnce is Sum, remembered.
+func (b *bodyHasher) sumOnce() []byte {
+	if b.sum == nil {
+		b.sum = b.Sum()
+	}
+	return b.sum
+}

@@ -1,0 +1,39 @@
+package main
+
+import (
+	"fmt"
+
+	"mailfwd/auth"
+	"mailfwd/config"
+)
+
+// newAuthenticator builds the edge checks and forward signing of a config.
+func newAuthenticator(c *config.Config) (*auth.Authenticator, error) {
+	a := c.Auth
+	ac := auth.Config{AuthServID: a.AuthservID, LookupTimeout: a.LookupTimeout, Timeout: a.Timeout}
+	if ac.AuthServID == "" {
+		ac.AuthServID = c.Hostname
+	}
+	var err error
+	if a.SPFFail != "" {
+		if ac.SPFFail, err = auth.ParseAction(a.SPFFail); err != nil {
+			return nil, fmt.Errorf("auth.spf_fail: %w", err)
+		}
+	}
+	if a.DMARCReject != "" {
+		if ac.DMARCReject, err = auth.ParseAction(a.DMARCReject); err != nil {
+			return nil, fmt.Errorf("auth.dmarc_reject: %w", err)
+		}
+	}
+	if k := a.DKIM; k != nil {
+		if ac.DKIMKey, err = auth.LoadKey(k.Domain, k.Selector, c.Path(k.KeyFile)); err != nil {
+			return nil, fmt.Errorf("auth.dkim: %w", err)
+		}
+	}
+	if k := a.ARC; k != nil {
+		if ac.ARCKey, err = auth.LoadKey(k.Domain, k.Selector, c.Path(k.KeyFile)); err != nil {
+			return nil, fmt.Errorf("auth.arc: %w", err)
+		}
+	}
+	return auth.New(ac)
+}
