@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"strings"
 	"sync"
@@ -279,5 +280,31 @@ func TestNotifyHonoured(t *testing.T) {
 	c.run(t, 10*time.Second, time.Minute, spoolEmpty(c.s))
 	if n := len(c.hop.dsnsTo("a@x.test")); n != 0 {
 		t.Fatalf("%d DSNs despite NOTIFY", n)
+	}
+}
+
+type recordSigner struct{ seen strings.Builder }
+
+func (r *recordSigner) Write(p []byte) (int, error) { return r.seen.Write(p) }
+func (r *recordSigner) Finish() (string, error) {
+	return "DKIM-Signature: v=1; test=" + fmt.Sprint(r.seen.Len()) + "\r\n", nil
+}
+
+// Our DSNs go out signed: the signer sees the DSN as written, and its
+// header is sent in front of it.
+func TestDSNSigned(t *testing.T) {
+	signer := &recordSigner{}
+	c := startClockScheduler(t, func(_ time.Time, r string) int {
+		if r == "bad@company.test" {
+			return 550
+		}
+		return 250
+	}, func(q *Scheduler) { q.SignDSN = func() DSNSigner { return signer } })
+	c.commitAt(t, &Envelope{From: "a@x.test", Recipients: []Recipient{{Addr: "bad@company.test", Status: Pending}}}, "Subject: s\r\n\r\nb\r\n")
+	c.run(t, 10*time.Second, time.Minute, func() bool { return len(c.hop.dsnsTo("a@x.test")) == 1 })
+	dsn := c.hop.dsnsTo("a@x.test")[0]
+	want := fmt.Sprintf("DKIM-Signature: v=1; test=%d\r\nFrom: Mail Delivery System", signer.seen.Len())
+	if !strings.HasPrefix(dsn, want) || !strings.HasSuffix(dsn, signer.seen.String()) {
+		t.Fatalf("DSN not signed as written:\n%s", dsn)
 	}
 }

@@ -155,7 +155,13 @@ func (q *Scheduler) notify(env *Envelope, kind dsnKind, due func(*Recipient) boo
 		return err
 	}
 	now := q.now()
-	if err := writeDSN(w, q.hostname(), env, report, kind, body, now, env.Received.Add(q.Lifetime)); err != nil {
+	var out io.Writer = w
+	var signer DSNSigner
+	if q.SignDSN != nil {
+		signer = q.SignDSN()
+		out = io.MultiWriter(w, signer)
+	}
+	if err := writeDSN(out, q.hostname(), env, report, kind, body, now, env.Received.Add(q.Lifetime)); err != nil {
 		w.Abort()
 		return err
 	}
@@ -165,6 +171,13 @@ func (q *Scheduler) notify(env *Envelope, kind dsnKind, due func(*Recipient) boo
 	}
 	dsn := &Envelope{From: "", Received: now, NextAttempt: now.Add(q.Retry.Min),
 		Recipients: []Recipient{{Addr: env.From, Status: Pending, External: external, DSNNotify: "NEVER"}}}
+	if signer != nil {
+		h, err := signer.Finish()
+		if err != nil {
+			q.Log.Warn("cannot DKIM-sign the DSN; sending it unsigned", "queue_id", env.ID, "err", err)
+		}
+		dsn.AuthHeader = h
+	}
 	if err := w.Commit(dsn); err != nil {
 		return err
 	}

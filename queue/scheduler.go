@@ -22,6 +22,12 @@ type Hop interface {
 	String() string
 }
 
+// DSNSigner signs one DSN as it is written (auth.SignStream is one).
+type DSNSigner interface {
+	io.Writer
+	Finish() (string, error)
+}
+
 // Destination is where a recipient's mail goes next.
 type Destination struct {
 	// Key identifies the destination for grouping recipients into one
@@ -102,7 +108,10 @@ type Scheduler struct {
 	Log                    *slog.Logger
 	// Hostname names us in DSNs.
 	Hostname string
-	Clock    Clock
+	// SignDSN, if set, returns a writer that sees each DSN we generate and
+	// then gives its DKIM-Signature header (sent before the DSN).
+	SignDSN func() DSNSigner
+	Clock   Clock
 	// Observe, if set, hears each recipient's delivery outcome ("delivery":
 	// sent, deferred, bounced or expired) and each DSN queued ("dsn":
 	// failure or delay). It must not block.

@@ -19,6 +19,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"mailfwd/auth"
 	"mailfwd/config"
 	"mailfwd/deploy"
 	"mailfwd/queue"
@@ -305,6 +306,15 @@ func serve(args []string) error {
 		Retry:         queue.Retry{Min: d.RetryMin, Max: d.RetryMax},
 		ExternalRetry: queue.Retry{Min: d.ExternalRetryMin, Max: d.ExternalRetryMax},
 		Lifetime:      d.Lifetime, DelayWarning: d.DelayWarning, DestinationConcurrency: d.DestinationConcurrency,
+	}
+	if c.Auth != nil && c.Auth.DKIM != nil {
+		// Our DSNs are signed with the forward-signing key: From is
+		// MAILER-DAEMON@hostname, so sign with a key of that domain.
+		key, err := auth.LoadKey(c.Auth.DKIM.Domain, c.Auth.DKIM.Selector, c.Path(c.Auth.DKIM.KeyFile))
+		if err != nil {
+			return err
+		}
+		sched.SignDSN = func() queue.DSNSigner { return auth.NewSignStream(key) }
 	}
 	be, err := relay.NewBackend(rc, exp, spool, sched.Submit, log)
 	if err != nil {
