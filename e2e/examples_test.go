@@ -389,7 +389,7 @@ func TestExamplesMXRelay(t *testing.T) {
 	addr, _ := freePort()
 	admin, _ := freePort()
 	e := exampleCopy(t, "mx-relay.yaml",
-		`listen: ["0.0.0.0:25", "[::]:25"]`, fmt.Sprintf("listen: [%q]", addr),
+		`listen: [":25"]`, fmt.Sprintf("listen: [%q]", addr),
 		"admin_listen: 127.0.0.1:9925", "admin_listen: "+admin,
 		"servers: [ldaps://ldap1.example.net:636, ldaps://ldap2.example.net:636]",
 		// A first server that refuses connections: the failover the example describes.

@@ -419,6 +419,8 @@ backend mailfwd
 		msgs[i] = &haMsg{tok: fmt.Sprintf("%s%d", prefix, i), route: i % len(haRoutes)}
 	}
 	var next, accepted, attempts atomic.Int64
+	var quit atomic.Bool // the test is over (a t.Fatal): clients stop
+	defer quit.Store(true)
 	var errMu sync.Mutex
 	errKinds := map[string]int{}
 	loadStart := time.Now()
@@ -440,12 +442,12 @@ backend mailfwd
 			}()
 			for {
 				i := int(next.Add(1)) - 1
-				if i >= len(msgs) {
+				if i >= len(msgs) || quit.Load() {
 					return
 				}
 				m := msgs[i]
 				first := time.Now()
-				for time.Since(first) < haGiveUp {
+				for time.Since(first) < haGiveUp && !quit.Load() {
 					if c == nil {
 						if c, err = haDial(front); err != nil {
 							c = nil
