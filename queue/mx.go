@@ -116,7 +116,7 @@ func (h *MXHop) Send(ctx context.Context, env *Envelope, from string, rcpts []st
 					return nil, err
 				}
 			}
-			replies, err := h.Hops(net.JoinHostPort(a, strconv.Itoa(h.Port)), false, h.Domain).Send(ctx, env, from, rcpts, body)
+			replies, err := h.Hops(net.JoinHostPort(a, strconv.Itoa(h.Port)), false, h.Domain, false).Send(ctx, env, from, rcpts, body)
 			if err == nil {
 				return replies, nil
 			}

@@ -86,7 +86,7 @@ func listenOn(t *testing.T, ip string, port int, m *mxServer) int {
 func hops(timeoutHop func(string) *SMTPHop) HopFactory {
 	var mu sync.Mutex
 	m := map[string]Hop{}
-	return func(addr string, _ bool, _ string) Hop {
+	return func(addr string, _ bool, _ string, _ bool) Hop {
 		mu.Lock()
 		defer mu.Unlock()
 		if h, ok := m[addr]; ok {
@@ -197,5 +197,28 @@ func TestTransportRouter(t *testing.T) {
 		if _, err := ParseTransport(bad); err == nil {
 			t.Errorf("ParseTransport(%q) accepted", bad)
 		}
+	}
+}
+
+// The local next hop and a smarthost at the same address get separate
+// connection pools: only the local one passes the client (XCLIENT).
+func TestLocalAndSmarthostSameAddress(t *testing.T) {
+	pass := map[string]bool{}
+	tr := &TransportRouter{
+		Local: Transport{Host: "127.0.0.1", Port: 10025, PassClient: true},
+		Hops: func(addr string, _ bool, _ string, passClient bool) Hop {
+			h := &SMTPHop{Addr: addr}
+			pass[fmt.Sprintf("%p", h)] = passClient
+			return h
+		},
+	}
+	tr.Smarthost = &Transport{Host: "127.0.0.1", Port: 10025}
+	local := tr.Route(&Recipient{Addr: "central@company.com"})
+	ext := tr.Route(&Recipient{Addr: "x@gmail.com", External: true})
+	if local.Key == ext.Key || local.Hop == ext.Hop {
+		t.Fatalf("one destination for both: %s / %s", local.Key, ext.Key)
+	}
+	if !pass[fmt.Sprintf("%p", local.Hop)] || pass[fmt.Sprintf("%p", ext.Hop)] {
+		t.Fatalf("client passed: local=%v external=%v", pass[fmt.Sprintf("%p", local.Hop)], pass[fmt.Sprintf("%p", ext.Hop)])
 	}
 }

@@ -16,6 +16,11 @@ type Transport struct {
 	Host string
 	Port int
 	MX   bool // look up MX records of Host
+	// PassClient marks the local next hop: only its connections pass the
+	// original client (XCLIENT/XFORWARD). A smarthost at the same address
+	// gets connections of its own: under XCLIENT, Postfix would judge
+	// external forwards by the Internet client and refuse to relay them.
+	PassClient bool
 }
 
 // ParseTransport parses a transport map value.
@@ -72,13 +77,16 @@ func (t Transport) String() string {
 	if t.MX {
 		return fmt.Sprintf("%s:%s:%d", p, t.Host, t.Port)
 	}
+	if t.PassClient {
+		return fmt.Sprintf("%s:[%s]:%d(client)", p, t.Host, t.Port)
+	}
 	return fmt.Sprintf("%s:[%s]:%d", p, t.Host, t.Port)
 }
 
 // HopFactory makes the SMTP hop for one host:port, so that every route to
 // the same server shares one connection pool. dest names the destination
 // (the recipient domain for MX delivery, else the host) for TLS policies.
-type HopFactory func(addr string, lmtp bool, dest string) Hop
+type HopFactory func(addr string, lmtp bool, dest string, passClient bool) Hop
 
 // TransportRouter is the delivery routing of a relay, in this order: a
 // transport map entry for the address, then for its domain; our own
@@ -138,7 +146,7 @@ func (tr *TransportRouter) destination(t Transport, _ string) Destination {
 	if t.MX {
 		d = Destination{Key: key, External: true, Hop: &MXHop{Domain: t.Host, Port: t.Port, Resolver: tr.Resolver, Hops: tr.Hops}}
 	} else {
-		d = Destination{Key: key, Hop: tr.Hops(net.JoinHostPort(t.Host, strconv.Itoa(t.Port)), t.LMTP, t.Host)}
+		d = Destination{Key: key, Hop: tr.Hops(net.JoinHostPort(t.Host, strconv.Itoa(t.Port)), t.LMTP, t.Host, t.PassClient)}
 	}
 	tr.dest[key] = d
 	return d

@@ -381,3 +381,22 @@ func TestBDATTruncatedByEOF(t *testing.T) {
 		t.Fatalf("a truncated BDAT message was queued: %+v", envs[0])
 	}
 }
+
+// A client that connects through the PROXY-protocol listener and sends
+// nothing does not hold up other clients' connections.
+func TestProxySilentClientDoesNotBlockAccept(t *testing.T) {
+	f := startFront(t, Config{}, ListenLimits{ProxyFrom: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}})
+	silent, err := net.Dial("tcp", f.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	time.Sleep(50 * time.Millisecond)
+	start := time.Now()
+	d := dial(t, f.addr)
+	d.c.Write(proxyHeader(t, 2, "192.0.2.20"))
+	expectPrefix(t, "banner behind a silent client", d.reply(), "220 ")
+	if el := time.Since(start); el > 2*time.Second {
+		t.Fatalf("second client waited %v", el)
+	}
+}

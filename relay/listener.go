@@ -41,7 +41,13 @@ func Listen(l net.Listener, lim ListenLimits) net.Listener {
 			},
 		}
 	}
-	return &limitListener{Listener: l, lim: lim, perIP: map[netip.Addr]int{}, rates: map[netip.Addr]*rate{}}
+	return &limitListener{Listener: l, lim: lim, perIP: map[netip.Addr]int{}, rates: map[netip.Addr]*rate{},
+		ready: make(chan acceptResult)}
+}
+
+type acceptResult struct {
+	c   net.Conn
+	err error
 }
 
 func inPrefixes(a net.Addr, ps []netip.Prefix) bool {
@@ -74,6 +80,12 @@ type limitListener struct {
 	total int
 	perIP map[netip.Addr]int
 	rates map[netip.Addr]*rate
+
+	// Connections are admitted in their own goroutine: learning the client
+	// address may mean reading a PROXY header, and one silent client must
+	// not hold up everyone else's accept.
+	once  sync.Once
+	ready chan acceptResult
 }
 
 type rate struct {
@@ -82,20 +94,49 @@ type rate struct {
 }
 
 func (l *limitListener) Accept() (net.Conn, error) {
+	l.once.Do(func() { go l.acceptLoop() })
+	r, ok := <-l.ready
+	if !ok {
+		return nil, net.ErrClosed
+	}
+	return r.c, r.err
+}
+
+func (l *limitListener) acceptLoop() {
 	for {
 		c, err := l.Listener.Accept()
 		if err != nil {
-			return nil, err
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			l.ready <- acceptResult{err: err}
+			close(l.ready)
+			return
 		}
-		ip := addrIP(c.RemoteAddr())
-		if why := l.admit(ip); why != "" {
-			c.SetWriteDeadline(time.Now().Add(2 * time.Second))
-			fmt.Fprintf(c, "421 4.7.0 %s %s, try again later\r\n", l.lim.Hostname, why)
-			c.Close()
-			continue
-		}
-		return &trackedConn{Conn: c, release: func() { l.leave(ip) }}, nil
+		go l.admitConn(c)
 	}
+}
+
+func (l *limitListener) admitConn(c net.Conn) {
+	ip := addrIP(c.RemoteAddr()) // may read a PROXY header (bounded by its timeout)
+	if !ip.IsValid() {
+		c.Close() // a PROXY header refused or not sent in time
+		return
+	}
+	if why := l.admit(ip); why != "" {
+		c.SetWriteDeadline(time.Now().Add(2 * time.Second))
+		fmt.Fprintf(c, "421 4.7.0 %s %s, try again later\r\n", l.lim.Hostname, why)
+		c.Close()
+		return
+	}
+	tc := &trackedConn{Conn: c, release: func() { l.leave(ip) }}
+	defer func() {
+		if recover() != nil { // listener closed meanwhile
+			tc.Close()
+		}
+	}()
+	l.ready <- acceptResult{c: tc}
 }
 
 // admit counts a new connection in, or says why it may not come in.

@@ -375,6 +375,9 @@ func (s *session) rcpt(to string, opts *smtp.RcptOptions) error {
 		case s.p.cfg.DryRun && err == nil:
 			s.log.Info("dry-run: would rewrite", "to", to, "finals", finals)
 			finals = []string{rcptAddr}
+		case s.p.cfg.DryRun && errors.Is(err, routing.ErrNotFound) && s.p.cfg.PassUnknown:
+			s.log.Info("dry-run: not in the directory, would pass through unchanged", "to", to)
+			finals, err = []string{rcptAddr}, nil
 		case s.p.cfg.DryRun && errors.Is(err, routing.ErrNotFound):
 			s.log.Info("dry-run: would refuse as unknown (550 5.1.1)", "to", to)
 			finals, err = []string{rcptAddr}, nil
@@ -599,7 +602,7 @@ func (s *session) data(r io.Reader) error {
 		return s.storageReply(err, w.ID())
 	}
 	s.log.Info(fmt.Sprintf("from=<%s>, size=%d, nrcpt=%d (queue active)", s.from, env.Size, len(env.Recipients)),
-		"queue_id", env.ID, "client", s.clientIP, "helo", s.helo)
+		"queue_id", env.ID, "helo", s.helo)
 	s.b.submit(env)
 	return replyQueued(env.ID)
 }

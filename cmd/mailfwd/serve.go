@@ -154,12 +154,12 @@ func newRouter(c *config.Config) (*queue.TransportRouter, func(), error) {
 	}
 	var mu sync.Mutex
 	hops := map[string]*queue.SMTPHop{}
-	factory := func(addr string, lmtp bool, dest string) queue.Hop {
+	factory := func(addr string, lmtp bool, dest string, passClient bool) queue.Hop {
 		policy := d.TLSPolicy
 		if p, ok := d.TLSPolicies[strings.ToLower(dest)]; ok {
 			policy = p
 		}
-		key := addr + "|" + policy
+		key := fmt.Sprintf("%s|%s|%v", addr, policy, passClient)
 		mu.Lock()
 		defer mu.Unlock()
 		if h, ok := hops[key]; ok {
@@ -169,7 +169,7 @@ func newRouter(c *config.Config) (*queue.TransportRouter, func(), error) {
 		if policy == "require" {
 			h.TLSConfig = &tls.Config{RootCAs: roots, ServerName: dest, MinVersion: tls.VersionTLS12}
 		}
-		if addr == d.NextHop {
+		if passClient {
 			h.XClient, h.XForward = d.XClient, d.XForward
 		}
 		hops[key] = h
@@ -186,6 +186,7 @@ func newRouter(c *config.Config) (*queue.TransportRouter, func(), error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("delivery.next_hop: %w", err)
 	}
+	local.PassClient = true
 	tr := &queue.TransportRouter{Local: local, Hops: factory, MXPort: d.MXPort, Transports: map[string]queue.Transport{}}
 	if d.ExternalNextHop != "" {
 		sh, err := hostPortTransport(d.ExternalNextHop)
