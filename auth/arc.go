@@ -213,7 +213,6 @@ type arcVerdict struct {
 	temp       bool // a DNS failure caused the fail
 	terminated bool // the latest seal already says cv=fail: add no set
 	instances  int
-	oldestPass int
 }
 
 // validateSeals checks everything that does not need the body: the
