@@ -98,6 +98,9 @@ delivery:
 	}
 	defer c.Close()
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if k, err := c.Read(buf); err != nil || !strings.HasPrefix(string(buf[:k]), "220 ") {
+		t.Fatalf("connection 1001: banner %q %v", buf[:k], err)
+	}
 	extra, _ := net.Dial("tcp", addr)
 	if extra != nil {
 		defer extra.Close()
