@@ -35,23 +35,6 @@ func Values(ms []Match) []string {
 	return out
 }
 
-// Chain consults sources in order for each key and returns the first
-// non-empty answer, as Postfix does with a list of maps
-// (virtual_alias_maps = a, b). An error stops the search: skipping an
-// unavailable source could route mail by a lower-priority answer.
-type Chain []Source
-
-// Lookup implements Source.
-func (c Chain) Lookup(ctx context.Context, key string) ([]Match, error) {
-	for _, s := range c {
-		ms, err := s.Lookup(ctx, key)
-		if err != nil || len(ms) > 0 {
-			return ms, err
-		}
-	}
-	return nil, nil
-}
-
 // DomainRewrites is a static source answering "@old.example" with
 // "@new.example": a whole-domain migration without a directory entry. Keys
 // are compared in lower-case A-label form.
