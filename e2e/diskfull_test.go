@@ -27,19 +27,8 @@ func TestDiskFull(t *testing.T) {
 	// dir/spool, messages in spool/msg). The spool's lock file (spool/lock,
 	// held open for writing while the relay runs) stays outside: a file
 	// open for writing would make the read-only remount below fail (EBUSY).
-	mnt := filepath.Join(dir, "spool", "msg")
-	if err := os.MkdirAll(mnt, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", mnt).CombinedOutput(); err != nil {
-		t.Fatalf("cannot mount a 2 MiB tmpfs on %s for the spool (this test needs root and mount(8); it is never skipped): %v\n%s", mnt, err, out)
-	}
-	defer func() {
-		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v\n%s", mnt, err, out)
-			exec.Command("umount", "-l", mnt).Run()
-		}
-	}()
+	mnt, unmount := mountSpoolTmpfs(t, dir, "2m")
+	defer unmount()
 	p, err := startMailfwd(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -281,5 +270,28 @@ func fillDisk(t *testing.T, path string) {
 	}
 	if free := spoolFree(t, path); free != 0 {
 		t.Fatalf("spool still has %d bytes free after filling it", free)
+	}
+}
+
+// mountSpoolTmpfs mounts a tmpfs of the given size as the message
+// directory of a relay whose config dir is dir (startMailfwd's layout:
+// dir/spool/msg). The spool's lock file stays outside, on the normal disk:
+// a file open for writing would make a read-only remount fail (EBUSY).
+// The test needs root and mount(8) and is never skipped. Defer the
+// returned unmount before starting the relay, so it runs after the stop.
+func mountSpoolTmpfs(t *testing.T, dir, size string) (mnt string, unmount func()) {
+	t.Helper()
+	mnt = filepath.Join(dir, "spool", "msg")
+	if err := os.MkdirAll(mnt, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size+",mode=0700", "tmpfs", mnt).CombinedOutput(); err != nil {
+		t.Fatalf("cannot mount a %s tmpfs on %s for the spool (needs root and mount(8)): %v\n%s", size, mnt, err, out)
+	}
+	return mnt, func() {
+		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v\n%s", mnt, err, out)
+			exec.Command("umount", "-l", mnt).Run()
+		}
 	}
 }

@@ -129,19 +129,8 @@ func TestMetricsAndHealth(t *testing.T) {
 // (full, then read-only), and back to 200 when it can.
 func TestMetricsHealthzSpool(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "healthz")
-	mnt := filepath.Join(dir, "spool", "msg") // as in TestDiskFull: the lock file stays outside
-	if err := os.MkdirAll(mnt, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", mnt).CombinedOutput(); err != nil {
-		t.Fatalf("cannot mount a tmpfs on %s (needs root and mount(8)): %v\n%s", mnt, err, out)
-	}
-	defer func() {
-		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v\n%s", mnt, err, out)
-			exec.Command("umount", "-l", mnt).Run()
-		}
-	}()
+	mnt, unmount := mountSpoolTmpfs(t, dir, "1m")
+	defer unmount()
 	p, err := startMailfwd(dir)
 	if err != nil {
 		t.Fatal(err)

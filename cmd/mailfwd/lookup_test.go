@@ -1,9 +1,7 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
-	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,18 +10,7 @@ import (
 
 func runLookup(t *testing.T, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
-	var o, e bytes.Buffer
-	err := lookup(args, &o, &e)
-	var ee errExit
-	switch {
-	case err == nil:
-		code = 0
-	case errors.As(err, &ee):
-		code = ee.code
-	default:
-		t.Fatalf("lookup %v: unexpected error %v", args, err)
-	}
-	return o.String(), e.String(), code
+	return runCommand(t, lookup, args)
 }
 
 func TestLookupCommand(t *testing.T) {

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,8 +12,15 @@ import (
 
 func runSRS(t *testing.T, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
+	return runCommand(t, srsRun, args)
+}
+
+// runCommand runs a subcommand as main would: its output, and stderr with
+// the error message main prints, and the exit code.
+func runCommand(t *testing.T, cmd func([]string, io.Writer, io.Writer) error, args []string) (stdout, stderr string, code int) {
+	t.Helper()
 	var o, e bytes.Buffer
-	err := srsRun(args, &o, &e)
+	err := cmd(args, &o, &e)
 	var ee errExit
 	switch {
 	case err == nil:
@@ -21,7 +29,7 @@ func runSRS(t *testing.T, args ...string) (stdout, stderr string, code int) {
 		code = ee.code
 		e.WriteString(ee.msg)
 	default:
-		t.Fatalf("srs %v: unexpected error %v", args, err)
+		t.Fatalf("%v: unexpected error %v", args, err)
 	}
 	return o.String(), e.String(), code
 }
