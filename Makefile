@@ -20,6 +20,7 @@ test: check unit e2e
 
 unit:
 	$(GO) test -count=1 ./...
+	cd third_party/go-smtp && $(GO) test -count=1 ./...
 
 deps:
 	./e2e/scripts/install-deps.sh

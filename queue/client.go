@@ -464,6 +464,7 @@ type dotWriter struct {
 func newDotWriter(w *bufio.Writer) *dotWriter { return &dotWriter{w: w, lineStart: true} }
 
 func (d *dotWriter) Write(p []byte) (int, error) {
+	clean := true // no bare CR seen in p: runs of whole lines can go at once
 	for i := 0; i < len(p); {
 		if d.cr {
 			d.cr = false
@@ -478,9 +479,24 @@ func (d *dotWriter) Write(p []byte) (int, error) {
 			d.w.WriteByte('.')
 		}
 		d.lineStart = false
-		// copy up to the next line end in one go
-		j := len(p)
-		if k := bytes.IndexAny(p[i:], "\r\n"); k >= 0 {
+		if clean {
+			j, ok := crlfRun(p[i:])
+			if !ok {
+				clean = false
+			} else if j > 0 {
+				d.w.Write(p[i : i+j])
+				d.lineStart = true
+				i += j
+				continue
+			}
+		}
+		// One line, whatever its end: the first CR or LF.
+		seg := p[i:]
+		if lf := bytes.IndexByte(seg, '\n'); lf >= 0 {
+			seg = seg[:lf]
+		}
+		j := i + len(seg)
+		if k := bytes.IndexByte(seg, '\r'); k >= 0 {
 			j = i + k
 		}
 		d.w.Write(p[i:j])
@@ -500,6 +516,26 @@ func (d *dotWriter) Write(p []byte) (int, error) {
 		return 0, err
 	}
 	return len(p), nil
+}
+
+// crlfRun measures the run of whole lines at the start of p that can go
+// out unchanged: each ends in CRLF and no line after the first starts with
+// a dot. It stops before a bare LF. ok is false if the run holds a bare
+// CR (its CRs outnumber its lines): the caller then goes line by line.
+func crlfRun(p []byte) (n int, ok bool) {
+	lines := 0
+	for {
+		k := bytes.IndexByte(p[n:], '\n')
+		if k <= 0 || p[n+k-1] != '\r' {
+			break // no more lines, or a bare LF
+		}
+		lines++
+		n += k + 1
+		if n < len(p) && p[n] == '.' {
+			break
+		}
+	}
+	return n, bytes.Count(p[:n], []byte{'\r'}) == lines
 }
 
 // Close ends the data: the caller flushes.

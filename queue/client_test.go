@@ -1058,3 +1058,37 @@ func TestClientStallAndTimeouts(t *testing.T) {
 		})
 	}
 }
+
+// FuzzDotWriter checks the stuffer against the rule written out: every CR
+// LF, bare CR or bare LF ends a line, each line goes out with CRLF and one
+// more dot if it starts with one, then ".\r\n" ends the data.
+func FuzzDotWriter(f *testing.F) {
+	for _, s := range []string{"a\r\nb\r\n", ".\r\n..x", "a\rb\n.\r\r\n", "x\n.\r\nMAIL"} {
+		f.Add(s, uint8(3))
+	}
+	f.Fuzz(func(t *testing.T, in string, chunk uint8) {
+		s := strings.ReplaceAll(strings.ReplaceAll(in, "\r\n", "\n"), "\r", "\n")
+		var want strings.Builder
+		if s != "" {
+			for _, line := range strings.Split(strings.TrimSuffix(s, "\n"), "\n") {
+				if strings.HasPrefix(line, ".") {
+					want.WriteByte('.')
+				}
+				want.WriteString(line + "\r\n")
+			}
+		}
+		want.WriteString(".\r\n")
+		var out bytes.Buffer
+		bw := bufio.NewWriterSize(&out, 16)
+		d := newDotWriter(bw)
+		n := int(chunk%64) + 1
+		for i := 0; i < len(in); i += n {
+			d.Write([]byte(in[i:min(i+n, len(in))]))
+		}
+		d.Close()
+		bw.Flush()
+		if out.String() != want.String() {
+			t.Fatalf("%q in pieces of %d -> %q, want %q", in, n, out.String(), want.String())
+		}
+	})
+}

@@ -161,7 +161,7 @@ func TestObserver(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.Write([]byte("Subject: big\r\n\r\n" + strings.Repeat("x", 8000) + "\r\n"))
+	w.Write([]byte("Subject: big\r\n\r\n" + strings.Repeat(strings.Repeat("x", 78)+"\r\n", 100)))
 	if err := w.Close(); replyCode(err, 0) != 552 {
 		t.Fatalf("oversized DATA: %v, want 552", err)
 	}

@@ -1,6 +1,7 @@
 package smtp
 
 import (
+	"bufio"
 	"crypto/tls"
 	"encoding/base64"
 	"errors"
@@ -36,6 +37,8 @@ type Conn struct {
 	binarymime bool
 
 	lineLimitReader *lineLimitReader
+	lineReader      *bufio.Reader // the connection's own small buffer, while bodyReader stands in
+	bodyReader      *bufio.Reader // large buffer for a message body; see beginBody
 	bdatPipe        *io.PipeWriter
 	bdatStatus      *statusCollector // used for BDAT on LMTP
 	dataResult      chan error
@@ -57,6 +60,7 @@ func newConn(c net.Conn, s *Server) *Conn {
 }
 
 func (c *Conn) init() {
+	c.lineReader, c.bodyReader = nil, nil
 	c.lineLimitReader = &lineLimitReader{
 		R:         c.conn,
 		LineLimit: c.server.MaxLineLength,
@@ -1338,6 +1342,8 @@ func (c *Conn) reset() {
 	c.locker.Lock()
 	defer c.locker.Unlock()
 
+	c.endBody()
+
 	if c.bdatPipe != nil {
 		c.bdatPipe.CloseWithError(ErrDataReset)
 		c.bdatPipe = nil
@@ -1351,4 +1357,38 @@ func (c *Conn) reset() {
 
 	c.fromReceived = false
 	c.recipients = nil
+}
+
+// bodyBufferSize is the read buffer a message body streams through: reads
+// of 64 KiB from the socket instead of the 4 KiB of the command buffer cut
+// the syscalls and wake-ups per message by as much, while idle sessions
+// keep their small buffer.
+const bodyBufferSize = 64 << 10
+
+var bodyReaders = sync.Pool{New: func() interface{} { return bufio.NewReaderSize(nil, bodyBufferSize) }}
+
+// beginBody puts a large buffer in front of the command buffer for the
+// message body. It reads what the command buffer still holds first, then
+// straight from the connection (bufio passes large reads through).
+func (c *Conn) beginBody() {
+	if c.bodyReader != nil {
+		return
+	}
+	c.lineReader = c.text.R
+	c.bodyReader = bodyReaders.Get().(*bufio.Reader)
+	c.bodyReader.Reset(c.lineReader)
+	c.text.R = c.bodyReader
+}
+
+// endBody gives the large buffer back once it holds nothing. Commands the
+// client pipelined after the body may still be in it: it stays in use
+// then, until a later reset finds it empty.
+func (c *Conn) endBody() {
+	if c.bodyReader == nil || c.bodyReader.Buffered() > 0 {
+		return
+	}
+	c.text.R = c.lineReader
+	c.bodyReader.Reset(nil)
+	bodyReaders.Put(c.bodyReader)
+	c.lineReader, c.bodyReader = nil, nil
 }

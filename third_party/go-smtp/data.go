@@ -2,6 +2,7 @@ package smtp
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 )
@@ -56,6 +57,7 @@ type dataReader struct {
 }
 
 func newDataReader(c *Conn) *dataReader {
+	c.beginBody()
 	dr := &dataReader{
 		r: c.text.R,
 	}
@@ -68,6 +70,12 @@ func newDataReader(c *Conn) *dataReader {
 	return dr
 }
 
+// Read unstuffs the DATA stream (RFC 5321 section 4.5.2): a line is ended
+// by CRLF only, a leading '.' is removed, and the line "." ends the data.
+// The middle of a line is copied in bulk from the buffered reader; only
+// line starts with a dot and the first bytes of a buffer go through the
+// state machine. Read returns
+// what it has instead of blocking once some data is copied.
 func (r *dataReader) Read(b []byte) (n int, err error) {
 	if r.limited {
 		if r.n <= 0 {
@@ -78,20 +86,58 @@ func (r *dataReader) Read(b []byte) (n int, err error) {
 		}
 	}
 
-	// Code below is taken from net/textproto with only one modification to
-	// not rewrite CRLF -> LF.
-
-	// Run data through a simple state machine to
-	// elide leading dots and detect End-of-Data (<CR><LF>.<CR><LF>) line.
 	const (
 		stateBeginLine = iota // beginning of line; initial state; must be zero
 		stateDot              // read . at beginning of line
-		stateDotCR            // read .\r at beginning of line
 		stateCR               // read \r (possibly at end of line)
 		stateData             // reading data in middle of line
 		stateEOF              // reached .\r\n end marker line
 	)
 	for n < len(b) && r.state != stateEOF {
+		if n > 0 && r.r.Buffered() == 0 {
+			break
+		}
+		if r.state == stateData {
+			if r.r.Buffered() == 0 {
+				if _, err = r.r.Peek(1); err != nil {
+					if err == io.EOF {
+						err = io.ErrUnexpectedEOF
+					}
+					break
+				}
+			}
+			buf, _ := r.r.Peek(r.r.Buffered())
+			if len(buf) > len(b)-n {
+				buf = buf[:len(b)-n]
+			}
+			// Mid-line, only a '.' right after a CRLF needs the state
+			// machine: copy everything before it. Bodies without such
+			// dots (base64 parts) go in one copy per buffer.
+			end, next := len(buf), stateData
+			for j := 0; ; {
+				k := bytes.IndexByte(buf[j:], '.')
+				if k < 0 {
+					break
+				}
+				if pos := j + k; pos >= 2 && buf[pos-2] == '\r' && buf[pos-1] == '\n' {
+					end, next = pos, stateBeginLine
+					break
+				}
+				j += k + 1
+			}
+			if next == stateData {
+				switch {
+				case buf[end-1] == '\r':
+					next = stateCR
+				case end >= 2 && buf[end-2] == '\r' && buf[end-1] == '\n':
+					next = stateBeginLine
+				}
+			}
+			n += copy(b[n:], buf[:end])
+			r.r.Discard(end)
+			r.state = next
+			continue
+		}
 		var c byte
 		c, err = r.r.ReadByte()
 		if err != nil {
@@ -102,37 +148,51 @@ func (r *dataReader) Read(b []byte) (n int, err error) {
 		}
 		switch r.state {
 		case stateBeginLine:
-			if c == '.' {
+			switch c {
+			case '.':
 				r.state = stateDot
 				continue
-			}
-			if c == '\r' {
+			case '\r':
 				r.state = stateCR
-				break
+			default:
+				r.state = stateData
 			}
-			r.state = stateData
 		case stateDot:
 			if c == '\r' {
-				r.state = stateDotCR
-				continue
+				var next []byte
+				next, err = r.r.Peek(1)
+				if err != nil {
+					if err == io.EOF {
+						err = io.ErrUnexpectedEOF
+					}
+					break
+				}
+				if next[0] == '\n' {
+					r.r.Discard(1)
+					r.state = stateEOF
+					continue
+				}
+				// ".\r" inside a line: the dot goes, the CR stays.
+				r.state = stateCR
+			} else {
+				r.state = stateData
 			}
-			r.state = stateData
-		case stateDotCR:
-			if c == '\n' {
-				r.state = stateEOF
-				continue
-			}
-			r.state = stateData
 		case stateCR:
-			if c == '\n' {
+			switch c {
+			case '\n':
 				r.state = stateBeginLine
-				break
+			case '\r':
+				// still a CR that may start the line end
+			default:
+				r.state = stateData
 			}
-			r.state = stateData
 		case stateData:
 			if c == '\r' {
 				r.state = stateCR
 			}
+		}
+		if err != nil {
+			break
 		}
 		b[n] = c
 		n++

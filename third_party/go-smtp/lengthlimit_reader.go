@@ -1,6 +1,7 @@
 package smtp
 
 import (
+	"bytes"
 	"errors"
 	"io"
 )
@@ -32,15 +33,28 @@ func (r *lineLimitReader) Read(b []byte) (int, error) {
 		return n, nil
 	}
 
-	for _, chr := range b[:n] {
-		if chr == '\n' {
-			r.curLineLength = 0
+	// curLineLength counts the bytes since the last '\n', that one
+	// included. Rather than measure every line, look at windows of the
+	// length still allowed: the last '\n' in each must exist, and the
+	// lines before it are shorter than the window.
+	rest := b[:n]
+	for {
+		allowed := r.LineLimit - r.curLineLength // bytes before the next '\n'
+		if len(rest) <= allowed {
+			if i := bytes.LastIndexByte(rest, '\n'); i >= 0 {
+				r.curLineLength = len(rest) - i
+			} else {
+				r.curLineLength += len(rest)
+			}
+			break
 		}
-		r.curLineLength++
-
-		if r.curLineLength > r.LineLimit {
+		i := bytes.LastIndexByte(rest[:allowed+1], '\n')
+		if i < 0 {
+			r.curLineLength = r.LineLimit + 1 // sticky: later reads fail too
 			return 0, ErrTooLongLine
 		}
+		r.curLineLength = 1
+		rest = rest[i+1:]
 	}
 
 	return n, nil
