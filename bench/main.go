@@ -140,6 +140,10 @@ func loads(s scenario, msgs, conc int) []load {
 	return []load{{rcptRewrite, msgs - nf, max(1, conc-cf)}, {rcptForward, nf, max(1, cf)}}
 }
 
+// maxProbeSize is the largest scenario the latency probe runs in: at
+// 10 MiB a run holds too few messages for a 99th percentile.
+const maxProbeSize = 1 << 20
+
 type env struct {
 	o        options
 	sinkAddr string
@@ -286,6 +290,7 @@ log:
 	}
 
 	results := map[string][]runResult{}
+	lats := map[string][]latency{}
 	var order []scenario
 	start := time.Now()
 	for _, s := range scenarios(o) {
@@ -299,13 +304,22 @@ log:
 					res.relay, res.accept, res.e2e, res.cpuPerK, float64(res.rssKB)/1024, res.searches, res.dsCPUPerK, res.err)
 			}
 		}
+		if s.size <= maxProbeSize {
+			for i := 0; i < o.pairs; i++ {
+				for _, r := range []relay{e.pf, e.mf} {
+					l := e.measureLatency(r, s)
+					lats[s.id] = append(lats[s.id], l)
+					logf("  %-8s latency probe: %d messages, p50 %.1f ms, p99 %.1f ms, max %.1f ms %s", l.relay, l.n, l.p50, l.p99, l.max, l.err)
+				}
+			}
+		}
 		for i := 0; i < o.pairs; i++ {
 			res := e.measureDirect(s)
 			results[s.id] = append(results[s.id], res)
 			logf("  %-8s %7.1f/s %s", res.relay, res.e2e, res.err)
 		}
 	}
-	md := e.report(order, results, time.Since(start))
+	md := e.report(order, results, lats, time.Since(start))
 	if o.out == "" {
 		fmt.Print(md)
 		return nil
@@ -332,14 +346,8 @@ func (e *env) measure(r relay, s scenario) (res runResult) {
 		return fail(err)
 	}
 	defer r.stop()
-	if e.o.warm > 0 {
-		if _, err := runSources(r.addr(), 1024, loads(s, e.o.warm, e.o.conc)); err != nil {
-			return fail(fmt.Errorf("warm-up: %v", err))
-		}
-		if _, ok := sk.counter.waitFor(e.o.warm, 60*time.Second); !ok {
-			return fail(fmt.Errorf("warm-up: sink counted %d of %d", sk.counter.count(), e.o.warm))
-		}
-		time.Sleep(300 * time.Millisecond)
+	if err := e.warmUp(r, s, sk); err != nil {
+		return fail(err)
 	}
 	base := sk.counter.count()
 	cpu0, ds0, off0 := r.cpu().seconds(), dsCPU(e.dsPid), fileSize(e.dsAccess)
@@ -368,6 +376,23 @@ func (e *env) measure(r relay, s scenario) (res runResult) {
 		res.e2e = 0
 	}
 	return res
+}
+
+// warmUp sends the warm-up messages (1 KiB, the scenario's recipients) and
+// waits for the sink to count them: daemons started, connections open,
+// caches filled.
+func (e *env) warmUp(r relay, s scenario, sk *sink) error {
+	if e.o.warm == 0 {
+		return nil
+	}
+	if _, err := runSources(r.addr(), 1024, loads(s, e.o.warm, e.o.conc)); err != nil {
+		return fmt.Errorf("warm-up: %v", err)
+	}
+	if _, ok := sk.counter.waitFor(e.o.warm, 60*time.Second); !ok {
+		return fmt.Errorf("warm-up: sink counted %d of %d", sk.counter.count(), e.o.warm)
+	}
+	time.Sleep(300 * time.Millisecond)
+	return nil
 }
 
 // measureDirect is the bound: smtp-source straight into smtp-sink.

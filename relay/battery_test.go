@@ -509,10 +509,13 @@ func relayTricks(t testing.TB, srs *routing.SRS) []relayTrick {
 		// and passed on in that normalised form, never as spelled.
 		{name: "fullwidth relay domain", rcpt: "<sales@\uff43\uff4f\uff4d\uff50\uff41\uff4e\uff59.\uff43\uff4f\uff4d>", seed: accepted("central@company.com")},
 
-		// postmaster. go-smtp's parser refuses the bare form (RFC 5321
-		// 4.5.1 wants it accepted); the seed has no postmaster entry.
-		{name: "postmaster without domain", rcpt: "<postmaster>", seed: refused(smtpSyntax)},
-		{name: "Postmaster without domain", rcpt: "<Postmaster>", seed: refused(smtpSyntax)},
+		// postmaster. The bare form is the postmaster of the first relay
+		// domain (domain.com) (RFC 5321 4.5.1); the seed has no entry for it.
+		{name: "postmaster without domain", rcpt: "<postmaster>", seed: refused(unknownUser),
+			dflt: accepted("postmaster@domain.ro"), pass: accepted("postmaster@domain.com")},
+		{name: "Postmaster without domain", rcpt: "<Postmaster>", seed: refused(unknownUser),
+			dflt: accepted("postmaster@domain.ro"), pass: accepted("postmaster@domain.com")},
+		{name: "other local part without domain", rcpt: "<root>", seed: refused(smtpSyntax)},
 		{name: "postmaster at relay domain", rcpt: "<postmaster@company.com>", seed: refused(unknownUser), pass: accepted("postmaster@company.com")},
 		{name: "postmaster at rewritten domain", rcpt: "<POSTMASTER@domain.com>", seed: refused(unknownUser),
 			dflt: accepted("POSTMASTER@domain.ro"), pass: accepted("POSTMASTER@domain.com")},

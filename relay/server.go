@@ -343,6 +343,11 @@ func (s *session) rcpt(to string, opts *smtp.RcptOptions) error {
 			s.orcpt = string(opts.OriginalRecipientType) + ";" + opts.OriginalRecipient
 		}
 	}
+	if to == "postmaster" && len(s.p.cfg.RelayDomains) > 0 {
+		// RCPT TO:<Postmaster> with no domain (RFC 5321 4.5.1): the
+		// postmaster of our first relay domain.
+		to = "postmaster@" + s.p.cfg.RelayDomains[0]
+	}
 	addr, err := routing.ParseAddress(to)
 	if err != nil {
 		return replyBadRcpt

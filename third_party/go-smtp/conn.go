@@ -690,8 +690,13 @@ func (c *Conn) handleRcpt(arg string) {
 	}
 
 	p := parser{s: strings.TrimSpace(arg)}
-	recipient, err := p.parsePath()
-	if err != nil {
+	var recipient string
+	var err error
+	if rest, ok := cutPrefixFold(p.s, "<postmaster>"); ok {
+		// RFC 5321 section 4.5.1: "<Postmaster>" without a domain must
+		// be accepted; the backend decides where it goes.
+		recipient, p.s = "postmaster", rest
+	} else if recipient, err = p.parsePath(); err != nil {
 		c.writeResponse(501, EnhancedCode{5, 5, 2}, "Was expecting RCPT arg syntax of TO:<address>")
 		return
 	}

@@ -1817,3 +1817,33 @@ func TestServerMTPRIORITY(t *testing.T) {
 		t.Fatal("Incorrect MtPriority parameter value:", fmt.Sprintf("expected %d, got %d", expectedPriority, *priority))
 	}
 }
+
+// RFC 5321 section 4.5.1: RCPT TO:<Postmaster> without a domain is accepted
+// in any case; other local parts without a domain are not.
+func TestServer_RcptPostmaster(t *testing.T) {
+	be, s, c, scanner := testServerAuthenticated(t)
+	defer s.Close()
+	defer c.Close()
+
+	io.WriteString(c, "MAIL FROM:<root@nsa.gov>\r\n")
+	scanner.Scan()
+	for _, tc := range []struct{ cmd, want string }{
+		{"RCPT TO:<postmaster>", "250 "},
+		{"RCPT TO: <PostMaster>", "250 "},
+		{"RCPT TO:<root>", "501 "},
+		{"RCPT TO:<postmaster2>", "501 "},
+	} {
+		io.WriteString(c, tc.cmd+"\r\n")
+		scanner.Scan()
+		if !strings.HasPrefix(scanner.Text(), tc.want) {
+			t.Fatalf("%s: %s, want %s", tc.cmd, scanner.Text(), tc.want)
+		}
+	}
+	io.WriteString(c, "DATA\r\n")
+	scanner.Scan()
+	io.WriteString(c, "\r\nhi\r\n.\r\n")
+	scanner.Scan()
+	if len(be.messages) != 1 || len(be.messages[0].To) != 2 || be.messages[0].To[0] != "postmaster" || be.messages[0].To[1] != "postmaster" {
+		t.Fatalf("recipients: %+v", be.messages)
+	}
+}
