@@ -44,6 +44,7 @@ type runResult struct {
 	sampledKB, sampledPss  int64   // sampled peaks of summed Rss and Pss
 	searches               float64 // per message
 	dsCPUPerK              float64
+	machineCPUPerK         float64 // every process and kernel thread, load and sink included
 	acceptSecs, e2eSecs    float64
 	err                    string
 	delivered, expectedMsg int
@@ -350,14 +351,14 @@ func (e *env) measure(r relay, s scenario) (res runResult) {
 		return fail(err)
 	}
 	base := sk.counter.count()
-	cpu0, ds0, off0 := r.cpu().seconds(), dsCPU(e.dsPid), fileSize(e.dsAccess)
+	cpu0, ds0, off0, mc0 := r.cpu().seconds(), dsCPU(e.dsPid), fileSize(e.dsAccess), machineCPU()
 	sampler := sampleRSS(r.rssPids, 100*time.Millisecond)
 	t0 := time.Now()
 	tAcc, srcErr := runSources(r.addr(), s.size, loads(s, s.msgs, e.o.conc))
 	timeout := 120*time.Second + time.Duration(s.msgs)*20*time.Millisecond + time.Duration(s.msgs*s.size/(1<<20))*time.Second
 	tEnd, ok := sk.counter.waitFor(base+s.msgs, timeout)
 	time.Sleep(300 * time.Millisecond)
-	cpu1, ds1 := r.cpu().seconds(), dsCPU(e.dsPid)
+	cpu1, ds1, mc1 := r.cpu().seconds(), dsCPU(e.dsPid), machineCPU()
 	res.sampledKB, res.sampledPss = sampler.finish()
 	res.rssKB = r.peakRSS(res.sampledPss)
 	srch := countSearches(e.dsAccess, off0)
@@ -367,6 +368,7 @@ func (e *env) measure(r relay, s scenario) (res runResult) {
 	res.e2e = float64(s.msgs) / res.e2eSecs
 	res.cpuPerK = (cpu1 - cpu0) / float64(s.msgs) * 1000
 	res.dsCPUPerK = (ds1 - ds0) / float64(s.msgs) * 1000
+	res.machineCPUPerK = (mc1 - mc0) / float64(s.msgs) * 1000
 	res.searches = float64(srch) / float64(s.msgs)
 	if srcErr != nil {
 		res.err = srcErr.Error()
