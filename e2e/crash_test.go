@@ -163,8 +163,8 @@ func (l *crashLoad) send(c *smtp.Client, m *crashMsg, rng *rand.Rand) error {
 // spoolSnap is the spool directory as a kill left it.
 type spoolSnap struct {
 	cycle     int
-	committed map[string]bool // queue IDs with both .env and .body
-	partial   []string        // temp files, a body without envelope, an envelope without body
+	committed map[string]bool // queue IDs with a queue file (ID.msg)
+	partial   []string        // temp files, an envelope update without its queue file
 }
 
 func snapshotSpool(t *testing.T, dir string, cycle int) spoolSnap {
@@ -174,28 +174,21 @@ func snapshotSpool(t *testing.T, dir string, cycle int) spoolSnap {
 		t.Fatalf("spool after the kill: %v", err)
 	}
 	s := spoolSnap{cycle: cycle, committed: map[string]bool{}}
-	bodies, envs := map[string]bool{}, map[string]bool{}
+	envs := map[string]bool{}
 	for _, e := range ents {
 		n := e.Name()
 		switch {
 		case strings.HasSuffix(n, ".tmp"):
 			s.partial = append(s.partial, n)
-		case strings.HasSuffix(n, ".body"):
-			bodies[strings.TrimSuffix(n, ".body")] = true
+		case strings.HasSuffix(n, ".msg"):
+			s.committed[strings.TrimSuffix(n, ".msg")] = true
 		case strings.HasSuffix(n, ".env"):
 			envs[strings.TrimSuffix(n, ".env")] = true
 		}
 	}
 	for id := range envs {
-		if bodies[id] {
-			s.committed[id] = true
-		} else {
+		if !s.committed[id] {
 			s.partial = append(s.partial, id+".env")
-		}
-	}
-	for id := range bodies {
-		if !envs[id] {
-			s.partial = append(s.partial, id+".body")
 		}
 	}
 	sort.Strings(s.partial)
@@ -393,7 +386,7 @@ func TestCrashHarness(t *testing.T) {
 			// No client is connected yet, so a temp file can only be the
 			// scheduler rewriting the envelope of a committed message.
 			id, isEnv := strings.CutSuffix(n, ".env.tmp")
-			if _, err := os.Stat(filepath.Join(p.spool, id+".env")); !isEnv || err != nil {
+			if _, err := os.Stat(filepath.Join(p.spool, id+".msg")); !isEnv || err != nil {
 				t.Errorf("cycle %d: temp file %s in the spool right after the restart", cycle, n)
 			}
 		}
@@ -404,7 +397,7 @@ func TestCrashHarness(t *testing.T) {
 	drainStart := time.Now()
 	left, lastProgress := -1, time.Now()
 	for {
-		n, err := filepath.Glob(filepath.Join(p.spool, "*.env"))
+		n, err := filepath.Glob(filepath.Join(p.spool, "*.msg"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -505,7 +498,7 @@ func TestCrashHarness(t *testing.T) {
 	}
 	logData, _ := os.ReadFile(filepath.Join(dir, "mailfwd.log"))
 	recovered := strings.Count(string(logData), "removing partial file") +
-		strings.Count(string(logData), "body without envelope") + strings.Count(string(logData), "envelope without body")
+		strings.Count(string(logData), "queue file incomplete") + strings.Count(string(logData), "envelope without queue file")
 	load.mu.Lock()
 	refused, dialFails := fmt.Sprint(load.refused), load.dialFails
 	load.mu.Unlock()

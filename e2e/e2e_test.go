@@ -245,7 +245,7 @@ func (p *mailfwdProc) stop() {
 // spooled counts committed messages in the relay's spool.
 func (p *mailfwdProc) spooled(t *testing.T) int {
 	t.Helper()
-	m, err := filepath.Glob(filepath.Join(p.spool, "*.env"))
+	m, err := filepath.Glob(filepath.Join(p.spool, "*.msg"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -66,7 +66,7 @@ func (in *haInstance) start(t *testing.T) {
 }
 
 func (in *haInstance) spooled() int {
-	m, _ := filepath.Glob(filepath.Join(in.dir, "spool", "msg", "*.env"))
+	m, _ := filepath.Glob(filepath.Join(in.dir, "spool", "msg", "*.msg"))
 	return len(m)
 }
 

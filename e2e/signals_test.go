@@ -198,7 +198,7 @@ delivery:
 	if len(tmps) > 0 {
 		t.Fatalf("temp files left after a clean exit: %v", tmps)
 	}
-	envs, _ := filepath.Glob(filepath.Join(dir, "spool", "msg", "*.env"))
+	envs, _ := filepath.Glob(filepath.Join(dir, "spool", "msg", "*.msg"))
 	if len(envs) == 0 {
 		arrived(t, tok, map[string]int{"central@company.com": 1}, 10*time.Second)
 	}

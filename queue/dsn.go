@@ -145,7 +145,7 @@ func (q *Scheduler) notify(env *Envelope, kind dsnKind, due func(*Recipient) boo
 	if len(report) == 0 {
 		return nil
 	}
-	body, err := q.Spool.OpenBody(env.ID)
+	body, err := q.Spool.OpenBody(env)
 	if err != nil {
 		return err
 	}

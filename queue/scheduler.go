@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -576,7 +575,7 @@ func (q *Scheduler) requeue(env *Envelope, held bool) {
 }
 
 func (q *Scheduler) send(ctx context.Context, hop Hop, env *Envelope, from string, rcpts []string, external bool) ([]Reply, error) {
-	f, err := q.Spool.OpenBody(env.ID)
+	f, err := q.Spool.OpenBody(env)
 	if err != nil {
 		return nil, fmt.Errorf("opening body: %w", err)
 	}
@@ -603,7 +602,7 @@ func (q *Scheduler) send(ctx context.Context, hop Hop, env *Envelope, from strin
 // body file. It can be rewound (MX delivery tries the next host).
 type prefixedBody struct {
 	prefix string
-	f      *os.File
+	f      io.ReadSeeker
 	r      io.Reader
 }
 

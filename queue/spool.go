@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -27,10 +28,21 @@ var ErrSpoolLocked = errors.New("spool is in use by another mailfwd process")
 // or permission: temporary for the client (452 4.3.1), never half-accepted.
 var ErrSpoolFull = errors.New("spool cannot store the message")
 
+// A message is one queue file, ID.msg: the body as received, then its
+// envelope (JSON), then a fixed-size footer giving the envelope's length.
+// One file per message, as Postfix has, because creating and deleting
+// inodes is much of a small message's cost. Envelope changes after the
+// commit (delivery state, next attempt) go to ID.env, which then takes
+// precedence over the one in the queue file. Spools of the earlier format
+// (ID.body + ID.env) are converted when opened.
 const (
-	bodySuffix = ".body"
+	msgSuffix  = ".msg"
 	envSuffix  = ".env"
 	tmpSuffix  = ".tmp"
+	bodySuffix = ".body" // earlier format: converted by recover
+
+	footerPrefix = "\nmailfwd-envelope "
+	footerLen    = len(footerPrefix) + 16 + 1 // prefix, %016x length, "\n"
 )
 
 // Spool is the on-disk queue directory. All files live in one directory so
@@ -130,7 +142,7 @@ type Writer struct {
 // Create starts a new message.
 func (s *Spool) Create() (*Writer, error) {
 	id := NewID()
-	f, err := os.OpenFile(s.path(id, bodySuffix+tmpSuffix), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	f, err := os.OpenFile(s.path(id, tmpSuffix), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return nil, classify(err)
 	}
@@ -152,48 +164,43 @@ func (w *Writer) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-// Commit makes the message durable: body and envelope written, renamed
-// into place (body first), then one syncfs(2) of the spool's filesystem,
-// shared with every commit that renamed before it began (group commit):
-// it covers the files' data and the directory entries at once. Only when
-// Commit returns nil may the client be told 250.
+// Commit makes the message durable: the envelope and footer are appended
+// to the body, the queue file is renamed into place, then one syncfs(2) of
+// the spool's filesystem, shared with every commit that renamed before it
+// began (group commit), covers the file's data and its directory entry at
+// once. Only when Commit returns nil may the client be told 250.
 //
-// A crash before that sync may leave any part of it on disk: an envelope
-// without its body, or files renamed but empty. The client never got a 250
-// for such a message, and recovery discards it (the envelope records the
-// body's size).
+// A crash before that sync may leave the file renamed but empty or cut
+// short. The client never got a 250 for such a message, and recovery
+// discards it: its footer is missing or does not match.
 func (w *Writer) Commit(env *Envelope) error {
 	if w.done {
 		return errors.New("spool: message already committed or aborted")
 	}
 	env.ID = w.id
 	env.Size = w.n
-	err := w.bw.Flush()
+	b, err := env.marshal()
+	if err != nil {
+		w.Abort()
+		return err
+	}
+	w.bw.Write(b)
+	fmt.Fprintf(w.bw, "%s%016x\n", footerPrefix, len(b))
+	err = w.bw.Flush()
 	if cerr := w.f.Close(); err == nil {
 		err = cerr
 	}
-	if err != nil {
-		w.Abort()
-		return classify(err)
-	}
 	w.done = true
 	s := w.s
-	if err := s.writeEnvelopeFile(env, false, false); err != nil {
-		os.Remove(s.path(w.id, bodySuffix+tmpSuffix))
-		return err
+	if err == nil {
+		err = os.Rename(s.path(w.id, tmpSuffix), s.path(w.id, msgSuffix))
 	}
-	if err := os.Rename(s.path(w.id, bodySuffix+tmpSuffix), s.path(w.id, bodySuffix)); err != nil {
-		os.Remove(s.path(w.id, envSuffix+tmpSuffix))
-		os.Remove(s.path(w.id, bodySuffix+tmpSuffix))
-		return classify(err)
-	}
-	if err := os.Rename(s.path(w.id, envSuffix+tmpSuffix), s.path(w.id, envSuffix)); err != nil {
-		os.Remove(s.path(w.id, envSuffix+tmpSuffix))
-		os.Remove(s.path(w.id, bodySuffix))
+	if err != nil {
+		os.Remove(s.path(w.id, tmpSuffix))
 		return classify(err)
 	}
 	if err := s.syncer.sync(); err != nil {
-		// The files may or may not be durable; without a 250 the client
+		// The file may or may not be durable; without a 250 the client
 		// retries, and a duplicate is better than a loss.
 		return classify(err)
 	}
@@ -207,14 +214,14 @@ func (w *Writer) Abort() {
 	}
 	w.done = true
 	w.f.Close()
-	os.Remove(w.s.path(w.id, bodySuffix+tmpSuffix))
+	os.Remove(w.s.path(w.id, tmpSuffix))
 }
 
 func (s *Spool) path(id, suffix string) string { return filepath.Join(s.dir, id+suffix) }
 
-// writeEnvelopeFile writes env to a temp file (fsynced with fsync); with
-// install it is also renamed into place and the spool synced.
-func (s *Spool) writeEnvelopeFile(env *Envelope, install, fsync bool) error {
+// writeEnvelopeFile durably writes env as ID.env: a temp file, fsynced,
+// renamed into place, then the spool synced.
+func (s *Spool) writeEnvelopeFile(env *Envelope) error {
 	b, err := env.marshal()
 	if err != nil {
 		return err
@@ -225,7 +232,7 @@ func (s *Spool) writeEnvelopeFile(env *Envelope, install, fsync bool) error {
 		return classify(err)
 	}
 	_, err = f.Write(b)
-	if err == nil && fsync {
+	if err == nil {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
@@ -234,9 +241,6 @@ func (s *Spool) writeEnvelopeFile(env *Envelope, install, fsync bool) error {
 	if err != nil {
 		os.Remove(tmp)
 		return classify(err)
-	}
-	if !install {
-		return nil
 	}
 	if err := os.Rename(tmp, s.path(env.ID, envSuffix)); err != nil {
 		os.Remove(tmp)
@@ -248,33 +252,95 @@ func (s *Spool) writeEnvelopeFile(env *Envelope, install, fsync bool) error {
 // Update durably replaces a message's envelope (recipient states, next
 // attempt time). The new file is fsynced before it replaces the old one,
 // so a crash leaves one of the two whole, never an empty envelope.
-func (s *Spool) Update(env *Envelope) error { return s.writeEnvelopeFile(env, true, true) }
+func (s *Spool) Update(env *Envelope) error { return s.writeEnvelopeFile(env) }
 
-// Remove deletes a finished message: envelope first, so a crash in between
-// leaves an orphan body that recovery removes, never an envelope without
-// body. It does not wait for a sync: an unlink lost to a power cut only
-// makes the just-delivered message go out once more, and Postfix does not
-// sync its removals either.
+// Remove deletes a finished message: the queue file first, so a crash in
+// between leaves an orphan ID.env that recovery removes, never a message
+// with an older envelope. It does not wait for a sync: an unlink lost to a
+// power cut only makes the just-delivered message go out once more, and
+// Postfix does not sync its removals either.
 func (s *Spool) Remove(id string) error {
-	if err := os.Remove(s.path(id, envSuffix)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := os.Remove(s.path(id, msgSuffix)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	if err := os.Remove(s.path(id, bodySuffix)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := os.Remove(s.path(id, envSuffix)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
 	return nil
 }
 
-// OpenBody opens a committed message's body for reading.
-func (s *Spool) OpenBody(id string) (*os.File, error) { return os.Open(s.path(id, bodySuffix)) }
+// Body is a committed message's body: the first env.Size bytes of its
+// queue file.
+type Body struct {
+	*io.SectionReader
+	f *os.File
+}
 
-// Load reads one envelope.
-func (s *Spool) Load(id string) (*Envelope, error) {
-	b, err := os.ReadFile(s.path(id, envSuffix))
+func (b *Body) Close() error { return b.f.Close() }
+
+// OpenBody opens a committed message's body for reading.
+func (s *Spool) OpenBody(env *Envelope) (*Body, error) {
+	f, err := os.Open(s.path(env.ID, msgSuffix))
 	if err != nil {
 		return nil, err
 	}
-	return unmarshalEnvelope(b)
+	return &Body{io.NewSectionReader(f, 0, env.Size), f}, nil
+}
+
+// Load reads one envelope: ID.env if the message was updated since its
+// commit, else the one in its queue file.
+func (s *Spool) Load(id string) (*Envelope, error) {
+	b, err := os.ReadFile(s.path(id, envSuffix))
+	if err == nil {
+		return unmarshalEnvelope(b)
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	return s.loadQueueFile(id)
+}
+
+// errNoFooter: a queue file without a valid footer, that is, a commit cut
+// short by a crash before its sync (no 250 was given for it).
+var errNoFooter = errors.New("queue file incomplete: no valid envelope footer")
+
+// loadQueueFile reads the envelope stored in ID.msg and checks that the
+// body before it has the size the envelope records.
+func (s *Spool) loadQueueFile(id string) (*Envelope, error) {
+	f, err := os.Open(s.path(id, msgSuffix))
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	size := st.Size()
+	if size < int64(footerLen) {
+		return nil, errNoFooter
+	}
+	foot := make([]byte, footerLen)
+	if _, err := f.ReadAt(foot, size-int64(footerLen)); err != nil {
+		return nil, err
+	}
+	hexLen, ok := strings.CutPrefix(string(foot), footerPrefix)
+	n, perr := strconv.ParseInt(strings.TrimSuffix(hexLen, "\n"), 16, 64)
+	if !ok || !strings.HasSuffix(hexLen, "\n") || perr != nil || n <= 0 || n > size-int64(footerLen) {
+		return nil, errNoFooter
+	}
+	b := make([]byte, n)
+	if _, err := f.ReadAt(b, size-int64(footerLen)-n); err != nil {
+		return nil, err
+	}
+	env, err := unmarshalEnvelope(b)
+	if err != nil {
+		return nil, err
+	}
+	if env.ID != id || env.Size != size-int64(footerLen)-n {
+		return nil, fmt.Errorf("queue file %s: envelope of %q for a body of %d bytes", id, env.ID, size-int64(footerLen)-n)
+	}
+	return env, nil
 }
 
 // List returns every committed message, oldest first, changing nothing.
@@ -285,7 +351,7 @@ func (s *Spool) List() ([]*Envelope, error) {
 	}
 	var out []*Envelope
 	for _, e := range ents {
-		if id, ok := strings.CutSuffix(e.Name(), envSuffix); ok {
+		if id, ok := strings.CutSuffix(e.Name(), msgSuffix); ok {
 			if env, err := s.Load(id); err == nil {
 				out = append(out, env)
 			}
@@ -295,59 +361,79 @@ func (s *Spool) List() ([]*Envelope, error) {
 }
 
 // recover returns every committed message, oldest first, after cleaning up
-// what a crash can leave: temp files, bodies without an envelope and
-// envelopes without a body (both from commits that never answered 250).
-// An envelope that does not parse is moved aside, never deleted.
+// what a crash can leave: temp files, queue files whose commit never
+// finished (no 250 was given for them), envelopes whose queue file is gone
+// (a removal cut short). An envelope that does not parse is moved aside
+// with its message, never deleted. Messages of the earlier two-file format
+// are converted in place: the body becomes the queue file, and its ID.env
+// stays the envelope.
 func (s *Spool) recover() ([]*Envelope, error) {
 	ents, err := os.ReadDir(s.dir)
 	if err != nil {
 		return nil, err
 	}
-	bodies, envs := map[string]bool{}, []string{}
+	msgs, envs, bodies := map[string]bool{}, map[string]bool{}, map[string]bool{}
 	for _, e := range ents {
 		name := e.Name()
 		switch {
 		case strings.HasSuffix(name, tmpSuffix):
 			s.log.Info("spool: removing partial file from an interrupted write", "file", name)
 			os.Remove(filepath.Join(s.dir, name))
+		case strings.HasSuffix(name, msgSuffix):
+			msgs[strings.TrimSuffix(name, msgSuffix)] = true
+		case strings.HasSuffix(name, envSuffix):
+			envs[strings.TrimSuffix(name, envSuffix)] = true
 		case strings.HasSuffix(name, bodySuffix):
 			bodies[strings.TrimSuffix(name, bodySuffix)] = true
-		case strings.HasSuffix(name, envSuffix):
-			envs = append(envs, strings.TrimSuffix(name, envSuffix))
 		}
 	}
-	sort.Strings(envs)
-	var out []*Envelope
-	for _, id := range envs {
-		if !bodies[id] {
-			s.log.Warn("spool: envelope without body (commit interrupted before 250), removing", "queue_id", id)
-			os.Remove(s.path(id, envSuffix))
+	for id := range bodies {
+		if !envs[id] || msgs[id] {
+			s.log.Info("spool: removing body without envelope", "queue_id", id)
+			os.Remove(s.path(id, bodySuffix))
 			continue
 		}
-		delete(bodies, id)
+		if err := os.Rename(s.path(id, bodySuffix), s.path(id, msgSuffix)); err != nil {
+			return nil, fmt.Errorf("converting %s to a queue file: %w", id, err)
+		}
+		s.log.Info("spool: message of the earlier format converted", "queue_id", id)
+		msgs[id] = true
+	}
+	ids := make([]string, 0, len(msgs))
+	for id := range msgs {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	var out []*Envelope
+	for _, id := range ids {
+		delete(envs, id)
 		env, err := s.Load(id)
-		if err != nil {
+		switch {
+		case errors.Is(err, errNoFooter):
+			s.log.Warn("spool: queue file incomplete (commit interrupted before 250), removing", "queue_id", id)
+			s.Remove(id)
+			continue
+		case err != nil:
 			if st, serr := os.Stat(s.path(id, envSuffix)); serr == nil && st.Size() == 0 {
+				// the earlier format renamed envelopes unsynced
 				s.log.Warn("spool: empty envelope (commit interrupted before 250), removing", "queue_id", id)
-				os.Remove(s.path(id, envSuffix))
-				os.Remove(s.path(id, bodySuffix))
+				s.Remove(id)
 				continue
 			}
 			s.log.Error("spool: unreadable envelope, moving aside", "queue_id", id, "err", err)
 			s.quarantine(id)
 			continue
 		}
-		if st, serr := os.Stat(s.path(id, bodySuffix)); serr != nil || st.Size() != env.Size {
+		if st, serr := os.Stat(s.path(id, msgSuffix)); serr != nil || st.Size() < env.Size {
 			s.log.Warn("spool: body shorter than recorded (commit interrupted before 250), removing", "queue_id", id)
-			os.Remove(s.path(id, envSuffix))
-			os.Remove(s.path(id, bodySuffix))
+			s.Remove(id)
 			continue
 		}
 		out = append(out, env)
 	}
-	for id := range bodies {
-		s.log.Info("spool: removing body without envelope", "queue_id", id)
-		os.Remove(s.path(id, bodySuffix))
+	for id := range envs {
+		s.log.Info("spool: removing envelope without queue file", "queue_id", id)
+		os.Remove(s.path(id, envSuffix))
 	}
 	return out, s.syncer.sync()
 }
@@ -357,7 +443,7 @@ func (s *Spool) quarantine(id string) {
 		s.log.Error("spool: cannot create corrupt dir", "err", err)
 		return
 	}
-	for _, suf := range []string{envSuffix, bodySuffix} {
+	for _, suf := range []string{envSuffix, msgSuffix} {
 		os.Rename(s.path(id, suf), filepath.Join(s.corrupt, id+suf))
 	}
 }

@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -58,7 +59,7 @@ func TestSpoolCommitScan(t *testing.T) {
 	if len(got) != 1 || got[0].ID != env.ID || len(got[0].Recipients) != 2 || got[0].From != "alice@example.org" {
 		t.Fatalf("scan = %+v", got)
 	}
-	f, err := s.OpenBody(env.ID)
+	f, err := s.OpenBody(env)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,9 +68,9 @@ func TestSpoolCommitScan(t *testing.T) {
 	if string(b) != "Subject: x\r\n\r\nbody\r\n" {
 		t.Fatalf("body = %q", b)
 	}
-	// Nothing but the two committed files is left in the directory.
+	// Nothing but the queue file is left in the directory.
 	names := dirNames(t, s.Dir())
-	want := []string{env.ID + ".body", env.ID + ".env"}
+	want := []string{env.ID + ".msg"}
 	if strings.Join(names, " ") != strings.Join(want, " ") {
 		t.Fatalf("spool holds %v, want %v", names, want)
 	}
@@ -90,40 +91,103 @@ func dirNames(t *testing.T, dir string) []string {
 }
 
 // What a crash can leave behind is cleaned up when the spool is opened
-// again, and nothing that was committed is touched.
+// again, nothing that was committed is touched, and messages of the earlier
+// two-file format are converted.
 func TestSpoolRecoveryCleansCrashLeftovers(t *testing.T) {
 	dir := t.TempDir()
 	s := openSpoolAt(t, dir)
 	keep := commit(t, s, "kept\r\n", "a@example.com")
+	updated := commit(t, s, "updated\r\n", "a@example.com", "b@example.com")
+	updated.Recipients[0].Status = Sent
+	if err := s.Update(updated); err != nil {
+		t.Fatal(err)
+	}
 	write := func(name, content string) {
 		if err := os.WriteFile(filepath.Join(s.Dir(), name), []byte(content), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
-	write("00AAA.body.tmp", "partial")                                                      // body being written
-	write("00BBB.body", "orphan body")                                                      // envelope never renamed
-	write("00CCC.env", `{"id":"00CCC","recipients":[{"addr":"x@y.z","status":"pending"}]}`) // body rename lost
-	write("00DDD.env.tmp", "{")                                                             // envelope being written
-	write("00EEE.body", "body")                                                             // envelope garbage
+	envJSON := func(id string, size int) string {
+		return fmt.Sprintf(`{"id":%q,"size":%d,"recipients":[{"addr":"x@y.z","status":"pending"}]}`, id, size)
+	}
+	write("00AAA.tmp", "partial")                             // queue file being written
+	write("00BBB.msg", "")                                    // renamed, but the data never reached the disk
+	write("00BB2.msg", "body\r\nno footer at all here")       // cut short
+	write("00BB3.msg", "b"+footerPrefix+"00000000000000ff\n") // footer claims more than the file holds
+	write("00CCC.env", envJSON("00CCC", 4))                   // queue file removed, envelope not yet
+	write("00DDD.env.tmp", "{")                               // envelope being written
+	// the earlier format: ID.body + ID.env
+	write("00EEE.body", "body") // envelope garbage
 	write("00EEE.env", "not json")
 	write("00FFF.body", "body") // renamed, but the data never reached the disk
 	write("00FFF.env", "")
 	write("00GGG.body", "short") // body cut short by the crash
-	write("00GGG.env", `{"id":"00GGG","size":100,"recipients":[{"addr":"x@y.z","status":"pending"}]}`)
+	write("00GGG.env", envJSON("00GGG", 100))
+	write("00HHH.body", "legacy body\r\n") // a whole message
+	write("00HHH.env", envJSON("00HHH", 13))
+	write("00III.body", "orphan body") // envelope never renamed
 	s.Close()
+
 	s = openSpoolAt(t, dir)
 	got := s.TakeRecovered()
-	if len(got) != 1 || got[0].ID != keep.ID {
-		t.Fatalf("scan returned %v, want only %s", got, keep.ID)
+	var ids []string
+	for _, e := range got {
+		ids = append(ids, e.ID)
+	}
+	wantIDs := []string{"00HHH", keep.ID, updated.ID}
+	sort.Strings(wantIDs)
+	if strings.Join(ids, " ") != strings.Join(wantIDs, " ") {
+		t.Fatalf("recovered %v, want %v", ids, wantIDs)
+	}
+	for _, e := range got {
+		if e.ID == updated.ID && (e.Recipients[0].Status != Sent || e.Recipients[1].Status != Pending) {
+			t.Fatalf("the updated envelope was not the one recovered: %+v", e.Recipients)
+		}
+		body, err := s.OpenBody(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(body)
+		body.Close()
+		want := map[string]string{"00HHH": "legacy body\r\n", keep.ID: "kept\r\n", updated.ID: "updated\r\n"}[e.ID]
+		if string(b) != want {
+			t.Errorf("%s: body %q, want %q", e.ID, b, want)
+		}
 	}
 	names := dirNames(t, s.Dir())
-	if strings.Join(names, " ") != keep.ID+".body "+keep.ID+".env" {
-		t.Fatalf("after scan the spool holds %v", names)
+	want := []string{"00HHH.env", "00HHH.msg", keep.ID + ".msg", updated.ID + ".env", updated.ID + ".msg"}
+	sort.Strings(want)
+	if strings.Join(names, " ") != strings.Join(want, " ") {
+		t.Fatalf("after recovery the spool holds %v, want %v", names, want)
 	}
-	// The unreadable envelope is moved aside, not deleted.
-	if _, err := os.Stat(filepath.Join(filepath.Dir(s.Dir()), "corrupt", "00EEE.env")); err != nil {
-		t.Fatalf("corrupt envelope not quarantined: %v", err)
+	// The unreadable envelope is moved aside with its message, not deleted.
+	for _, f := range []string{"00EEE.env", "00EEE.msg"} {
+		if _, err := os.Stat(filepath.Join(filepath.Dir(s.Dir()), "corrupt", f)); err != nil {
+			t.Fatalf("corrupt message not quarantined: %v", err)
+		}
 	}
+}
+
+// Whatever a queue file holds, reading its envelope fails cleanly or gives
+// an envelope that matches the body before it.
+func FuzzQueueFile(f *testing.F) {
+	f.Add([]byte("body\r\n{\"id\":\"Q\",\"size\":6}" + footerPrefix + "000000000000000f\n"))
+	f.Add([]byte(footerPrefix + "0000000000000001\n"))
+	f.Add([]byte("x"))
+	dir := f.TempDir()
+	s := &Spool{dir: dir}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if err := os.WriteFile(filepath.Join(dir, "Q.msg"), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		env, err := s.loadQueueFile("Q")
+		if err != nil {
+			return
+		}
+		if env.ID != "Q" || env.Size < 0 || env.Size > int64(len(b)-footerLen) {
+			t.Fatalf("%q gave %+v", b, env)
+		}
+	})
 }
 
 func TestSpoolAbortLeavesNothing(t *testing.T) {
@@ -205,7 +269,7 @@ func TestSpoolGroupCommit(t *testing.T) {
 		ents, _ := os.ReadDir(s.Dir())
 		n := 0
 		for _, e := range ents {
-			if strings.HasSuffix(e.Name(), envSuffix) {
+			if strings.HasSuffix(e.Name(), msgSuffix) {
 				n++
 			}
 		}
@@ -226,8 +290,8 @@ func TestSpoolGroupCommit(t *testing.T) {
 			// Durable when Commit returned: an fsync began after our rename.
 			mu.Lock()
 			defer mu.Unlock()
-			if _, err := os.Stat(filepath.Join(s.Dir(), env.ID+envSuffix)); err != nil {
-				t.Errorf("committed envelope missing: %v", err)
+			if _, err := os.Stat(filepath.Join(s.Dir(), env.ID+msgSuffix)); err != nil {
+				t.Errorf("committed queue file missing: %v", err)
 			}
 		}()
 	}

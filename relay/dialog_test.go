@@ -110,7 +110,11 @@ func (c *rawClient) startTLS(roots *x509.CertPool) {
 // spoolBody returns the body of a queued message as stored.
 func spoolBody(t testing.TB, r *testRelay, id string) string {
 	t.Helper()
-	f, err := r.spool.OpenBody(id)
+	env, err := r.spool.Load(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := r.spool.OpenBody(env)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -292,6 +296,15 @@ func TestDialogReplyTable(t *testing.T) {
 			c := dialRaw(t, quietRelay(t, relayOpts{}).addr)
 			c.ehlo("dialog.test")
 			return c.cmd("MAIL FROM:<alice@example.org.>", "")
+		}},
+		{"replyNeedUTF8", replyNeedUTF8, func(t *testing.T) string {
+			c := dialRaw(t, quietRelay(t, relayOpts{}).addr)
+			c.ehlo("dialog.test")
+			if r := c.cmd("MAIL FROM:<j\xc3\xb6rg@example.org>", ""); !strings.HasPrefix(r, "553 5.6.7 ") {
+				t.Errorf("non-ASCII sender without SMTPUTF8: %q", r)
+			}
+			c.cmd("MAIL FROM:<alice@example.org>", "250 ")
+			return c.cmd("RCPT TO:<s\xc3\xa4les@company.com>", "")
 		}},
 		{"replyUnknownUser", replyUnknownUser, func(t *testing.T) string { return rcptReply(t, relayOpts{}, "nobody@company.com") }},
 		{"replyDirDown", replyDirDown, func(t *testing.T) string { return rcptReply(t, relayOpts{src: dirDown}, "sales@company.com") }},

@@ -283,7 +283,11 @@ func TestSTARTTLS(t *testing.T) {
 	reply := d.cmd("Subject: tls\r\n\r\nhi\r\n.")
 	expectPrefix(t, "data over TLS", reply, "250 2.0.0 Ok: queued as ")
 	id := strings.TrimPrefix(reply, "250 2.0.0 Ok: queued as ")
-	body, _ := f.spool.OpenBody(id)
+	env, err := f.spool.Load(id)
+	if err != nil {
+		t.Fatalf("message %s not in spool after 250: %v", id, err)
+	}
+	body, _ := f.spool.OpenBody(env)
 	buf := make([]byte, 512)
 	n, _ := body.Read(buf)
 	body.Close()

@@ -170,7 +170,7 @@ func rcptReply(t *testing.T, addr, to string) string {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if err := c.Mail("alice@example.org", nil); err != nil {
+	if err := c.Mail("alice@example.org", &smtp.MailOptions{UTF8: !isASCII(to)}); err != nil {
 		t.Fatal(err)
 	}
 	return replyText(c.Rcpt(to, nil))
@@ -370,7 +370,7 @@ func TestQueuedBeforeReply(t *testing.T) {
 	if env.Recipients[0].Addr != "central@company.com" || env.Recipients[0].OrigTo != "sales@company.com" {
 		t.Fatalf("spooled recipients %+v", env.Recipients)
 	}
-	if _, err := r.spool.OpenBody(id); err != nil {
+	if _, err := r.spool.OpenBody(env); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -302,6 +302,15 @@ func (s *session) clientGone() bool {
 	return ok && t.ended.Load()
 }
 
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
 // closeAfterReply makes the connection close once the next reply is out.
 func (s *session) closeAfterReply() {
 	c := s.conn.Conn()
@@ -318,6 +327,9 @@ func (s *session) mail(from string, opts *smtp.MailOptions) error {
 	if from != "" {
 		if _, err := routing.ParseAddress(from); err != nil {
 			return replyBadSender
+		}
+		if !isASCII(from) && (opts == nil || !opts.UTF8) {
+			return replyNeedUTF8
 		}
 	}
 	s.hasFrom, s.rawFrom = true, from
@@ -351,6 +363,9 @@ func (s *session) rcpt(to string, opts *smtp.RcptOptions) error {
 	addr, err := routing.ParseAddress(to)
 	if err != nil {
 		return replyBadRcpt
+	}
+	if !isASCII(to) && !s.opts.UTF8 {
+		return replyNeedUTF8
 	}
 	if err := s.checkRecipient(to, addr); err != nil {
 		return err

@@ -253,7 +253,7 @@ func showMessage(s *queue.Spool, id string, w io.Writer) error {
 	}
 	b, _ := json.MarshalIndent(env, "", "  ")
 	fmt.Fprintf(w, "%s\n\n", b)
-	f, err := s.OpenBody(id)
+	f, err := s.OpenBody(env)
 	if err != nil {
 		return err
 	}
