@@ -209,6 +209,7 @@ discard   unix  -       -       n       -       -       discard
 anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
+tlsmgr    unix  -       -       n       1000?   1       tlsmgr
 EOF
     # Postfix re-reads a main.cf whose mtime is this very second (it may be
     # mid-edit) for ~2 s; date the files back so postconf/postfix read at once.
