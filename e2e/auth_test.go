@@ -11,6 +11,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -19,6 +20,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/emersion/go-smtp"
 
 	"mailfwd/auth"
 )
@@ -326,5 +329,87 @@ func expectDKIM(t *testing.T, r dkimpyResult, want map[string]bool) {
 		if v, seen := got[d]; !seen || v != ok {
 			t.Errorf("dkimpy DKIM d=%s: ok=%v (seen %v), want %v", d, v, seen, ok)
 		}
+	}
+}
+
+// The same interop through a running relay: a message signed by dkimpy
+// goes in over SMTP to an address that forwards outside, and what the sink
+// received (smtp-sink, the stand-in for the outside MX) is verified by
+// dkimpy: the sender's signature survives, ours and our ARC set verify.
+// The relay's own DNS checks see no records for these test domains
+// (temperror or none): they only decide its Authentication-Results.
+func TestAuthRelayDkimpy(t *testing.T) {
+	py := newDkimpy(t)
+	_, origPEM := py.rsaKey("example.org", "s2024")
+	_, relayPEM := py.rsaKey("relay.example.net", "fwd")
+
+	dir := t.TempDir()
+	addr, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "mailfwd.yaml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`hostname: mx.relay.example.net
+listen: [%q]
+relay_domains: [domain.com, domain.ro, company.com]
+spool_dir: spool
+directory:
+  ldif: {file: ""}
+delivery:
+  next_hop: %q
+  external_next_hop: %q
+  retry_min: 300ms
+  retry_max: 1s
+auth:
+  authserv_id: mx.relay.example.net
+  lookup_timeout: 1s
+  timeout: 3s
+  dkim: {domain: relay.example.net, selector: fwd, key_file: %q}
+  arc: {domain: relay.example.net, selector: fwd, key_file: %q}
+log:
+  level: debug
+`, addr, servers["PF_SMTP"], servers["SINK_ADDR"], relayPEM, relayPEM)), 0o600)
+	p, err := startRelayConfig(dir, cfg, addr, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.stop()
+
+	tok := token(t)
+	orig := "From: Alice <alice@example.org>\r\n" +
+		"To: internal.user@company.com\r\n" +
+		"Subject: " + tok + "\r\n" +
+		"Date: Mon, 01 Jan 2024 10:00:00 +0000\r\n" +
+		"Message-ID: <" + tok + "@example.org>\r\n" +
+		"\r\n" +
+		"Hello,\r\n" +
+		"..a line starting with a dot, and one with only one:\r\n" +
+		".\r\n" +
+		strings.Repeat("lorem ipsum dolor sit amet\r\n", 100)
+	signed := string(py.run("sign", py.keys, py.file("orig.eml", orig), "s2024", "example.org", origPEM)) + orig
+	c, err := smtp.Dial(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SendMail("alice@example.org", []string{"internal.user@company.com"}, strings.NewReader(signed)); err != nil {
+		t.Fatal(err)
+	}
+	c.Quit()
+
+	d := arrived(t, tok, map[string]int{"external.user@gmail.com": 1}, 30*time.Second)
+	got := strings.ReplaceAll(string(d[0].Raw), "\n", "\r\n") // smtp-sink stores LF line ends
+	if !strings.Contains(got, "ARC-Seal: i=1;") || !strings.Contains(got, "Authentication-Results: mx.relay.example.net;") {
+		t.Fatalf("no ARC set or Authentication-Results of ours:\n%s", d[0].RawHeader)
+	}
+	r := py.verify("relayed.eml", got)
+	t.Logf("dkimpy on what the sink received: %+v", r)
+	expectDKIM(t, r, map[string]bool{"example.org": true, "relay.example.net": true})
+	if r.ARC.CV != "pass" || r.ARC.Instances != 1 {
+		t.Errorf("dkimpy ARC: %+v", r.ARC)
+	}
+	bad := py.verify("relayed-bad.eml", strings.Replace(got, "lorem ipsum", "lorem ipsun", 1))
+	expectDKIM(t, bad, map[string]bool{"example.org": false, "relay.example.net": false})
+	if bad.ARC.CV != "fail" {
+		t.Errorf("dkimpy ARC after a body change: %+v", bad.ARC)
 	}
 }
