@@ -136,26 +136,20 @@ func freePort() (string, error) {
 	return l.Addr().String(), nil
 }
 
-// startMailfwd writes a config for the real directory and Postfix into dir
-// and starts the binary on a free port. The same dir (spool) can be started
-// again after a kill.
-func startMailfwd(dir string) (*mailfwdProc, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, err
-	}
-	addr, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	pwFile := filepath.Join(dir, "ldap.secret")
-	if err := os.WriteFile(pwFile, []byte("postfix-ldap-secret\n"), 0o600); err != nil {
-		return nil, err
+// relayConfig is the config the e2e relays share: the real 389-DS (bound
+// as the read-only user), SRS, nextHop for local mail and the sink standing
+// in for the outside world's MXes; extra is appended (more top-level keys).
+// It writes the secret files the config names into dir.
+func relayConfig(dir, hostname, addr, admin, nextHop, extra string) (string, error) {
+	if err := os.WriteFile(filepath.Join(dir, "ldap.secret"), []byte("postfix-ldap-secret\n"), 0o600); err != nil {
+		return "", err
 	}
 	if err := os.WriteFile(filepath.Join(dir, "srs.secrets"), []byte(srsSecret+"\n"), 0o600); err != nil {
-		return nil, err
+		return "", err
 	}
-	cfg := fmt.Sprintf(`hostname: mailfwd.e2e.test
+	return fmt.Sprintf(`hostname: %s
 listen: [%q]
+admin_listen: %q
 relay_domains: [domain.com, domain.ro, company.com]
 spool_dir: spool
 lookup_timeout: 5s
@@ -178,51 +172,38 @@ delivery:
   retry_min: 300ms
   retry_max: 1s
   connect_timeout: 2s
-log:
-  level: debug
-`, addr, servers["DS_URL"], srsDomain, servers["PF_SMTP"], servers["SINK_ADDR"])
+%s`, hostname, addr, admin, servers["DS_URL"], srsDomain, nextHop, servers["SINK_ADDR"], extra), nil
+}
+
+// startMailfwd writes a config for the real directory and Postfix into dir
+// and starts the binary on a free port. The same dir (spool) can be started
+// again after a kill.
+func startMailfwd(dir string) (*mailfwdProc, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	addr, err := freePort()
+	if err != nil {
+		return nil, err
+	}
 	adminAddr, err := freePort()
 	if err != nil {
 		return nil, err
 	}
-	cfg += fmt.Sprintf("admin_listen: %q\n", adminAddr)
+	cfg, err := relayConfig(dir, "mailfwd.e2e.test", addr, adminAddr, servers["PF_SMTP"], "log:\n  level: debug\n")
+	if err != nil {
+		return nil, err
+	}
 	cfgPath := filepath.Join(dir, "mailfwd.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		return nil, err
 	}
-	if out, err := exec.Command(binary, "check-config", "-config", cfgPath).CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("check-config: %v: %s", err, out)
-	}
-	logf, err := os.OpenFile(filepath.Join(dir, "mailfwd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	p, err := startRelayConfig(dir, cfgPath, addr, adminAddr)
 	if err != nil {
 		return nil, err
 	}
-	p := &mailfwdProc{dir: dir, addr: addr, spool: filepath.Join(dir, "spool", "msg"), log: logf, done: make(chan error, 1)}
-	p.admin = "http://" + adminAddr
-	p.cmd = exec.Command(binary, "serve", "-config", cfgPath)
-	p.cmd.Stdout, p.cmd.Stderr = logf, logf
-	if err := p.cmd.Start(); err != nil {
-		return nil, err
-	}
-	go func() { p.done <- p.cmd.Wait() }()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
-		if err == nil {
-			c.Close()
-			return p, nil
-		}
-		select {
-		case err := <-p.done:
-			return nil, fmt.Errorf("mailfwd exited: %v (log %s)", err, logf.Name())
-		default:
-		}
-		if time.Now().After(deadline) {
-			p.kill()
-			return nil, fmt.Errorf("mailfwd not listening on %s", addr)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	p.spool = filepath.Join(dir, "spool", "msg")
+	return p, nil
 }
 
 func (p *mailfwdProc) kill() {

@@ -80,35 +80,11 @@ func newHAInstance(t *testing.T, root, name, nextHop string) *haInstance {
 	}
 	in.addr, _ = freePort()
 	in.admin, _ = freePort()
-	os.WriteFile(filepath.Join(in.dir, "ldap.secret"), []byte("postfix-ldap-secret\n"), 0o600)
-	os.WriteFile(filepath.Join(in.dir, "srs.secrets"), []byte(srsSecret+"\n"), 0o600)
-	cfg := fmt.Sprintf(`hostname: %s.e2e.test
-listen: [%q]
-admin_listen: %q
-relay_domains: [domain.com, domain.ro, company.com]
-spool_dir: spool
-lookup_timeout: 5s
-proxy_protocol_from: [127.0.0.1/32]   # HAProxy; the header is required from it
-limits: {max_connections_per_ip: 1000, connection_rate_per_ip: 1000000}
-directory:
-  ldap:
-    servers: [%q]
-    bind_dn: uid=postfix-ldap,ou=system,dc=example,dc=net
-    bind_password_file: ldap.secret
-    search_base: dc=example,dc=net
-    query_filter: "(|(mail=%%s)(mailAlternateAddress=%%s))"
-    result_attributes: [mailForwardingAddress]
-    timeout: 2s
-srs:
-  domain: %s
-  secrets_file: srs.secrets
-delivery:
-  next_hop: %q
-  external_next_hop: %q
-  retry_min: 300ms
-  retry_max: 1s
-  connect_timeout: 2s
-`, name, in.addr, in.admin, servers["DS_URL"], srsDomain, nextHop, servers["SINK_ADDR"])
+	cfg, err := relayConfig(in.dir, name+".e2e.test", in.addr, in.admin, nextHop,
+		"proxy_protocol_from: [127.0.0.1/32]   # HAProxy; the header is required from it\n")
+	if err != nil {
+		t.Fatal(err)
+	}
 	in.cfg = filepath.Join(in.dir, "mailfwd.yaml")
 	if err := os.WriteFile(in.cfg, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
