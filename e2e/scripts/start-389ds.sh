@@ -55,23 +55,9 @@ case $DB_LIB in bdb|mdb) ;; *) die "DS_DB_LIB must be bdb or mdb" ;; esac
 [ "$SEED" = none ] || [ -r "$SEED" ] || die "seed LDIF not readable: $SEED (DS_SEED)"
 for f in $EXTRA; do [ -r "$f" ] || die "extra LDIF not readable: $f (DS_EXTRA_LDIF)"; done
 
-# alive PID: exists and is not a zombie. PID 1 of a container may reap orphans
-# late or never, and kill -0 (and ns-slapd's own lock check) see zombies as alive.
-alive() { [ -n "$1" ] && [ -r "/proc/$1/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status"; }
-# live ns-slapd processes running from $D (found in /proc, pid files can lie)
-tree_pids() {
-    for c in /proc/[0-9]*/comm; do
-        read -r comm 2>/dev/null <"$c" || continue
-        [ "$comm" = ns-slapd ] || continue
-        p=${c#/proc/}; p=${p%/comm}
-        alive "$p" && tr '\0' ' ' 2>/dev/null <"/proc/$p/cmdline" | grep -qF " -D $D/" && echo "$p"
-    done
-    return 0
-}
-answers() { timeout 5 ldapsearch -x -o nettimeout=2 -H "ldap://127.0.0.1:$PORT" -b '' -s base -LLL 1.1 >/dev/null 2>&1; }
-# busy PORT: something listens on it (read from /proc: no ss/netstat needed)
-busy() { awk -v p="$(printf %04X "$1")" 'FNR > 1 && $4 == "0A" { split($2, a, ":"); if (a[2] == p) f = 1 }
-    END { exit !f }' /proc/net/tcp /proc/net/tcp6 2>/dev/null; }
+. "$HERE/lib.sh"
+tree_pids() { procs ns-slapd " -D $D/"; }   # live ns-slapd processes running from $D
+answers() { ldap_answers "$PORT"; }
 check_ports() {
     for p in "$PORT" "$TLS_PORT"; do
         [ "$p" = 0 ] || ! busy "$p" || die "port $p is already in use (DS_PORT / DS_TLS_PORT)"
@@ -227,30 +213,7 @@ on_exit() { # a failed run stops the server it started; the tree stays for its l
 trap on_exit EXIT
 
 # ---- already built? ------------------------------------------------------
-if [ -f "$D/instance.env" ]; then
-    . "$D/instance.env"       # the ports, suffix and password it was built with
-    set_paths
-    if [ -n "$(tree_pids)" ]; then
-        i=0
-        until answers; do
-            i=$((i + 1)); [ $i -gt $((TIMEOUT * 20)) ] && die "running but no answer on port $PORT"
-            sleep 0.05
-        done
-    else
-        check_ports
-        start_server   # stopped or killed: start again, data kept
-    fi
-    STARTED=0          # it is up: a later failure (e.g. SIGPIPE) must not stop it
-    load_extra
-    print_env
-    exit 0
-fi
-if [ -e "$D" ]; then   # half-built tree (interrupted run) or someone else's dir
-    [ -f "$MARK" ] || [ -z "$(ls -A "$D")" ] ||
-        die "$D exists and was not made by this script; set DS_DIR or remove it"
-    for p in $(tree_pids); do kill "$p"; while alive "$p"; do sleep 0.05; done; done
-    rm -rf "$D"
-fi
+reuse_or_clear DS_DIR set_paths
 check_ports
 
 mkdir -p "$D" && : >"$MARK"

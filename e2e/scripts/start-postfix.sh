@@ -48,31 +48,16 @@ getent group postdrop >/dev/null 2>&1 || die "no 'postdrop' group (apt-get insta
 [ "$(id -u)" = 0 ] || die "must run as root (Postfix's master needs it)"
 DAEMON_DIR=$(postconf -dh daemon_directory)
 
-# alive PID: exists and is not a zombie (a container's PID 1 may never reap)
-alive() { [ -n "$1" ] && [ -r "/proc/$1/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status"; }
+. "$(dirname "$0")/lib.sh"
 # live Postfix processes of this instance: master and its children all
 # chdir to the queue directory, which no other instance shares
-tree_pids() {
-    for c in /proc/[0-9]*/cwd; do
-        p=${c#/proc/}; p=${p%/cwd}
-        [ "$(readlink "$c" 2>/dev/null)" = "$SPOOL" ] && alive "$p" && echo "$p"
-    done
-    return 0
-}
+tree_pids() { procs_in "$SPOOL"; }
 master_pid() {
     p=$(sed -n '1s/[^0-9]//gp' "$SPOOL/pid/master.pid" 2>/dev/null || true)
     alive "$p" && [ "$(cat "/proc/$p/comm" 2>/dev/null)" = master ] && echo "$p"
     return 0
 }
-# busy PORT: something listens on it (read from /proc: no ss/netstat needed)
-busy() { awk -v p="$(printf %04X "$1")" 'FNR > 1 && $4 == "0A" { split($2, a, ":"); if (a[2] == p) f = 1 }
-    END { exit !f }' /proc/net/tcp /proc/net/tcp6 2>/dev/null; }
-# answers PORT: an SMTP server greets with 220 on 127.0.0.1:PORT
-answers() {
-    timeout 3 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
-        IFS= read -r l <&3 || exit 1; printf "QUIT\r\n" >&3
-        case $l in 220*) exit 0 ;; *) exit 1 ;; esac' sh "$1" 2>/dev/null
-}
+answers() { smtp_answers "$1"; }
 
 print_env() {
     echo "PF_SMTP='127.0.0.1:$PORT'"

@@ -34,19 +34,13 @@ command -v bash >/dev/null 2>&1 || die "missing bash"
 case $R in /*) ;; *) die "SINK_ROOT must be absolute: $R" ;; esac
 case $DUMP in /*) ;; *) die "SINK_DIR must be absolute: $DUMP" ;; esac
 
-alive() { [ -n "$1" ] && [ -r "/proc/$1/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status"; }
+. "$(dirname "$0")/lib.sh"
 sink_pid() { # the live smtp-sink of our pid file
     p=$(cat "$PIDFILE" 2>/dev/null || true)
     alive "$p" && [ "$(cat "/proc/$p/comm" 2>/dev/null)" = smtp-sink ] && echo "$p"
     return 0
 }
-busy() { awk -v p="$(printf %04X "$1")" 'FNR > 1 && $4 == "0A" { split($2, a, ":"); if (a[2] == p) f = 1 }
-    END { exit !f }' /proc/net/tcp /proc/net/tcp6 2>/dev/null; }
-answers() {
-    timeout 3 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
-        IFS= read -r l <&3 || exit 1; printf "QUIT\r\n" >&3
-        case $l in 220*) exit 0 ;; *) exit 1 ;; esac' sh "$1" 2>/dev/null
-}
+answers() { smtp_answers "$1"; }
 print_env() {
     echo "SINK_ADDR='127.0.0.1:$PORT'"
     echo "SINK_DIR='$DUMP'"

@@ -47,21 +47,9 @@ case $D in /*) ;; *) die "SLAPD_DIR must be absolute: $D" ;; esac
 [ "$SEED" = none ] || [ -r "$SEED" ] || die "seed LDIF not readable: $SEED (SLAPD_SEED)"
 for f in $EXTRA; do [ -r "$f" ] || die "extra LDIF not readable: $f (SLAPD_EXTRA_LDIF)"; done
 
-# alive PID: exists and is not a zombie (a container's PID 1 may reap late or never)
-alive() { [ -n "$1" ] && [ -r "/proc/$1/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status"; }
-tree_pids() { # live slapd processes using $D/slapd.conf (found in /proc, pid files can lie)
-    for c in /proc/[0-9]*/comm; do
-        read -r comm 2>/dev/null <"$c" || continue
-        [ "$comm" = slapd ] || continue
-        p=${c#/proc/}; p=${p%/comm}
-        alive "$p" && tr '\0' ' ' 2>/dev/null <"/proc/$p/cmdline" | grep -qF " -f $D/slapd.conf " && echo "$p"
-    done
-    return 0
-}
-answers() { timeout 5 ldapsearch -x -o nettimeout=2 -H "ldap://127.0.0.1:$PORT" -b '' -s base -LLL 1.1 >/dev/null 2>&1; }
-# busy PORT: something listens on it (read from /proc: no ss/netstat needed)
-busy() { awk -v p="$(printf %04X "$1")" 'FNR > 1 && $4 == "0A" { split($2, a, ":"); if (a[2] == p) f = 1 }
-    END { exit !f }' /proc/net/tcp /proc/net/tcp6 2>/dev/null; }
+. "$HERE/lib.sh"
+tree_pids() { procs slapd " -f $D/slapd.conf "; }   # live slapd processes using $D/slapd.conf
+answers() { ldap_answers "$PORT"; }
 check_ports() {
     for p in "$PORT" "$TLS_PORT"; do
         [ "$p" = 0 ] || ! busy "$p" || die "port $p is already in use (SLAPD_PORT / SLAPD_TLS_PORT)"
@@ -131,30 +119,7 @@ load_extra() {
 }
 
 # ---- already built? ------------------------------------------------------
-if [ -f "$D/instance.env" ]; then
-    . "$D/instance.env"       # the ports, suffix and password it was built with
-    set_names
-    if [ -n "$(tree_pids)" ]; then
-        i=0
-        until answers; do
-            i=$((i + 1)); [ $i -gt $((TIMEOUT * 20)) ] && die "running but no answer on port $PORT"
-            sleep 0.05
-        done
-    else
-        check_ports
-        start_server          # stopped or killed: start again, data kept
-    fi
-    STARTED=0                 # it is up: a later failure (e.g. SIGPIPE) must not stop it
-    load_extra
-    print_env
-    exit 0
-fi
-if [ -e "$D" ]; then          # half-built tree (interrupted run) or someone else's dir
-    [ -f "$MARK" ] || [ -z "$(ls -A "$D")" ] ||
-        die "$D exists and was not made by this script; set SLAPD_DIR or remove it"
-    for p in $(tree_pids); do kill "$p"; while alive "$p"; do sleep 0.05; done; done
-    rm -rf "$D"
-fi
+reuse_or_clear SLAPD_DIR set_names
 check_ports
 set_names
 mkdir -p "$D/db" && : >"$MARK"

@@ -6,17 +6,8 @@
 set -eu
 D=${DS_DIR:-/tmp/mailfwd-389ds}
 
-# not a zombie: a container's PID 1 may reap late, kill -0 would still succeed
-alive() { [ -n "$1" ] && [ -r "/proc/$1/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status"; }
-tree_pids() { # live ns-slapd processes running from $D
-    for c in /proc/[0-9]*/comm; do
-        read -r comm 2>/dev/null <"$c" || continue
-        [ "$comm" = ns-slapd ] || continue
-        p=${c#/proc/}; p=${p%/comm}
-        alive "$p" && tr '\0' ' ' 2>/dev/null <"/proc/$p/cmdline" | grep -qF " -D $D/" && echo "$p"
-    done
-    return 0
-}
+. "$(dirname "$0")/lib.sh"
+tree_pids() { procs ns-slapd " -D $D/"; }   # live ns-slapd processes running from $D
 
 [ -e "$D" ] || exit 0
 [ -f "$D/.mailfwd-389ds" ] || { echo "stop-389ds: $D was not made by start-389ds.sh; not touching it" >&2; exit 1; }

@@ -7,14 +7,8 @@ set -eu
 D=${PF_DIR:-/tmp/mailfwd-postfix}
 SPOOL=$D/spool
 
-alive() { [ -n "$1" ] && [ -r "/proc/$1/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status"; }
-tree_pids() { # master and children of this instance (their cwd is its queue dir)
-    for c in /proc/[0-9]*/cwd; do
-        p=${c#/proc/}; p=${p%/cwd}
-        [ "$(readlink "$c" 2>/dev/null)" = "$SPOOL" ] && alive "$p" && echo "$p"
-    done
-    return 0
-}
+. "$(dirname "$0")/lib.sh"
+tree_pids() { procs_in "$SPOOL"; }   # master and children of this instance (their cwd is its queue dir)
 
 [ -e "$D" ] || exit 0
 [ -f "$D/.mailfwd-postfix" ] || { echo "stop-postfix: $D was not made by start-postfix.sh; not touching it" >&2; exit 1; }

@@ -7,7 +7,7 @@ set -eu
 R=${SINK_ROOT:-/tmp/mailfwd-sink}
 DUMP=${SINK_DIR:-$R/dump}
 
-alive() { [ -n "$1" ] && [ -r "/proc/$1/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status"; }
+. "$(dirname "$0")/lib.sh"
 
 [ -e "$R" ] || exit 0
 [ -f "$R/.mailfwd-sink" ] || { echo "stop-sink: $R was not made by start-sink.sh; not touching it" >&2; exit 1; }

@@ -6,17 +6,8 @@
 set -eu
 D=${SLAPD_DIR:-/tmp/mailfwd-slapd}
 
-# not a zombie: a container's PID 1 may reap late, kill -0 would still succeed
-alive() { [ -n "$1" ] && [ -r "/proc/$1/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status"; }
-tree_pids() { # live slapd processes using $D/slapd.conf
-    for c in /proc/[0-9]*/comm; do
-        read -r comm 2>/dev/null <"$c" || continue
-        [ "$comm" = slapd ] || continue
-        p=${c#/proc/}; p=${p%/comm}
-        alive "$p" && tr '\0' ' ' 2>/dev/null <"/proc/$p/cmdline" | grep -qF " -f $D/slapd.conf " && echo "$p"
-    done
-    return 0
-}
+. "$(dirname "$0")/lib.sh"
+tree_pids() { procs slapd " -f $D/slapd.conf "; }   # live slapd processes using $D/slapd.conf
 
 [ -e "$D" ] || exit 0
 [ -f "$D/.mailfwd-slapd" ] || { echo "stop-slapd: $D was not made by start-slapd.sh; not touching it" >&2; exit 1; }
