@@ -135,18 +135,11 @@ func percentile(sorted []time.Duration, q float64) time.Duration {
 // the same start, warm-up and load as measure, only the probe is timed.
 func (e *env) measureLatency(r relay, s scenario) latency {
 	fail := func(err error) latency { return latency{relay: r.name(), err: err.Error()} }
-	sk, err := startSink(e.sinkAddr)
+	_, done, err := e.prepare(r, s)
 	if err != nil {
 		return fail(err)
 	}
-	defer sk.stop()
-	if err := r.start(); err != nil {
-		return fail(err)
-	}
-	defer r.stop()
-	if err := e.warmUp(r, s, sk); err != nil {
-		return fail(err)
-	}
+	defer done()
 	p := startProbe(r.addr(), rcptRewrite, s.size)
 	_, srcErr := runSources(r.addr(), s.size, loads(s, s.msgs, e.o.conc))
 	l := p.finish(r.name())

@@ -338,18 +338,11 @@ log:
 func (e *env) measure(r relay, s scenario) (res runResult) {
 	res = runResult{relay: r.name(), expectedMsg: s.msgs}
 	fail := func(err error) runResult { res.err = err.Error(); return res }
-	sk, err := startSink(e.sinkAddr)
+	sk, done, err := e.prepare(r, s)
 	if err != nil {
 		return fail(err)
 	}
-	defer sk.stop()
-	if err := r.start(); err != nil {
-		return fail(err)
-	}
-	defer r.stop()
-	if err := e.warmUp(r, s, sk); err != nil {
-		return fail(err)
-	}
+	defer done()
 	base := sk.counter.count()
 	cpu0, ds0, off0, mc0 := r.cpu().seconds(), dsCPU(e.dsPid), fileSize(e.dsAccess), machineCPU()
 	sampler := sampleRSS(r.rssPids, 100*time.Millisecond)
@@ -378,6 +371,24 @@ func (e *env) measure(r relay, s scenario) (res runResult) {
 		res.e2e = 0
 	}
 	return res
+}
+
+// prepare starts a fresh sink and relay r and warms them up; done stops
+// both.
+func (e *env) prepare(r relay, s scenario) (sk *sink, done func(), err error) {
+	if sk, err = startSink(e.sinkAddr); err != nil {
+		return nil, nil, err
+	}
+	if err := r.start(); err != nil {
+		sk.stop()
+		return nil, nil, err
+	}
+	done = func() { r.stop(); sk.stop() }
+	if err := e.warmUp(r, s, sk); err != nil {
+		done()
+		return nil, nil, err
+	}
+	return sk, done, nil
 }
 
 // warmUp sends the warm-up messages (1 KiB, the scenario's recipients) and

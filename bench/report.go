@@ -57,20 +57,8 @@ func (e *env) report(order []scenario, results map[string][]runResult, lats map[
 		w("## %s: %s × %d at C=%d (`%s`)\n\n", s.title, sizeName(s.size), s.msgs, e.o.conc, s.id)
 		w("| | Postfix | mailfwd | mailfwd/Postfix | target |\n|---|---:|---:|---:|---|\n")
 		for _, m := range ms {
-			col := func(rs []runResult) []float64 {
-				var out []float64
-				for _, r := range rs {
-					out = append(out, m.get(r))
-				}
-				return out
-			}
-			var ratios []float64
-			for i := 0; i < min(len(pf), len(mf)); i++ {
-				if d := m.get(pf[i]); d > 0 {
-					ratios = append(ratios, m.get(mf[i])/d)
-				}
-			}
-			w("| %s | "+m.format+" | "+m.format+" | %s | %s |\n", m.name, median(col(pf)), median(col(mf)), ratioStr(median(ratios)), m.target)
+			p, q, ratio := pairRow(values(pf, m.get), values(mf, m.get))
+			w("| %s | "+m.format+" | "+m.format+" | %s | %s |\n", m.name, p, q, ratioStr(ratio), m.target)
 		}
 		latencyRows(w, lats[s.id])
 		var d []float64
@@ -184,19 +172,28 @@ func latencyRows(w func(string, ...any), ls []latency) {
 		{"accept latency p50 ms (probe)", "", func(l latency) float64 { return l.p50 }},
 		{"accept latency p99 ms (probe)", "≤ 1× (no worse than Postfix)", func(l latency) float64 { return l.p99 }},
 	} {
-		col := func(ls []latency) []float64 {
-			var out []float64
-			for _, l := range ls {
-				out = append(out, m.get(l))
-			}
-			return out
-		}
-		var ratios []float64
-		for i := 0; i < min(len(pf), len(mf)); i++ {
-			if d := m.get(pf[i]); d > 0 {
-				ratios = append(ratios, m.get(mf[i])/d)
-			}
-		}
-		w("| %s | %.1f | %.1f | %s | %s |\n", m.name, median(col(pf)), median(col(mf)), ratioStr(median(ratios)), m.target)
+		p, q, ratio := pairRow(values(pf, m.get), values(mf, m.get))
+		w("| %s | %.1f | %.1f | %s | %s |\n", m.name, p, q, ratioStr(ratio), m.target)
 	}
+}
+
+func values[T any](xs []T, get func(T) float64) []float64 {
+	out := make([]float64, 0, len(xs))
+	for _, x := range xs {
+		out = append(out, get(x))
+	}
+	return out
+}
+
+// pairRow is one table row: the median of each relay's runs and the median
+// of the per-pair ratios mailfwd/Postfix (runs alternate, so run i of each
+// relay form a pair).
+func pairRow(pf, mf []float64) (pfMedian, mfMedian, ratio float64) {
+	var ratios []float64
+	for i := 0; i < min(len(pf), len(mf)); i++ {
+		if pf[i] > 0 {
+			ratios = append(ratios, mf[i]/pf[i])
+		}
+	}
+	return median(pf), median(mf), median(ratios)
 }
