@@ -10,15 +10,9 @@ package e2e
 // point at the suite's 389-DS, Postfix and smtp-sink.
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -151,27 +145,9 @@ var exampleCertPEM, exampleKeyPEM []byte
 
 // exampleCert is a self-signed certificate (usable as its own CA) and key.
 func exampleCert(t *testing.T) (cert, key []byte) {
-	if exampleCertPEM != nil {
-		return exampleCertPEM, exampleKeyPEM
+	if exampleCertPEM == nil {
+		exampleCertPEM, exampleKeyPEM = selfSignedCA(t, "mx1.example.net", []string{"mx1.example.net", "localhost"}, nil)
 	}
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: "mx1.example.net"},
-		DNSNames: []string{"mx1.example.net", "localhost"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tpl, tpl, &k.PublicKey, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kb, err := x509.MarshalECPrivateKey(k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	exampleCertPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	exampleKeyPEM = pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb})
 	return exampleCertPEM, exampleKeyPEM
 }
 
