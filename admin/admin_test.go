@@ -130,7 +130,7 @@ func TestMetricsUnattached(t *testing.T) {
 
 func TestHealthz(t *testing.T) {
 	var failing error
-	h := NewHandler(NewMetrics(), func() error { return failing })
+	h := NewHandler(NewMetrics(), func() error { return failing }, false)
 	get := func() (int, string) {
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, httptest.NewRequest("GET", "/healthz", nil))
@@ -160,7 +160,7 @@ func TestServe(t *testing.T) {
 	m.Rcpt(250)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- ServeListener(ctx, l, m, func() error { return nil }, nil) }()
+	go func() { done <- ServeListener(ctx, l, m, func() error { return nil }, false, nil) }()
 	base := "http://" + l.Addr().String()
 	for _, p := range []struct{ path, want string }{
 		{"/healthz", "ok"},
@@ -185,7 +185,18 @@ func TestServe(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Serve did not stop with its context")
 	}
-	if err := Serve(context.Background(), l.Addr().String()+"x", m, nil, nil); err == nil {
-		t.Fatal("a bad address was accepted")
+}
+
+// /debug/pprof/ only when asked for: the profiles show internals.
+func TestProfiling(t *testing.T) {
+	for _, on := range []bool{false, true} {
+		h := NewHandler(NewMetrics(), nil, on)
+		for _, path := range []string{"/debug/pprof/", "/debug/pprof/heap", "/debug/pprof/goroutine?debug=1", "/debug/pprof/cmdline"} {
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
+			if want := map[bool]int{false: 404, true: 200}[on]; rec.Code != want {
+				t.Errorf("profiling %v: %s: %d, want %d", on, path, rec.Code, want)
+			}
+		}
 	}
 }

@@ -6,14 +6,24 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 )
 
-// NewHandler serves /metrics (m) and /healthz (health).
-func NewHandler(m *Metrics, health func() error) http.Handler {
+// NewHandler serves /metrics (m) and /healthz (health), and with profiling
+// Go's /debug/pprof/ (CPU, heap, goroutine and other profiles of the live
+// relay: what `go tool pprof` reads).
+func NewHandler(m *Metrics, health func() error, profiling bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", m.Handler())
 	mux.Handle("GET /healthz", HealthHandler(health))
+	if profiling {
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
 	return mux
 }
 
@@ -34,26 +44,18 @@ func HealthHandler(health func() error) http.Handler {
 	})
 }
 
-// Serve listens on addr and serves /metrics and /healthz until ctx ends.
-func Serve(ctx context.Context, addr string, m *Metrics, health func() error, log *slog.Logger) error {
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		return err
-	}
-	return ServeListener(ctx, l, m, health, log)
-}
-
-// ServeListener is Serve on a listener the caller opened (so that an
-// address in use is reported before anything else starts).
-func ServeListener(ctx context.Context, l net.Listener, m *Metrics, health func() error, log *slog.Logger) error {
+// ServeListener serves NewHandler on l until ctx ends. The caller opens
+// the listener, so that an address in use is reported before anything
+// else starts.
+func ServeListener(ctx context.Context, l net.Listener, m *Metrics, health func() error, profiling bool, log *slog.Logger) error {
 	if log == nil {
 		log = slog.Default()
 	}
 	srv := &http.Server{
-		Handler:           NewHandler(m, health),
+		Handler:           NewHandler(m, health, profiling),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      30 * time.Second,
+		WriteTimeout:      90 * time.Second, // a CPU profile takes 30 s by default
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	stopped := make(chan struct{})

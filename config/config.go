@@ -32,6 +32,9 @@ type Config struct {
 	// AdminListen is the admin HTTP listener (host:port) for /metrics and
 	// /healthz; empty: none.
 	AdminListen string `yaml:"admin_listen"`
+	// AdminPprof adds Go's /debug/pprof/ to the admin listener: profiles
+	// of the live relay, for finding where its CPU or memory goes.
+	AdminPprof bool `yaml:"admin_pprof"`
 	// RelayDomains are the domains we accept mail for; anything else is
 	// refused at RCPT with 554 5.7.1.
 	RelayDomains []string `yaml:"relay_domains"`

@@ -86,7 +86,7 @@ func startAdmin(ctx context.Context, c *config.Config, sched *queue.Scheduler, s
 	}
 	health := func() error { return errors.Join(spool.CheckWritable(), sched.Health()) }
 	go func() {
-		if err := admin.ServeListener(ctx, l, metrics, health, log); err != nil {
+		if err := admin.ServeListener(ctx, l, metrics, health, c.AdminPprof, log); err != nil {
 			log.Error("admin listener stopped", "addr", c.AdminListen, "err", err)
 		}
 	}()
