@@ -335,22 +335,51 @@ version = 3
 		})
 	}
 
-	t.Run("LDAP URL member refused", func(t *testing.T) {
-		// RFC 4516 URLs in special attributes are not implemented: the
-		// lookup fails (deferred), it does not drop the members.
-		m := ldap.NewModifyRequest("cn=team,"+ou, nil)
-		m.Add("memberURL", []string{"ldap:///" + ou + "??sub?(mail=alice@pfcf.test)"})
-		m.Add("objectClass", []string{"groupOfURLs"})
-		if err := c.Modify(m); err != nil {
-			t.Fatal(err)
+	t.Run("LDAP URL members, as postmap", func(t *testing.T) {
+		// RFC 4516 URLs in a special attribute (memberURL of groupOfURLs):
+		// a search of their own, with their scope, filter and attributes.
+		for dn, urls := range map[string][]string{
+			"cn=team," + ou:       {"ldap:///" + ou + "??sub?(mail=carol@pfcf.test)"},         // a subtree search
+			"cn=big," + ou:        {"ldap://elsewhere.invalid/" + ou + "?mail?one?(cn=dup*)"}, // attributes named, host ignored
+			"cn=outer," + ou:      {"ldap:///cn=fwd," + ou},                                   // no scope: base
+			"cn=withrouted," + ou: {"ldap:///" + ou + "??sub?(mail=nobody-here@pfcf.test)"},   // no match
+			"cn=fwdgroup," + ou:   {"ldap:///" + ou + "??sideways?(mail=*)"},                  // malformed: a temporary failure
+		} {
+			m := ldap.NewModifyRequest(dn, nil)
+			m.Add("objectClass", []string{"groupOfURLs"})
+			m.Add("memberURL", urls)
+			if err := c.Modify(m); err != nil {
+				t.Fatalf("%s: %v", dn, err)
+			}
 		}
-		cf := writeCF(t, strings.Replace(common, "special_result_attribute = uniqueMember", "special_result_attribute = uniqueMember, memberURL", 1))
-		_, err := pfSource(t, cf).Lookup(context.Background(), "team@pfcf.test")
-		if !errors.Is(err, routing.ErrUnavailable) || !strings.Contains(err.Error(), "not supported") {
-			t.Errorf("Lookup = %v; want an unsupported-URL temporary failure", err)
+		withURLs := strings.Replace(common, "special_result_attribute = uniqueMember", "special_result_attribute = uniqueMember, memberURL", 1)
+		keys := []string{"team@pfcf.test", "big@pfcf.test", "outer@pfcf.test", "withrouted@pfcf.test", "fwdgroup@pfcf.test"}
+		pm := postmapBatch(t, writeCF(t, strings.Replace(withURLs, "ldap://127.0.0.1:1\n", "\n", 1)), keys)
+		want := map[string][]string{
+			"team@pfcf.test": {"alice@pfcf.test", "bob@pfcf.test", "carol@pfcf.test"},
+			"big@pfcf.test":  {"alice@pfcf.test", "bob@pfcf.test", "carol@pfcf.test", "dup@pfcf.test", "dup@pfcf.test"},
+			// team (now with its URL member carol) and carol herself
+			"outer@pfcf.test":      {"alice@pfcf.test", "bob@pfcf.test", "carol@pfcf.test", "carol@pfcf.test", "fwd@pfcf.test", "fwd@elsewhere.test"},
+			"withrouted@pfcf.test": {"routed@lists.pfcf.test", "carol@pfcf.test"},
+		}
+		src := pfSource(t, writeCF(t, withURLs))
+		for _, k := range keys {
+			got := mailfwdQuery(src, k)
+			t.Logf("%s: postmap %s, mailfwd %s", k, pm[k], got)
+			if !pm[k].same(got) {
+				t.Errorf("%s: postmap says %s, mailfwd %s", k, pm[k], got)
+			}
+			if w, ok := want[k]; ok && !slices.Equal(sorted(got.values), sorted(w)) {
+				t.Errorf("%s: %s, want %q (any order)", k, got, w)
+			}
+		}
+		if _, err := src.Lookup(context.Background(), "fwdgroup@pfcf.test"); !errors.Is(err, routing.ErrUnavailable) {
+			t.Errorf("malformed URL: %v, want a temporary failure", err)
 		}
 	})
 }
+
+func sorted(s []string) []string { return slices.Sorted(slices.Values(s)) }
 
 // TestPostmapSeed compares postmap -q with mailfwd's reading of the same
 // files for the seed data, as the read-only account Postfix uses.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"strings"
 	"unicode/utf8"
 
@@ -419,16 +420,24 @@ func (g *gather) entries(es []*ldap.Entry, depth int) error {
 }
 
 // follow reads the entry dn names (a special attribute's value) and
-// gathers its values one level deeper.
+// gathers its values one level deeper. An RFC 4516 URL instead of a DN is
+// searched for as Postfix does: its base, scope and filter, and its
+// attributes if it names any, on the connection in use (its host part is
+// ignored).
 func (g *gather) follow(dn string, depth int) error {
-	if l := strings.ToLower(dn); strings.HasPrefix(l, "ldap://") || strings.HasPrefix(l, "ldaps://") || strings.HasPrefix(l, "ldapi://") {
-		// RFC 4516 URLs (searches with their own filter and attributes)
-		// are not implemented: refuse rather than drop the members.
-		g.s.log.Error("ldap: LDAP URL in a special result attribute is not supported", "key", g.key, "url", dn)
-		return errFinal{fmt.Errorf("%w: %s: LDAP URL %q in a special result attribute is not supported", ErrUnavailable, g.key, dn)}
+	base, scope, filter, attrs := dn, ldap.ScopeBaseObject, "(objectClass=*)", g.t.attrs
+	if isLDAPURL(dn) {
+		u, err := parseLDAPURL(dn)
+		if err != nil {
+			g.s.log.Error("ldap: bad LDAP URL in a special result attribute", "key", g.key, "url", dn, "err", err)
+			return errFinal{fmt.Errorf("%w: %s: LDAP URL %q: %v", ErrUnavailable, g.key, dn, err)}
+		}
+		base, scope, filter = u.base, u.scope, u.filter
+		if len(u.attrs) > 0 {
+			attrs = u.attrs
+		}
 	}
-	req := ldap.NewSearchRequest(dn, ldap.ScopeBaseObject, g.s.cfg.Deref, g.s.cfg.SizeLimit, g.secs, false,
-		"(objectClass=*)", g.t.attrs, nil)
+	req := ldap.NewSearchRequest(base, scope, g.s.cfg.Deref, g.s.cfg.SizeLimit, g.secs, false, filter, attrs, nil)
 	res, err := g.search(req)
 	if err != nil {
 		if ldap.IsErrorWithCode(err, ldap.LDAPResultNoSuchObject) {
@@ -439,4 +448,81 @@ func (g *gather) follow(dn string, depth int) error {
 		return g.s.searchError(err, g.key, dn, true)
 	}
 	return g.entries(res.Entries, depth+1)
+}
+
+func isLDAPURL(s string) bool {
+	l := strings.ToLower(s)
+	return strings.HasPrefix(l, "ldap://") || strings.HasPrefix(l, "ldaps://") || strings.HasPrefix(l, "ldapi://")
+}
+
+// ldapURL is what a search needs of an RFC 4516 URL.
+type ldapURL struct {
+	base, filter string
+	scope        int
+	attrs        []string
+}
+
+// parseLDAPURL reads scheme://host/dn?attributes?scope?filter?extensions,
+// percent-decoded, with OpenLDAP's defaults: scope base, filter
+// (objectClass=*). A critical extension ("!name") cannot be honoured, so it
+// is an error.
+func parseLDAPURL(s string) (ldapURL, error) {
+	u := ldapURL{scope: ldap.ScopeBaseObject, filter: "(objectClass=*)"}
+	_, rest, _ := strings.Cut(s, "://")
+	_, rest, ok := strings.Cut(rest, "/")
+	if !ok {
+		return u, nil // no DN: the root DSE
+	}
+	parts := strings.SplitN(rest, "?", 5)
+	for len(parts) < 5 {
+		parts = append(parts, "")
+	}
+	dec := func(p string) (string, error) {
+		v, err := url.PathUnescape(p)
+		if err != nil {
+			return "", fmt.Errorf("bad escape in %q", p)
+		}
+		return v, nil
+	}
+	var err error
+	if u.base, err = dec(parts[0]); err != nil {
+		return u, err
+	}
+	if parts[1] != "" {
+		for _, a := range strings.Split(parts[1], ",") {
+			a, err := dec(a)
+			if err != nil {
+				return u, err
+			}
+			if a = strings.TrimSpace(a); a != "" {
+				u.attrs = append(u.attrs, a)
+			}
+		}
+	}
+	switch sc, _ := dec(parts[2]); strings.ToLower(sc) {
+	case "", "base":
+	case "one", "onelevel":
+		u.scope = ldap.ScopeSingleLevel
+	case "sub", "subtree":
+		u.scope = ldap.ScopeWholeSubtree
+	default:
+		return u, fmt.Errorf("unknown scope %q", parts[2])
+	}
+	if parts[3] != "" {
+		if u.filter, err = dec(parts[3]); err != nil {
+			return u, err
+		}
+		if !strings.HasPrefix(u.filter, "(") {
+			u.filter = "(" + u.filter + ")"
+		}
+		if _, err := ldap.CompileFilter(u.filter); err != nil {
+			return u, fmt.Errorf("filter %q: %v", u.filter, err)
+		}
+	}
+	for _, e := range strings.Split(parts[4], ",") {
+		if strings.HasPrefix(strings.TrimSpace(e), "!") {
+			return u, fmt.Errorf("critical extension %q not supported", e)
+		}
+	}
+	return u, nil
 }

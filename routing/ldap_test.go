@@ -320,3 +320,43 @@ func TestLDAPLookupUnavailable(t *testing.T) {
 		})
 	}
 }
+
+func TestParseLDAPURL(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want ldapURL
+		err  bool
+	}{
+		{"ldap:///ou=people,dc=example,dc=net??sub?(mail=*)", ldapURL{base: "ou=people,dc=example,dc=net", scope: ldap.ScopeWholeSubtree, filter: "(mail=*)"}, false},
+		{"ldap://ignored.example:389/cn=team,dc=x", ldapURL{base: "cn=team,dc=x", scope: ldap.ScopeBaseObject, filter: "(objectClass=*)"}, false},
+		{"LDAP:///dc=x?mail,cn?one?objectClass=person", ldapURL{base: "dc=x", attrs: []string{"mail", "cn"}, scope: ldap.ScopeSingleLevel, filter: "(objectClass=person)"}, false},
+		{"ldaps:///o=a%2Cb%20c??base?(cn=x%3Fy)", ldapURL{base: "o=a,b c", scope: ldap.ScopeBaseObject, filter: "(cn=x?y)"}, false},
+		{"ldap://host", ldapURL{scope: ldap.ScopeBaseObject, filter: "(objectClass=*)"}, false},
+		{"ldap:///dc=x???(mail=*)?e-bindname=cn=x", ldapURL{base: "dc=x", scope: ldap.ScopeBaseObject, filter: "(mail=*)"}, false},
+		{"ldap:///dc=x??sideways", ldapURL{}, true},
+		{"ldap:///dc=x???(mail=*", ldapURL{}, true},
+		{"ldap:///dc=x%zz", ldapURL{}, true},
+		{"ldap:///dc=x????!e-bindname=cn=x", ldapURL{}, true},
+	} {
+		got, err := parseLDAPURL(tc.in)
+		if (err != nil) != tc.err {
+			t.Errorf("%s: err %v, want error %v", tc.in, err, tc.err)
+			continue
+		}
+		if !tc.err && (got.base != tc.want.base || got.scope != tc.want.scope || got.filter != tc.want.filter || strings.Join(got.attrs, ",") != strings.Join(tc.want.attrs, ",")) {
+			t.Errorf("%s: %+v, want %+v", tc.in, got, tc.want)
+		}
+	}
+}
+
+func FuzzParseLDAPURL(f *testing.F) {
+	f.Add("ldap:///ou=people,dc=example,dc=net?mail?sub?(mail=*)?!x")
+	f.Fuzz(func(t *testing.T, s string) {
+		u, err := parseLDAPURL("ldap://" + s)
+		if err == nil && u.filter != "" {
+			if _, err := ldap.CompileFilter(u.filter); err != nil {
+				t.Fatalf("%q: accepted filter %q does not compile", s, u.filter)
+			}
+		}
+	})
+}
