@@ -442,6 +442,8 @@ func TestPostfixGather(t *testing.T) {
 		dirEntry("cn=loop", "member", "cn=loop"),
 		dirEntry("cn=bad", "member", "not a dn"),
 		dirEntry("cn=url", "member", "ldap:///dc=x??sub?(mail=*)"),
+		dirEntry("cn=urlattrs", "member", "ldap://ignored.example/dc=x?mail?sub?(mail=*)"),
+		dirEntry("cn=badurl", "member", "ldap:///dc=x??sideways"),
 		dirEntry("cn=opts", "mail;lang-en", "opts@x", "", "MAIL", "opts2@x"),
 	} {
 		dir[e.DN] = e
@@ -449,6 +451,20 @@ func TestPostfixGather(t *testing.T) {
 	var searches []string
 	search := func(r *ldap.SearchRequest) (*ldap.SearchResult, error) {
 		searches = append(searches, r.BaseDN)
+		if r.BaseDN == "dc=x" && r.Scope == ldap.ScopeWholeSubtree && r.Filter == "(mail=*)" {
+			// the URL's search: alice and bob, with the attributes asked for
+			var out []*ldap.Entry
+			for _, dn := range []string{"cn=alice", "cn=bob"} {
+				e := &ldap.Entry{DN: dn}
+				for _, a := range dir[dn].Attributes {
+					if slices.ContainsFunc(r.Attributes, func(x string) bool { return strings.EqualFold(x, a.Name) }) {
+						e.Attributes = append(e.Attributes, a)
+					}
+				}
+				out = append(out, e)
+			}
+			return &ldap.SearchResult{Entries: out}, nil
+		}
 		if r.Scope != ldap.ScopeBaseObject || r.Filter != "(objectClass=*)" {
 			t.Errorf("nested search %+v", r)
 		}
@@ -497,7 +513,9 @@ func TestPostfixGather(t *testing.T) {
 		{"size limit", nil, 1, []string{"cn=alice", "cn=bob"}, nil, ErrExpansionLimit},
 		{"size limit is per search", nil, 1, []string{"cn=outer"}, []string{"alice@x", "bob@x", "bob@elsewhere", "routed@lists", "archive@x"}, nil},
 		{"bad DN in a special attribute", nil, 0, []string{"cn=bad"}, nil, ErrUnavailable},
-		{"LDAP URL in a special attribute", nil, 0, []string{"cn=url"}, nil, ErrUnavailable},
+		{"LDAP URL in a special attribute", nil, 0, []string{"cn=url"}, []string{"alice@x", "bob@x", "bob@elsewhere"}, nil},
+		{"LDAP URL naming its attributes", nil, 0, []string{"cn=urlattrs"}, []string{"alice@x", "bob@x"}, nil},
+		{"malformed LDAP URL", nil, 0, []string{"cn=badurl"}, nil, ErrUnavailable},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
