@@ -74,8 +74,8 @@ func newDataReader(c *Conn) *dataReader {
 // by CRLF only, a leading '.' is removed, and the line "." ends the data.
 // The middle of a line is copied in bulk from the buffered reader; only
 // line starts with a dot and the first bytes of a buffer go through the
-// state machine. Read returns
-// what it has instead of blocking once some data is copied.
+// state machine. Read returns what it has instead of blocking once some
+// data is copied.
 func (r *dataReader) Read(b []byte) (n int, err error) {
 	if r.limited {
 		if r.n <= 0 {
