@@ -275,26 +275,13 @@ func differential(t *testing.T, ldapURL, pfDir, pfPort string, oracle *[]postfix
 	}
 
 	// a fresh oracle Postfix (a kept one could have an older main.cf)
-	env := []string{"PF_DIR=" + pfDir}
-	if _, err := runScriptEnv("stop-postfix.sh", env...); err != nil {
-		t.Fatal(err)
-	}
-	env = append(env, "PF_PORT="+pfPort, "PF_HOSTNAME=postfix-alias.test",
-		"PF_MAIN_EXTRA=virtual_alias_maps = ldap:"+cf+"\n"+
-			"recipient_delimiter = +\n"+
-			"propagate_unmatched_extensions = canonical, virtual\n")
-	pf, err := runScriptEnv("start-postfix.sh", env...)
-	if err != nil {
-		t.Fatal(err)
-	}
+	pf := startFreshPostfix(t, pfDir, pfPort, "postfix-alias.test", "virtual_alias_maps = ldap:"+cf+"\n"+
+		"recipient_delimiter = +\n"+
+		"propagate_unmatched_extensions = canonical, virtual\n")
 	t.Cleanup(func() {
-		if os.Getenv("E2E_KEEP") == "1" {
-			return
+		if os.Getenv("E2E_KEEP") != "1" {
+			os.RemoveAll(mapDir)
 		}
-		if _, err := runScriptEnv("stop-postfix.sh", "PF_DIR="+pfDir); err != nil {
-			t.Error(err)
-		}
-		os.RemoveAll(mapDir)
 	})
 	tStarted := time.Now()
 

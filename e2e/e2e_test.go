@@ -538,3 +538,29 @@ func selfSignedCA(t *testing.T, cn string, dnsNames []string, ips []net.IP) (cer
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb})
 }
+
+// startFreshPostfix builds and starts a Postfix instance of its own in dir
+// (start-postfix.sh) on port, with mainExtra applied to main.cf, after
+// removing whatever an earlier or interrupted run left there (a kept tree
+// keeps its old port and main.cf). It stops at the end of the test unless
+// E2E_KEEP=1, and returns the script's variables (PF_SMTP, PF_LOG, ...).
+func startFreshPostfix(t *testing.T, dir, port, hostname, mainExtra string, more ...string) map[string]string {
+	t.Helper()
+	if _, err := runScriptEnv("stop-postfix.sh", "PF_DIR="+dir); err != nil {
+		t.Fatal(err)
+	}
+	env := append([]string{"PF_DIR=" + dir, "PF_PORT=" + port, "PF_HOSTNAME=" + hostname, "PF_MAIN_EXTRA=" + mainExtra}, more...)
+	pf, err := runScriptEnv("start-postfix.sh", env...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if os.Getenv("E2E_KEEP") == "1" {
+			return
+		}
+		if _, err := runScriptEnv("stop-postfix.sh", "PF_DIR="+dir); err != nil {
+			t.Error(err)
+		}
+	})
+	return pf
+}

@@ -40,23 +40,10 @@ func TestStartTLSToPostfix(t *testing.T) {
 	}
 	_, pfPort, _ := net.SplitHostPort(pfAddr)
 	_, sinkPort, _ := net.SplitHostPort(servers["SINK_ADDR"])
-	pfDir := "/tmp/mailfwd-postfix-tls"
-	// A tree left by an interrupted run keeps its old port and certificate
-	// paths: remove it, so that this instance is built with ours.
-	if _, err := runScriptEnv("stop-postfix.sh", "PF_DIR="+pfDir); err != nil {
-		t.Fatal(err)
-	}
-	pf, err := runScriptEnv("start-postfix.sh", "PF_DIR="+pfDir, "PF_PORT="+pfPort, "SINK_PORT="+sinkPort, "PF_HOSTNAME=postfix-tls.test",
-		"PF_MAIN_EXTRA=smtpd_tls_cert_file = "+cert+"\nsmtpd_tls_key_file = "+key+
-			"\nsmtpd_tls_security_level = may\nsmtpd_tls_received_header = yes\nsmtpd_tls_loglevel = 1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if os.Getenv("E2E_KEEP") != "1" {
-			runScriptEnv("stop-postfix.sh", "PF_DIR="+pfDir)
-		}
-	})
+	pf := startFreshPostfix(t, "/tmp/mailfwd-postfix-tls", pfPort, "postfix-tls.test",
+		"smtpd_tls_cert_file = "+cert+"\nsmtpd_tls_key_file = "+key+
+			"\nsmtpd_tls_security_level = may\nsmtpd_tls_received_header = yes\nsmtpd_tls_loglevel = 1",
+		"SINK_PORT="+sinkPort)
 	pfLog := pf["PF_LOG"]
 	if pfLog == "" {
 		t.Fatalf("start-postfix.sh printed no PF_LOG: %v", pf)

@@ -29,24 +29,7 @@ const (
 
 func startXclientPostfix(t *testing.T) map[string]string {
 	t.Helper()
-	env := []string{"PF_DIR=" + xclientPFDir}
-	if _, err := runScriptEnv("stop-postfix.sh", env...); err != nil { // a fresh main.cf
-		t.Fatal(err)
-	}
-	env = append(env, "PF_PORT="+xclientPFPort, "PF_HOSTNAME=postfix-xclient.test",
-		"PF_MAIN_EXTRA=mynetworks = 127.0.0.0/8, 192.0.2.0/24")
-	pf, err := runScriptEnv("start-postfix.sh", env...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if os.Getenv("E2E_KEEP") == "1" {
-			return
-		}
-		if _, err := runScriptEnv("stop-postfix.sh", "PF_DIR="+xclientPFDir); err != nil {
-			t.Error(err)
-		}
-	})
+	pf := startFreshPostfix(t, xclientPFDir, xclientPFPort, "postfix-xclient.test", "mynetworks = 127.0.0.0/8, 192.0.2.0/24")
 	return pf
 }
 
