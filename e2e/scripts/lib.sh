@@ -74,3 +74,13 @@ reuse_or_clear() {
         rm -rf "$D"
     fi
 }
+
+# on_exit (trap on_exit EXIT): a failed run stops the server it started
+# (STARTED=1); the tree stays for its logs.
+on_exit() {
+    rc=$?
+    if [ $rc -ne 0 ] && [ "${STARTED:-0}" = 1 ]; then
+        for p in $(tree_pids); do kill "$p" 2>/dev/null || true; done
+    fi
+    exit $rc
+}

@@ -45,7 +45,7 @@ TIMEOUT=${DS_START_TIMEOUT:-60}
 MARK=$D/.mailfwd-389ds             # marks a tree this script may delete
 
 die() { echo "start-389ds: $*" >&2; exit 1; }
-show() { for f in "$@"; do [ ! -s "$f" ] || { echo "--- $f" >&2; tail -n 15 "$f" >&2; }; done; return 0; }
+show() { for _s in "$@"; do [ ! -s "$_s" ] || { echo "--- $_s" >&2; tail -n 15 "$_s" >&2; }; done; return 0; }
 for b in /usr/sbin/ns-slapd pwdhash certutil pk12util openssl ldapsearch ldapmodify sha256sum; do
     command -v "$b" >/dev/null 2>&1 ||
         die "missing $b (run e2e/scripts/install-deps.sh: 389-ds-base ldap-utils libnss3-tools openssl)"
@@ -203,14 +203,7 @@ EOT
 }
 
 STARTED=0
-on_exit() { # a failed run stops the server it started; the tree stays for its logs
-    rc=$?
-    if [ $rc -ne 0 ] && [ "$STARTED" = 1 ]; then
-        for p in $(tree_pids); do kill "$p" 2>/dev/null || true; done
-    fi
-    exit $rc
-}
-trap on_exit EXIT
+trap on_exit EXIT   # lib.sh: a failed run stops the server it started
 
 # ---- already built? ------------------------------------------------------
 reuse_or_clear DS_DIR set_paths

@@ -38,7 +38,7 @@ CONF=$D/etc SPOOL=$D/spool DATA=$D/data LOG=$D/maillog
 MARK=$D/.mailfwd-postfix           # marks a tree this script may delete
 
 die() { echo "start-postfix: $*" >&2; exit 1; }
-show() { for f in "$@"; do [ ! -s "$f" ] || { echo "--- $f" >&2; tail -n 20 "$f" >&2; }; done; return 0; }
+show() { for _s in "$@"; do [ ! -s "$_s" ] || { echo "--- $_s" >&2; tail -n 20 "$_s" >&2; }; done; return 0; }
 for b in postfix postconf bash timeout; do
     command -v "$b" >/dev/null 2>&1 || die "missing $b (run e2e/scripts/install-deps.sh: postfix)"
 done

@@ -38,7 +38,7 @@ TIMEOUT=${SLAPD_START_TIMEOUT:-30}
 MARK=$D/.mailfwd-slapd              # marks a tree this script may delete
 
 die() { echo "start-slapd: $*" >&2; exit 1; }
-show() { for f in "$@"; do [ ! -s "$f" ] || { echo "--- $f" >&2; tail -n 15 "$f" >&2; }; done; return 0; }
+show() { for _s in "$@"; do [ ! -s "$_s" ] || { echo "--- $_s" >&2; tail -n 15 "$_s" >&2; }; done; return 0; }
 for b in /usr/sbin/slapd slapadd slappasswd ldapsearch ldapmodify openssl setsid sha256sum; do
     command -v "$b" >/dev/null 2>&1 ||
         die "missing $b (run e2e/scripts/install-deps.sh: slapd ldap-utils openssl)"
@@ -77,14 +77,7 @@ print_env() {
 }
 
 STARTED=0
-on_exit() { # a failed run stops the server it started; the tree stays for its logs
-    rc=$?
-    if [ $rc -ne 0 ] && [ "$STARTED" = 1 ]; then
-        for p in $(tree_pids); do kill "$p" 2>/dev/null || true; done
-    fi
-    exit $rc
-}
-trap on_exit EXIT
+trap on_exit EXIT   # lib.sh: a failed run stops the server it started
 
 start_server() {
     urls="ldap://127.0.0.1:$PORT/ $LDAPI_URL"
