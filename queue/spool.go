@@ -219,9 +219,11 @@ func (w *Writer) Abort() {
 
 func (s *Spool) path(id, suffix string) string { return filepath.Join(s.dir, id+suffix) }
 
-// writeEnvelopeFile durably writes env as ID.env: a temp file, fsynced,
-// renamed into place, then the spool synced.
-func (s *Spool) writeEnvelopeFile(env *Envelope) error {
+// Update durably replaces a message's envelope (recipient states, next
+// attempt time) with ID.env, which then takes precedence over the one in
+// the queue file. The new file is fsynced before it replaces the old one,
+// so a crash leaves one of the two whole, never an empty envelope.
+func (s *Spool) Update(env *Envelope) error {
 	b, err := env.marshal()
 	if err != nil {
 		return err
@@ -248,11 +250,6 @@ func (s *Spool) writeEnvelopeFile(env *Envelope) error {
 	}
 	return classify(s.syncer.sync())
 }
-
-// Update durably replaces a message's envelope (recipient states, next
-// attempt time). The new file is fsynced before it replaces the old one,
-// so a crash leaves one of the two whole, never an empty envelope.
-func (s *Spool) Update(env *Envelope) error { return s.writeEnvelopeFile(env) }
 
 // Remove deletes a finished message: the queue file first, so a crash in
 // between leaves an orphan ID.env that recovery removes, never a message
