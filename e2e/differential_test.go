@@ -175,15 +175,15 @@ func (l lookupResult) String() string {
 // differential alias-Postfix instances (started and stopped by the test;
 // stopServers stops them too).
 var differentialPostfixes = []struct {
-	name, urlKey, dir, port string
+	name, urlKey, dirName, port string
 }{
-	{"389ds", "DS_URL", "/tmp/mailfwd-postfix-alias-389ds", "10027"},
-	{"slapd", "SLAPD_URL", "/tmp/mailfwd-postfix-alias-slapd", "10028"},
+	{"389ds", "DS_URL", "postfix-alias-389ds", "10027"},
+	{"slapd", "SLAPD_URL", "postfix-alias-slapd", "10028"},
 }
 
 func stopDifferentialPostfixes() {
 	for _, p := range differentialPostfixes {
-		if _, err := runScriptEnv("stop-postfix.sh", "PF_DIR="+p.dir); err != nil {
+		if _, err := runScriptEnv("stop-postfix.sh", "PF_DIR="+serverDir(p.dirName)); err != nil {
 			fmt.Fprintln(os.Stderr, "e2e teardown:", err)
 		}
 	}
@@ -193,7 +193,7 @@ func stopDifferentialPostfixes() {
 // its KEY='value' lines without touching the shared servers map.
 func runScriptEnv(name string, env ...string) (map[string]string, error) {
 	cmd := exec.Command(scriptPath(name))
-	cmd.Env = append(os.Environ(), env...)
+	cmd.Env = scriptEnv(env...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Run(); err != nil {
@@ -229,7 +229,7 @@ func TestDifferentialPostfix(t *testing.T) {
 			}
 			got := new([]postfixResult)
 			oracle[p.name] = got
-			differential(t, url, p.dir, p.port, got)
+			differential(t, url, serverDir(p.dirName), p.port, got)
 		})
 	}
 	// The corpus is meant to behave the same on both servers: if Postfix

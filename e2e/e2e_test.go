@@ -38,15 +38,33 @@ var (
 	servers = map[string]string{} // variables printed by the start scripts
 	binary  string                // the mailfwd binary under test
 	relay   *mailfwdProc          // the shared relay most tests use
+	// serverRoot holds every server's tree (389-DS, slapd, the sink, each
+	// Postfix): this run's own, so nothing an earlier run left in /tmp is
+	// reused; with E2E_KEEP=1 a fixed one, so the next run reuses them.
+	serverRoot string
 )
 
+// keptServerRoot is serverRoot under E2E_KEEP=1.
+const keptServerRoot = "/tmp/mailfwd-e2e-kept"
+
 func scriptPath(name string) string { return filepath.Join("scripts", name) }
+
+// serverDir is where the suite keeps the named server's tree.
+func serverDir(name string) string { return filepath.Join(serverRoot, name) }
+
+// scriptEnv is the environment of every start/stop script: the trees under
+// serverRoot, then extra (later entries win).
+func scriptEnv(extra ...string) []string {
+	return append(append(os.Environ(),
+		"DS_DIR="+serverDir("389ds"), "SLAPD_DIR="+serverDir("slapd"),
+		"SINK_ROOT="+serverDir("sink"), "PF_DIR="+serverDir("postfix")), extra...)
+}
 
 // runScript runs one of our start/stop scripts and merges the KEY='value'
 // lines it prints into servers.
 func runScript(name string, env ...string) error {
 	cmd := exec.Command(scriptPath(name))
-	cmd.Env = append(os.Environ(), env...)
+	cmd.Env = scriptEnv(env...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Run(); err != nil {
@@ -71,11 +89,25 @@ func TestMain(m *testing.M) {
 }
 
 func setup(m *testing.M) (int, error) {
-	tmp, err := os.MkdirTemp("", "mailfwd-e2e-")
+	isolate()
+	tmp, err := runDir()
 	if err != nil {
 		return 1, err
 	}
 	defer os.RemoveAll(tmp)
+	serverRoot = filepath.Join(tmp, "servers")
+	if os.Getenv("E2E_KEEP") == "1" {
+		serverRoot = keptServerRoot
+	}
+	// Postfix's and 389-DS's unprivileged processes must reach their trees.
+	for _, d := range []string{tmp, serverRoot} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return 1, err
+		}
+		if err := os.Chmod(d, 0o755); err != nil {
+			return 1, err
+		}
+	}
 	binary = filepath.Join(tmp, "mailfwd")
 	// The image's build command (Dockerfile), so CI tests what ships.
 	if out, err := exec.Command("../deploy/build-static.sh", binary).CombinedOutput(); err != nil {
@@ -99,7 +131,7 @@ func setup(m *testing.M) (int, error) {
 		fmt.Printf("e2e: %s up in %v\n", s, time.Since(t0).Round(time.Millisecond))
 	}
 	defer stopServers()
-	for _, k := range []string{"DS_URL", "SLAPD_URL", "PF_SMTP", "SINK_DIR", "SINK_ADDR"} {
+	for _, k := range []string{"DS_URL", "SLAPD_URL", "PF_SMTP", "PF_CONF", "SINK_DIR", "SINK_ADDR"} {
 		if servers[k] == "" {
 			return 1, fmt.Errorf("start scripts did not print %s (got %v)", k, servers)
 		}
@@ -111,6 +143,35 @@ func setup(m *testing.M) (int, error) {
 	}
 	defer relay.stop()
 	return m.Run(), nil
+}
+
+// runDir makes this run's directory: E2E_ROOT when set (it must not hold
+// anything yet: a check script names it to find what the run left), else a
+// fresh one under $TMPDIR.
+func runDir() (string, error) {
+	d := os.Getenv("E2E_ROOT")
+	if d == "" {
+		return os.MkdirTemp("", "mailfwd-e2e-")
+	}
+	if ents, err := os.ReadDir(d); err == nil && len(ents) > 0 {
+		return "", fmt.Errorf("E2E_ROOT=%s is not empty", d)
+	}
+	return d, os.MkdirAll(d, 0o755)
+}
+
+// isolate keeps the tools the suite runs from reading the invoking user's
+// or the system's configuration: OpenLDAP's clients skip ldap.conf and
+// .ldaprc (LDAPNOINIT), Postfix commands get -c with the suite's own
+// config directory (so MAIL_CONFIG must not point elsewhere), and swaks
+// runs with --config (no .swaksrc) and no SWAKS_OPT_* variables.
+func isolate() {
+	os.Setenv("LDAPNOINIT", "1")
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		if k == "MAIL_CONFIG" || strings.HasPrefix(k, "SWAKS_") || (strings.HasPrefix(k, "LDAP") && k != "LDAPNOINIT") {
+			os.Unsetenv(k)
+		}
+	}
 }
 
 func stopServers() {
@@ -252,7 +313,7 @@ func (p *mailfwdProc) logTail(t *testing.T) string {
 func swaks(t *testing.T, addr string, args ...string) (string, error) {
 	t.Helper()
 	host, port, _ := net.SplitHostPort(addr)
-	all := append([]string{"--server", host, "--port", port, "--from", "alice@example.org", "--helo", "client.e2e.test", "--timeout", "30"}, args...)
+	all := append([]string{"--config", "--server", host, "--port", port, "--from", "alice@example.org", "--helo", "client.e2e.test", "--timeout", "30"}, args...)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, "swaks", all...).CombinedOutput()
@@ -546,6 +607,9 @@ func selfSignedCA(t *testing.T, cn string, dnsNames []string, ips []net.IP) (cer
 // E2E_KEEP=1, and returns the script's variables (PF_SMTP, PF_LOG, ...).
 func startFreshPostfix(t *testing.T, dir, port, hostname, mainExtra string, more ...string) map[string]string {
 	t.Helper()
+	if !strings.HasPrefix(dir, serverRoot+"/") {
+		t.Fatalf("Postfix tree %s outside the run's server root %s", dir, serverRoot)
+	}
 	if _, err := runScriptEnv("stop-postfix.sh", "PF_DIR="+dir); err != nil {
 		t.Fatal(err)
 	}

@@ -44,13 +44,16 @@ func (a pfAnswer) same(b pfAnswer) bool {
 	return (a.err == "") == (b.err == "") && slices.Equal(a.values, b.values)
 }
 
-// postmapQuery runs `postmap -q key ldap:cf`: values are printed
-// comma-joined, exit 1 without output is "not found", "fatal" an error.
+// postmapQuery runs `postmap -c $PF_CONF -q key ldap:cf`: values are
+// printed comma-joined, exit 1 without output is "not found", "fatal" an
+// error. -c: the shared Postfix's own config directory, because postmap
+// otherwise reads /etc/postfix/main.cf, which Debian's package does not
+// create when told "No configuration".
 func postmapQuery(t *testing.T, cf, key string) pfAnswer {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "postmap", "-q", key, "ldap:"+cf)
+	cmd := exec.CommandContext(ctx, "postmap", "-c", servers["PF_CONF"], "-q", key, "ldap:"+cf)
 	var out, errb strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
@@ -85,7 +88,7 @@ func postmapBatch(t *testing.T, cf string, keys []string) map[string]pfAnswer {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "postmap", "-q", "-", "ldap:"+cf)
+	cmd := exec.CommandContext(ctx, "postmap", "-c", servers["PF_CONF"], "-q", "-", "ldap:"+cf)
 	cmd.Stdin = strings.NewReader(strings.Join(batch, "\n") + "\n")
 	var stdout, stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr

@@ -40,7 +40,7 @@ func TestStartTLSToPostfix(t *testing.T) {
 	}
 	_, pfPort, _ := net.SplitHostPort(pfAddr)
 	_, sinkPort, _ := net.SplitHostPort(servers["SINK_ADDR"])
-	pf := startFreshPostfix(t, "/tmp/mailfwd-postfix-tls", pfPort, "postfix-tls.test",
+	pf := startFreshPostfix(t, serverDir("postfix-tls"), pfPort, "postfix-tls.test",
 		"smtpd_tls_cert_file = "+cert+"\nsmtpd_tls_key_file = "+key+
 			"\nsmtpd_tls_security_level = may\nsmtpd_tls_received_header = yes\nsmtpd_tls_loglevel = 1",
 		"SINK_PORT="+sinkPort)

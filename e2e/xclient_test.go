@@ -22,14 +22,11 @@ import (
 // A Postfix of its own for the XCLIENT tests: the shared one relays only
 // for mynetworks = 127.0.0.0/8, and under XCLIENT the client is
 // 192.0.2.7, whom it refuses (TestXCLIENTAccessRules shows that).
-const (
-	xclientPFDir  = "/tmp/mailfwd-postfix-xclient"
-	xclientPFPort = "10029"
-)
+const xclientPFPort = "10029"
 
 func startXclientPostfix(t *testing.T) map[string]string {
 	t.Helper()
-	pf := startFreshPostfix(t, xclientPFDir, xclientPFPort, "postfix-xclient.test", "mynetworks = 127.0.0.0/8, 192.0.2.0/24")
+	pf := startFreshPostfix(t, serverDir("postfix-xclient"), xclientPFPort, "postfix-xclient.test", "mynetworks = 127.0.0.0/8, 192.0.2.0/24")
 	return pf
 }
 

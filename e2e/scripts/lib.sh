@@ -2,6 +2,11 @@
 # processes and ports in /proc (no pid file is trusted, no ss/netstat
 # needed), and the reuse-or-rebuild step of the directory servers.
 
+# OpenLDAP's clients must not read /etc/ldap/ldap.conf, ~/.ldaprc or LDAP*
+# variables: a machine's BASE, URI or TLS_REQCERT would change what the
+# scripts see.
+export LDAPNOINIT=1
+
 # alive PID: exists and is not a zombie. PID 1 of a container may reap
 # orphans late or never, and kill -0 (and ns-slapd's own lock check) see
 # zombies as alive.

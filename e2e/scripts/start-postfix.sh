@@ -46,7 +46,6 @@ case $D in /*) ;; *) die "PF_DIR must be absolute: $D" ;; esac
 id postfix >/dev/null 2>&1 || die "no 'postfix' user (apt-get install postfix)"
 getent group postdrop >/dev/null 2>&1 || die "no 'postdrop' group (apt-get install postfix)"
 [ "$(id -u)" = 0 ] || die "must run as root (Postfix's master needs it)"
-DAEMON_DIR=$(postconf -dh daemon_directory)
 
 . "$(dirname "$0")/lib.sh"
 # live Postfix processes of this instance: master and its children all
