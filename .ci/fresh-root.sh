@@ -56,7 +56,14 @@ if [ "${1:-}" = --inside ]; then
         mount --bind "$CACHE/apt" "$ROOT/var/cache/apt/archives"
         mount --bind "$CACHE/gomod" "$ROOT/root/go/pkg/mod"
     fi
+    # what belongs to the machine, not to Debian: its resolvers and the site
+    # CAs it trusts (an egress proxy's, here), as a fresh machine has them
     cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+    if ls /usr/local/share/ca-certificates/*.crt >/dev/null 2>&1; then
+        mkdir -p "$ROOT/usr/local/share/ca-certificates"
+        cp /usr/local/share/ca-certificates/*.crt "$ROOT/usr/local/share/ca-certificates/"
+        chroot "$ROOT" update-ca-certificates >/dev/null 2>&1 || die "update-ca-certificates failed in the root"
+    fi
 
     # a login's environment on a fresh machine, nothing of this one's
     inroot() {
