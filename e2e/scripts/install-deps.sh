@@ -5,7 +5,9 @@
 # Needs root (or sudo without a password); never reads stdin.
 set -eu
 
-PKGS="389-ds-base slapd ldap-utils postfix postfix-ldap swaks libnss3-tools openssl ca-certificates postsrsd faketime libmail-srs-perl docker-compose systemd haproxy python3-dkim python3-authres"
+# procps: /bin/kill, which the systemd unit's ExecReload names (systemd-analyze
+# verify checks it exists); a minimal Debian root does not have it.
+PKGS="389-ds-base slapd ldap-utils postfix postfix-ldap swaks libnss3-tools openssl ca-certificates postsrsd faketime libmail-srs-perl docker-compose systemd procps haproxy python3-dkim python3-authres"
 
 die() { echo "install-deps: $*" >&2; exit 1; }
 
