@@ -47,8 +47,8 @@ check: fmt vet lint
 # mailfwd against Postfix 3.7 + virtual_alias_maps = ldap: + postsrsd on this
 # machine (389-DS, smtp-sink, smtp-source; needs root), ~10-15 minutes; writes
 # docs/benchmarks.md. BENCH_FLAGS=-quick for a short run printed on stdout.
-bench: deps
-	$(GO) run ./bench $(BENCH_FLAGS)
+bench: deps bin/reaper
+	bin/reaper -- $(GO) run ./bench $(BENCH_FLAGS)
 
 # staticcheck, pinned, from the Go module proxy.
 lint:

@@ -69,7 +69,7 @@ func main() {
 	flag.StringVar(&o.out, "out", "docs/benchmarks.md", "markdown report (\"\": stdout only)")
 	flag.StringVar(&o.logLevel, "log-level", "warn", "mailfwd log.level")
 	flag.StringVar(&o.only, "scenarios", "", "comma-separated scenario ids (default all: rewrite-1k,srs-1k,rewrite-100k,rewrite-10m)")
-	flag.BoolVar(&o.keep, "keep", false, "leave 389-DS and the Postfix tree in place at the end")
+	flag.BoolVar(&o.keep, "keep", false, "leave 389-DS and the Postfix tree in place at the end (and reuse a kept 389-DS at the start)")
 	flag.BoolVar(&o.quick, "quick", false, "development run: N/10, 1 pair, report to stdout unless -out is given")
 	flag.Parse()
 	outSet := false
@@ -175,6 +175,11 @@ func run(o options) error {
 	// 389-DS, seeded
 	dsDir := "/tmp/mailfwd-bench-389ds"
 	dsEnv := []string{"DS_DIR=" + dsDir, fmt.Sprintf("DS_PORT=%d", p(1)), "DS_TLS_PORT=0"}
+	if !o.keep { // a tree an earlier run kept may hold other data: start from the seed
+		if _, err := runScript(dsEnv, "", filepath.Join(o.repo, "e2e/scripts/stop-389ds.sh")); err != nil {
+			return err
+		}
+	}
 	logf("starting 389-DS on 127.0.0.1:%d", p(1))
 	ds, err := runScript(dsEnv, "", filepath.Join(o.repo, "e2e/scripts/start-389ds.sh"))
 	if err != nil {

@@ -57,6 +57,10 @@ func run(argv []string, grace time.Duration, strict bool) int {
 	}
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	// After a Ctrl-C in `make e2e`, the tee we write to is gone: a write
+	// must fail with EPIPE, not kill us before the cleanup. (Notify, not
+	// Ignore: an ignored SIGPIPE would be inherited by the command.)
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
 
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
