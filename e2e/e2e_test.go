@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -162,13 +163,16 @@ func runDir() (string, error) {
 // isolate keeps the tools the suite runs from reading the invoking user's
 // or the system's configuration: OpenLDAP's clients skip ldap.conf and
 // .ldaprc (LDAPNOINIT), Postfix commands get -c with the suite's own
-// config directory (so MAIL_CONFIG must not point elsewhere), and swaks
-// runs with --config (no .swaksrc) and no SWAKS_OPT_* variables.
+// config directory (so MAIL_CONFIG must not point elsewhere), swaks runs
+// with --config (no .swaksrc); and no variable of the caller's steers
+// swaks, docker-compose, faketime, Python (dkimpy) or Perl (Mail::SRS).
 func isolate() {
 	os.Setenv("LDAPNOINIT", "1")
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
-		if k == "MAIL_CONFIG" || strings.HasPrefix(k, "SWAKS_") || (strings.HasPrefix(k, "LDAP") && k != "LDAPNOINIT") {
+		if k == "MAIL_CONFIG" || (strings.HasPrefix(k, "LDAP") && k != "LDAPNOINIT") || slices.ContainsFunc(
+			[]string{"SWAKS_", "COMPOSE_", "DOCKER_", "FAKETIME", "PYTHONPATH", "PYTHONHOME", "PERL5"},
+			func(p string) bool { return strings.HasPrefix(k, p) }) {
 			os.Unsetenv(k)
 		}
 	}
