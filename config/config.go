@@ -144,6 +144,48 @@ type SRS struct {
 	MaxAgeDays    int           `yaml:"max_age_days"`
 	FailureLimit  int           `yaml:"failure_limit"`  // invalid SRS RCPTs per client per window
 	FailureWindow time.Duration `yaml:"failure_window"` // default 10m
+	// Store keeps the senders behind database-form addresses (senders too
+	// long to embed): a file in spool_dir by default, or a shared Redis.
+	Store SRSStore `yaml:"store"`
+	// Database is "auto" (the database form only for senders that do not
+	// fit; the default) or "always" (every ordinary sender, as postsrsd's
+	// original-envelope = database).
+	Database string `yaml:"database"`
+	// LegacyUntil is the cut-over day (YYYY-MM-DD): legacy (postsrsd-
+	// compatible, re-splittable) hashes verify only for stamps minted on or
+	// before it. Default: the day recorded in spool_dir/srs-cutover at the
+	// first start (written then).
+	LegacyUntil string `yaml:"legacy_until"`
+	// Reverse bounds what a valid SRS address may be used for.
+	Reverse SRSReverse `yaml:"reverse"`
+	// PostsrsdConfig is a postsrsd 2.x postsrsd.conf: its srs-domain,
+	// secrets-file, separator, hash-length, hash-minimum, original-envelope
+	// and a redis envelope-database fill what this section leaves unset.
+	PostsrsdConfig string `yaml:"postsrsd_config"`
+}
+
+// SRSStore is where database-form senders are kept: one of Path and Redis.
+type SRSStore struct {
+	Path  string    `yaml:"path"` // default <spool_dir>/srs.db
+	Redis *SRSRedis `yaml:"redis"`
+}
+
+// SRSRedis is a Redis server shared by several instances (and by postsrsd
+// 2.x: the same key layout).
+type SRSRedis struct {
+	Address      string        `yaml:"address"` // host:port
+	PasswordFile string        `yaml:"password_file"`
+	DB           int           `yaml:"db"`
+	KeyPrefix    string        `yaml:"key_prefix"` // default "PostSRSd/"
+	Timeout      time.Duration `yaml:"timeout"`    // default 2s
+}
+
+// SRSReverse bounds bounces to SRS addresses (relay.SRSReversePolicy).
+type SRSReverse struct {
+	AnySender     bool          `yaml:"any_sender"`     // default: only MAIL FROM:<>
+	MaxRecipients int           `yaml:"max_recipients"` // per transaction, default 1
+	Rate          int           `yaml:"rate"`           // per decoded address and window, default 20
+	Window        time.Duration `yaml:"window"`         // default 1h
 }
 
 // Directory selects exactly one source, and its cache.
@@ -280,11 +322,65 @@ func Parse(b []byte, dir string) (*Config, error) {
 		}
 		return nil, errors.New(strings.TrimPrefix(msg, "yaml: "))
 	}
+	if err := c.importPostsrsd(); err != nil {
+		return nil, err
+	}
 	c.setDefaults()
 	if err := c.validate(); err != nil {
 		return nil, err
 	}
 	return c, nil
+}
+
+// importPostsrsd fills the srs section from srs.postsrsd_config, where
+// the section leaves a key unset.
+func (c *Config) importPostsrsd() error {
+	s := c.SRS
+	if s == nil || s.PostsrsdConfig == "" {
+		return nil
+	}
+	path := c.Path(s.PostsrsdConfig)
+	p, err := LoadPostsrsd(path)
+	if err != nil {
+		return fmt.Errorf("srs.postsrsd_config: %w", err)
+	}
+	rel := func(f string) string { // postsrsd.conf paths are relative to it
+		if f == "" || filepath.IsAbs(f) {
+			return f
+		}
+		return filepath.Join(filepath.Dir(path), f)
+	}
+	if s.Domain == "" {
+		s.Domain = p.SRSDomain
+	}
+	if s.SecretsFile == "" {
+		s.SecretsFile = rel(p.SecretsFile)
+	}
+	if s.Separator == "" {
+		s.Separator = p.Separator
+	}
+	if s.HashLength == 0 {
+		s.HashLength = p.HashLength
+	}
+	if s.HashMin == 0 {
+		s.HashMin = p.HashMinimum
+	}
+	if s.Database == "" && p.OriginalEnvelope == "database" {
+		s.Database = "always"
+	}
+	if s.Store.Path != "" || s.Store.Redis != nil || p.EnvelopeDatabase == "" {
+		return nil
+	}
+	switch kind, where, _ := strings.Cut(p.EnvelopeDatabase, ":"); kind {
+	case "redis":
+		s.Store.Redis = &SRSRedis{Address: where}
+	case "sqlite":
+		return fmt.Errorf("srs.postsrsd_config: %s keeps its senders in sqlite:%s, which mailfwd cannot share: "+
+			"import them (mailfwd srs import-postsrsd) and set srs.store", path, where)
+	default:
+		return fmt.Errorf("srs.postsrsd_config: envelope-database %q: want sqlite:PATH or redis:HOST:PORT", p.EnvelopeDatabase)
+	}
+	return nil
 }
 
 func (c *Config) setDefaults() {
@@ -300,6 +396,14 @@ func (c *Config) setDefaults() {
 	}
 	if c.SpoolDir == "" {
 		c.SpoolDir = "/var/spool/mailfwd"
+	}
+	if s := c.SRS; s != nil {
+		if s.Database == "" {
+			s.Database = "auto"
+		}
+		if s.Store.Path == "" && s.Store.Redis == nil {
+			s.Store.Path = filepath.Join(c.SpoolDir, "srs.db")
+		}
 	}
 	if c.LookupTimeout == 0 {
 		c.LookupTimeout = 10 * time.Second
@@ -558,6 +662,23 @@ func (c *Config) validate() error {
 		if s.Separator != "" && s.Separator != "=" && s.Separator != "+" && s.Separator != "-" {
 			bad("srs.separator: %q: want =, + or -", s.Separator)
 		}
+		if s.Database != "auto" && s.Database != "always" {
+			bad("srs.database: %q: want auto or always", s.Database)
+		}
+		if s.LegacyUntil != "" {
+			if _, err := time.Parse("2006-01-02", s.LegacyUntil); err != nil {
+				bad("srs.legacy_until: %q: want YYYY-MM-DD", s.LegacyUntil)
+			}
+		}
+		if s.Store.Path != "" && s.Store.Redis != nil {
+			bad("srs.store: path and redis are exclusive")
+		}
+		if r := s.Store.Redis; r != nil && r.Address == "" {
+			bad("srs.store.redis.address is required")
+		}
+		if s.Reverse.MaxRecipients < 0 || s.Reverse.Rate < 0 || s.Reverse.Window < 0 {
+			bad("srs.reverse: max_recipients, rate and window must not be negative")
+		}
 	}
 	for dest, p := range c.Delivery.TLSPolicies {
 		if p != "none" && p != "opportunistic" && p != "require" {
@@ -595,22 +716,6 @@ func (c *Config) validate() error {
 		bad("log.format: %q: want text or json", c.Log.Format)
 	}
 	return errors.Join(errs...)
-}
-
-// Codec builds the SRS rewriter (reads the secrets file).
-func (s *SRS) Codec(c *Config) (*routing.SRS, error) {
-	secrets, err := routing.LoadSRSSecrets(c.Path(s.SecretsFile))
-	if err != nil {
-		return nil, fmt.Errorf("srs.secrets_file: %w", err)
-	}
-	r := &routing.SRS{Secrets: secrets, Domain: s.Domain, HashLength: s.HashLength, HashMin: s.HashMin, MaxAgeDays: s.MaxAgeDays}
-	if s.Separator != "" {
-		r.Separator = s.Separator[0]
-	}
-	if err := r.Validate(); err != nil {
-		return nil, fmt.Errorf("srs: %w", err)
-	}
-	return r, nil
 }
 
 // ProxyPrefixes returns proxy_protocol_from as prefixes (validated).

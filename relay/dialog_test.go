@@ -2,6 +2,7 @@ package relay
 
 import (
 	"bufio"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -71,6 +72,29 @@ func begin(t testing.TB, addr string, rcpts ...string) *rawClient {
 		c.cmd("RCPT TO:<"+r+">", "250 2.0.0")
 	}
 	return c
+}
+
+// beginBounce opens a transaction from the null sender, as a DSN comes.
+func beginBounce(t testing.TB, addr string) *rawClient {
+	t.Helper()
+	c := dialRaw(t, addr)
+	c.ehlo("dialog.test")
+	c.cmd("MAIL FROM:<>", "250 2.0.0")
+	return c
+}
+
+// bounceRcpt is the reply to one RCPT in a bounce transaction.
+func bounceRcpt(t *testing.T, o relayOpts, to string) string {
+	t.Helper()
+	return beginBounce(t, quietRelay(t, o).addr).cmd("RCPT TO:<"+to+">", "")
+}
+
+// failingStore is an SRS store that cannot answer.
+type failingStore struct{}
+
+func (failingStore) Put(context.Context, string, string, int64) error { return errors.New("connection refused") }
+func (failingStore) Get(context.Context, string, int64) (string, error) {
+	return "", errors.New("connection refused")
 }
 
 func replyLine(e *smtp.SMTPError) string {
@@ -269,8 +293,8 @@ func TestDialogProtocolErrorLimit(t *testing.T) {
 // the table byte for byte.
 func TestDialogReplyTable(t *testing.T) {
 	srs := testSRS()
-	valid, _ := srs.Forward("alice@example.com")
-	forged := strings.Replace(valid, "=gfkj=", "=AAAA=", 1)
+	valid, _ := srs.Forward(context.Background(), "alice@example.com")
+	forged := strings.Replace(valid, "=gIVm=", "=AAAA=", 1)
 	dirDown := failingSource{fmt.Errorf("%w: connection refused", routing.ErrUnavailable)}
 	fanOut := mapSource{"fan@company.com": "a@company.com, b@company.com, c@company.com", "sales@company.com": "central@company.com"}
 
@@ -376,14 +400,34 @@ func TestDialogReplyTable(t *testing.T) {
 			c.expectClosed()
 			return rep
 		}},
-		{"replyBadSRS", replyBadSRS, func(t *testing.T) string { return rcptReply(t, relayOpts{srs: srs}, forged) }},
+		{"replyBadSRS", replyBadSRS, func(t *testing.T) string { return bounceRcpt(t, relayOpts{srs: srs}, forged) }},
 		{"replySRSLimited", replySRSLimited, func(t *testing.T) string {
 			r := quietRelay(t, relayOpts{srs: srs}) // SRSFailureLimit 3
-			c := begin(t, r.addr)
+			c := beginBounce(t, r.addr)
 			for range 3 {
 				c.cmd("RCPT TO:<"+forged+">", "550 5.7.1")
 			}
 			return c.cmd("RCPT TO:<"+valid+">", "")
+		}},
+		{"replySRSNotBounce", replySRSNotBounce, func(t *testing.T) string { return rcptReply(t, relayOpts{srs: srs}, valid) }},
+		{"replySRSRate", replySRSRate, func(t *testing.T) string {
+			r := quietRelay(t, relayOpts{srs: srs, cfg: func(c *Config) { c.SRSReverse.Rate = 2 }})
+			c := beginBounce(t, r.addr)
+			for range 2 {
+				c.cmd("RCPT TO:<"+valid+">", "250 2.0.0")
+				c.cmd("RSET", "250")
+				c.cmd("MAIL FROM:<>", "250 2.0.0")
+			}
+			return c.cmd("RCPT TO:<"+valid+">", "")
+		}},
+		{"replySRSStoreDown", replySRSStoreDown, func(t *testing.T) string {
+			down := *srs
+			down.Store = failingStore{}
+			r := quietRelay(t, relayOpts{srs: &down})
+			c := dialRaw(t, r.addr)
+			c.ehlo("dialog.test")
+			c.cmd("MAIL FROM:<"+strings.Repeat("x", 60)+"@example.org>", "250 2.0.0")
+			return c.cmd("RCPT TO:<internal.user@company.com>", "")
 		}},
 		{"replySRSTooLong", replySRSTooLong, func(t *testing.T) string {
 			r := quietRelay(t, relayOpts{srs: srs})

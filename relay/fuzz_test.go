@@ -2,6 +2,7 @@ package relay
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -145,7 +146,7 @@ func FuzzSession(f *testing.F) {
 				// A verified SRS bounce may leave for the sender's domain;
 				// decoded into ours, it is held to the same rule as any
 				// recipient of ours.
-				if orig, err := srs.Reverse(q.origTo[i]); err == nil && outsideOurDomains(orig) {
+				if orig, err := srs.Reverse(context.Background(), q.origTo[i]); err == nil && outsideOurDomains(orig) {
 					allowed = append(allowed[:len(allowed):len(allowed)], orig, routing.External(orig))
 				}
 				if why := foreignRecipient(a, allowed); why != "" {

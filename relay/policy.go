@@ -44,7 +44,8 @@ const routingChars = "@%!"
 // the message, and whoever sees that copy holds a valid bounce address that
 // decodes into one of our domains, where it is routed like any recipient
 // (and, unknown to the directory, handed to the next hop unchanged). So an
-// SRS address that decodes into our domains gets the same rule.
+// SRS address that decodes into our domains gets the same rule, in
+// reverseSRS once it is decoded.
 //
 // It also refuses any recipient while the session has no sender: after
 // MAIL FROM:<a> (250) and MAIL FROM:<bad> (501), go-smtp keeps the first
@@ -56,12 +57,9 @@ func (s *session) checkRecipient(raw string, addr routing.Address) error {
 		return replyNeedMail
 	}
 	if s.p.srsDom != "" && addr.Domain == s.p.srsDom {
-		// Invalid addresses are left to reverseSRS, which counts them.
-		orig, err := s.p.cfg.SRS.Reverse(raw)
-		if err != nil || !s.isLocal(orig) || !routedLocal(orig) {
-			return nil
-		}
-	} else if !strings.ContainsAny(addr.Local, routingChars) {
+		return nil // reverseSRS decodes it, then applies the same rule
+	}
+	if !strings.ContainsAny(addr.Local, routingChars) {
 		return nil
 	}
 	s.log.Info("reject: sender-specified routing", "from", s.from, "to", raw)

@@ -26,9 +26,15 @@ var (
 	replyDataTimeout = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "timeout reading the message, closing connection"}
 	replyBadSRS      = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "invalid or expired SRS address"}
 	replySRSLimited  = &smtp.SMTPError{Code: 450, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: "too many invalid SRS addresses from your address, try again later"}
-	// A sender too long for SRS is refused for external forwards only: the
-	// condition is permanent, so a 4xx would only delay the bounce by days.
+	// A sender too long for SRS (only without an srs store) is refused for
+	// external forwards only: the condition is permanent, so a 4xx would
+	// only delay the bounce by days.
 	replySRSTooLong = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 7}, Message: "sender address too long to forward with SRS"}
+	// The sender store (database-form SRS) cannot answer: temporary.
+	replySRSStoreDown = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "temporary failure of the SRS sender store, try again later"}
+	// SRSReversePolicy: SRS addresses take bounces, and not too many.
+	replySRSNotBounce = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "SRS addresses accept only bounces (MAIL FROM:<>)"}
+	replySRSRate      = &smtp.SMTPError{Code: 450, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: "too many bounces to this address, try again later"}
 )
 
 func replyQueued(id string) *smtp.SMTPError {

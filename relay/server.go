@@ -40,12 +40,14 @@ type Config struct {
 	// destinations): mail for them is not an external forward.
 	LocalDomains []string
 	// SRS, if set, rewrites the sender of external forwards and decodes
-	// bounces to its domain.
+	// bounces to its domain (srs.go).
 	SRS *routing.SRS
 	// SRSFailureLimit is how many invalid SRS addresses a client may send
 	// in SRSFailureWindow before its SRS RCPTs are deferred unverified.
 	SRSFailureLimit  int
 	SRSFailureWindow time.Duration
+	// SRSReverse bounds what a valid SRS address may be used for.
+	SRSReverse SRSReversePolicy
 	// MaxErrors refused commands, or MaxCommands transaction commands, end
 	// a session with 421 (a client probing addresses or looping).
 	MaxErrors   int
@@ -83,6 +85,7 @@ type Config struct {
 type Backend struct {
 	pol      atomic.Pointer[policy]
 	srsFails *failureLimiter
+	srsRate  *windowCounter // bounces per decoded address
 	spool    Committer
 	submit   func(*queue.Envelope)
 	log      *slog.Logger
@@ -108,7 +111,8 @@ func NewBackend(cfg Config, exp Expander, spool Committer, submit func(*queue.En
 		return nil, err
 	}
 	b := &Backend{spool: spool, submit: submit, log: log,
-		srsFails: newFailureLimiter(p.cfg.SRSFailureLimit, p.cfg.SRSFailureWindow)}
+		srsFails: newFailureLimiter(p.cfg.SRSFailureLimit, p.cfg.SRSFailureWindow),
+		srsRate:  newWindowCounter(p.cfg.SRSReverse.Window, maxClients)}
 	b.pol.Store(p)
 	return b, nil
 }
@@ -140,6 +144,7 @@ func newPolicy(cfg Config, exp Expander) (*policy, error) {
 	if cfg.SRSFailureWindow <= 0 {
 		cfg.SRSFailureWindow = 10 * time.Minute
 	}
+	cfg.SRSReverse = cfg.SRSReverse.withDefaults()
 	if cfg.MaxErrors <= 0 {
 		cfg.MaxErrors = 20
 	}
@@ -246,12 +251,13 @@ type session struct {
 	srsFrom    string
 	srsFromErr error
 	srsDone    bool
+	srsRcpts   int // SRS addresses accepted in this transaction
 }
 
 func (s *session) Reset() {
 	s.hasFrom, s.from, s.rawFrom, s.opts = false, "", "", smtp.MailOptions{}
 	s.rcpts = nil
-	s.srsFrom, s.srsFromErr, s.srsDone = "", nil, false
+	s.srsFrom, s.srsFromErr, s.srsDone, s.srsRcpts = "", nil, false, 0
 	s.seen = map[string]bool{}
 }
 
@@ -414,7 +420,7 @@ func (s *session) rcpt(to string, opts *smtp.RcptOptions) error {
 	fwdFrom := s.from
 	for _, f := range finals {
 		if !s.isLocal(f) {
-			if fwdFrom, err = s.forwardSender(); err != nil {
+			if fwdFrom, err = s.forwardSender(ctx); err != nil {
 				return err
 			}
 			break
@@ -455,65 +461,6 @@ func (s *session) rcpt(to string, opts *smtp.RcptOptions) error {
 func (s *session) isLocal(addr string) bool {
 	i := strings.LastIndexByte(addr, '@')
 	return i >= 0 && s.p.isLocal(addr[i+1:])
-}
-
-// forwardSender is the envelope sender for external forwards: the SRS form
-// of the client's sender. The null sender and senders SRS cannot safely
-// encode stay as they are (as with postsrsd). A sender whose SRS form would
-// not fit RFC 5321's 64-octet local part is refused for external forwards
-// (550 5.1.7) rather than sent with an invalid address or deferred for days.
-func (s *session) forwardSender() (string, error) {
-	if s.p.cfg.SRS == nil || s.from == "" {
-		return s.from, nil
-	}
-	if !s.srsDone {
-		s.srsDone = true
-		// SRS encodes the address as parsed; the result is quoted for the
-		// wire like any address.
-		s.srsFrom, s.srsFromErr = s.p.cfg.SRS.Forward(s.rawFrom)
-		s.srsFrom = routing.External(s.srsFrom)
-		switch {
-		case errors.Is(s.srsFromErr, routing.ErrSRSTooLong):
-			s.log.Warn("reject: sender too long for SRS", "from", s.from)
-		case s.srsFromErr != nil:
-			// postsrsd leaves such senders alone too.
-			s.log.Warn("srs: sender not rewritten", "from", s.from, "err", s.srsFromErr)
-			s.srsFrom, s.srsFromErr = s.from, nil
-		}
-	}
-	if s.srsFromErr != nil {
-		return "", replySRSTooLong
-	}
-	return s.srsFrom, nil
-}
-
-// reverseSRS decodes a bounce to our SRS domain. Only a valid, unexpired
-// address is accepted, and then only for the address it decodes to: this
-// is the one way mail for a foreign domain gets through us, so it is
-// verified before anything else and failures are rate-limited per client.
-func (s *session) reverseSRS(ctx context.Context, to string) ([]string, error) {
-	if !s.b.srsFails.allow(s.clientIP) {
-		s.log.Warn("defer: SRS failure limit reached", "to", to)
-		return nil, replySRSLimited
-	}
-	orig, err := s.p.cfg.SRS.Reverse(to)
-	if err == nil {
-		orig = routing.External(orig)
-	}
-	if err != nil {
-		s.b.srsFails.fail(s.clientIP)
-		s.log.Info("reject: invalid SRS address", "from", s.from, "to", to, "err", err)
-		return nil, replyBadSRS
-	}
-	s.log.Info("srs: bounce address decoded", "to", to, "orig", orig)
-	if s.isLocal(orig) {
-		// The original sender is one of ours: route it as usual.
-		finals, err := s.p.expander.Expand(ctx, orig)
-		if err == nil || !errors.Is(err, routing.ErrNotFound) {
-			return finals, s.rcptError(to, err)
-		}
-	}
-	return []string{orig}, nil
 }
 
 // rcptError maps a routing error to the RCPT reply.

@@ -1,7 +1,9 @@
 package relay
 
 import (
+	"context"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -9,6 +11,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"mailfwd/routing"
+	"mailfwd/routing/srsstore"
 )
 
 func testSRS() *routing.SRS {
@@ -82,7 +85,7 @@ func TestSRSSplitsLocalAndExternal(t *testing.T) {
 	if l.from != "alice@example.com" || strings.Join(l.rcpts, ",") != "central@company.com" {
 		t.Errorf("local delivery %s → %v", l.from, l.rcpts)
 	}
-	if e.from != "SRS0=gfkj=KH=example.com=alice@srs.relay.test" || strings.Join(e.rcpts, ",") != "external.user@gmail.com" {
+	if e.from != "SRS0=gIVm=KH=example.com=alice@srs.relay.test" || strings.Join(e.rcpts, ",") != "external.user@gmail.com" {
 		t.Errorf("external delivery %s → %v", e.from, e.rcpts)
 	}
 }
@@ -104,7 +107,7 @@ func TestSRSReversePath(t *testing.T) {
 	local, ext := &sinkMTA{}, &sinkMTA{}
 	srs := testSRS()
 	r := startRelayWith(t, seedSource(t), t.TempDir(), local, ext, srs)
-	valid, err := srs.Forward("alice@example.com")
+	valid, err := srs.Forward(context.Background(), "alice@example.com")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,15 +119,15 @@ func TestSRSReversePath(t *testing.T) {
 		t.Fatalf("bounce delivered as %q → %v", e.from, e.rcpts)
 	}
 	// A bounce to the SRS form of a local sender goes through routing.
-	own, _ := srs.Forward("sales@company.com")
+	own, _ := srs.Forward(context.Background(), "sales@company.com")
 	if reps, _ := sendFrom(t, r.addr, "", own); reps[0] != "250" {
 		t.Fatalf("bounce to %s: %v", own, reps)
 	}
 	if l := waitSunk(t, local, 1)[0]; strings.Join(l.rcpts, ",") != "central@company.com" {
 		t.Fatalf("local bounce delivered to %v", l.rcpts)
 	}
-	forged := strings.Replace(valid, "=gfkj=", "=AAAA=", 1)
-	for _, to := range []string{forged, "SRS0=gfkj=KH=example.com=bob@srs.relay.test", "anything@srs.relay.test"} {
+	forged := strings.Replace(valid, "=gIVm=", "=AAAA=", 1)
+	for _, to := range []string{forged, "SRS0=gIVm=KH=example.com=bob@srs.relay.test", "anything@srs.relay.test"} {
 		if reps, _ := sendFrom(t, r.addr, "", to); !strings.HasPrefix(reps[0], "550 5.7.1") {
 			t.Errorf("RCPT %s: %s, want 550 5.7.1", to, reps[0])
 		}
@@ -134,7 +137,7 @@ func TestSRSReversePath(t *testing.T) {
 		t.Errorf("after 3 failures: %s, want 450 4.7.1", reps[0])
 	}
 	// Another domain's SRS address is an ordinary address: not ours.
-	if reps, _ := sendFrom(t, r.addr, "", "SRS0=gfkj=KH=example.com=alice@other.test"); !strings.HasPrefix(reps[0], "554 5.7.1") {
+	if reps, _ := sendFrom(t, r.addr, "", "SRS0=gIVm=KH=example.com=alice@other.test"); !strings.HasPrefix(reps[0], "554 5.7.1") {
 		t.Errorf("foreign SRS: %s, want 554 5.7.1", reps[0])
 	}
 }
@@ -151,5 +154,70 @@ func TestSRSSenderTooLong(t *testing.T) {
 	}
 	if l := waitSunk(t, local, 1)[0]; l.from != long {
 		t.Fatalf("local copy sent from %q", l.from)
+	}
+}
+
+// With a store, a sender too long to embed is forwarded with the database
+// form (47 octets), and a bounce to it reaches the sender: nobody is refused.
+func TestSRSLongSenderDatabaseForm(t *testing.T) {
+	local, ext := &sinkMTA{}, &sinkMTA{}
+	srs := testSRS()
+	st, err := srsstore.OpenBolt(filepath.Join(t.TempDir(), "srs.db"), 21)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	srs.Store = st
+	r := startRelayWith(t, seedSource(t), t.TempDir(), local, ext, srs)
+	long := "0100018b2f4e7c1a-5d6e7f80-1a2b-4c3d-9e8f-0a1b2c3d4e5f-000000@amazonses.com"
+	reps, data := sendFrom(t, r.addr, long, "internal.user@company.com", "sales@company.com")
+	if strings.Join(reps, " ") != "250 250" || data != "250" {
+		t.Fatalf("replies %v, DATA %s", reps, data)
+	}
+	e := waitSunk(t, ext, 1)[0]
+	if at := strings.IndexByte(e.from, '@'); at != 47 || !strings.Contains(e.from, "=1=") {
+		t.Fatalf("forwarded from %q: want the 47-octet database form", e.from)
+	}
+	if l := waitSunk(t, local, 1)[0]; l.from != long {
+		t.Errorf("local copy from %q", l.from)
+	}
+	reps, data = sendFrom(t, r.addr, "", e.from)
+	if reps[0] != "250" || data != "250" {
+		t.Fatalf("bounce to %s: %v %s", e.from, reps, data)
+	}
+	if b := waitSunk(t, ext, 2)[1]; strings.Join(b.rcpts, ",") != long {
+		t.Errorf("bounce went to %v, want %s", b.rcpts, long)
+	}
+}
+
+// A valid SRS address takes bounces only, one per transaction, and not too
+// many for one decoded address.
+func TestSRSReverseBounds(t *testing.T) {
+	local, ext := &sinkMTA{}, &sinkMTA{}
+	srs := testSRS()
+	r := startRelayWith(t, seedSource(t), t.TempDir(), local, ext, srs)
+	valid, _ := srs.Forward(context.Background(), "alice@example.com")
+	other, _ := srs.Forward(context.Background(), "bob@example.com")
+	if reps, _ := sendFrom(t, r.addr, "mallory@evil.test", valid); !strings.HasPrefix(reps[0], "550 5.7.1") {
+		t.Errorf("SRS address from a non-null sender: %s, want 550 5.7.1", reps[0])
+	}
+	reps, data := sendFrom(t, r.addr, "", valid, other)
+	if reps[0] != "250" || !strings.HasPrefix(reps[1], "452 4.5.3") || data != "250" {
+		t.Errorf("two SRS recipients in one bounce: %v %s, want 250, 452 4.5.3", reps, data)
+	}
+	// default: 20 bounces per decoded address per hour; one is used above
+	var last string
+	for i := 0; i < 20; i++ {
+		reps, _ := sendFrom(t, r.addr, "", valid)
+		last = reps[0]
+		if i < 19 && last != "250" {
+			t.Fatalf("bounce %d: %s", i+2, last)
+		}
+	}
+	if !strings.HasPrefix(last, "450 4.7.1") {
+		t.Errorf("bounce 21 within the hour: %s, want 450 4.7.1", last)
+	}
+	if reps, _ := sendFrom(t, r.addr, "", other); reps[0] != "250" {
+		t.Errorf("another address is not limited: %s", reps[0])
 	}
 }

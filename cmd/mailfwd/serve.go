@@ -55,6 +55,12 @@ func checkConfig(args []string) error {
 	if _, err := newSource(c, slog.Default()); err != nil {
 		return err
 	}
+	if c.SRS != nil {
+		// the store is not opened: a running relay holds it
+		if _, err := newSRS(c, nil); err != nil {
+			return err
+		}
+	}
 	fmt.Printf("%s: ok (%d relay domains, next hop %s)\n", name, len(c.RelayDomains), c.Delivery.NextHop)
 	return nil
 }
@@ -109,7 +115,7 @@ func newExpander(c *config.Config, log *slog.Logger) (*routing.Expander, *routin
 
 // reload applies a changed config to a running relay. Settings that need a
 // restart (listeners, spool, delivery) are reported, not applied.
-func reload(path string, old *config.Config, be *relay.Backend, certs *certStore, log *slog.Logger) error {
+func reload(path string, old *config.Config, be *relay.Backend, certs *certStore, srsRT *srsRuntime, log *slog.Logger) error {
 	var args []string
 	if path != "" {
 		args = []string{"-config", path}
@@ -122,7 +128,7 @@ func reload(path string, old *config.Config, be *relay.Backend, certs *certStore
 	if err != nil {
 		return err
 	}
-	rc, err := relayConfig(c, certs)
+	rc, err := relayConfig(c, certs, srsRT)
 	if err != nil {
 		return err
 	}
@@ -132,6 +138,9 @@ func reload(path string, old *config.Config, be *relay.Backend, certs *certStore
 	if fmt.Sprint(c.Listen, c.SpoolDir, c.Delivery, c.Limits, c.ProxyProtocolFrom) !=
 		fmt.Sprint(old.Listen, old.SpoolDir, old.Delivery, old.Limits, old.ProxyProtocolFrom) {
 		log.Warn("reload: listen, spool_dir, delivery, limits and proxy_protocol_from changes take effect at the next restart")
+	}
+	if (c.SRS == nil) != (old.SRS == nil) || (c.SRS != nil && fmt.Sprint(c.SRS.Store, c.SRS.LegacyUntil) != fmt.Sprint(old.SRS.Store, old.SRS.LegacyUntil)) {
+		log.Warn("reload: srs.store and srs.legacy_until changes (and turning SRS on or off) take effect at the next restart")
 	}
 	log.Info("reloaded", "relay_domains", len(c.RelayDomains))
 	return nil
@@ -217,7 +226,7 @@ func hostPortTransport(hp string) (queue.Transport, error) {
 
 // relayConfig is the front end's policy from a config: what SIGHUP
 // re-reads.
-func relayConfig(c *config.Config, certs *certStore) (relay.Config, error) {
+func relayConfig(c *config.Config, certs *certStore, srsRT *srsRuntime) (relay.Config, error) {
 	rc := relay.Config{
 		Hostname: c.Hostname, RelayDomains: c.RelayDomains, LookupTimeout: c.LookupTimeout,
 		MaxRecipients: c.MaxRecipients, MaxSize: c.MaxMessageSize, FirstRetry: c.Delivery.RetryMin,
@@ -226,12 +235,14 @@ func relayConfig(c *config.Config, certs *certStore) (relay.Config, error) {
 		CommandTimeout: c.Limits.CommandTimeout, DataTimeout: c.Limits.DataTimeout, MaxReceived: c.Limits.MaxReceived,
 	}
 	if c.SRS != nil {
-		srs, err := c.SRS.Codec(c)
+		srs, err := newSRS(c, srsRT)
 		if err != nil {
 			return rc, err
 		}
 		observeSRS(srs)
 		rc.SRS, rc.SRSFailureLimit, rc.SRSFailureWindow = srs, c.SRS.FailureLimit, c.SRS.FailureWindow
+		r := c.SRS.Reverse
+		rc.SRSReverse = relay.SRSReversePolicy{AnySender: r.AnySender, MaxRecipients: r.MaxRecipients, Rate: r.Rate, Window: r.Window}
 	}
 	if c.Auth != nil {
 		a, err := newAuthenticator(c)
@@ -291,8 +302,16 @@ func serve(args []string) error {
 		return err
 	}
 	defer spool.Close()
+	srsRT, err := openSRS(c, time.Now())
+	if err != nil {
+		return err
+	}
+	if srsRT != nil {
+		defer srsRT.close()
+		log.Info("srs", "domain", c.SRS.Domain, "store", srsRT.what, "legacy_hashes_until", srsRT.cutover.Format("2006-01-02"))
+	}
 	certs := &certStore{}
-	rc, err := relayConfig(c, certs)
+	rc, err := relayConfig(c, certs, srsRT)
 	if err != nil {
 		return err
 	}
@@ -348,7 +367,7 @@ func serve(args []string) error {
 	defer signal.Stop(hup)
 	go func() {
 		for range hup {
-			if err := reload(path, c, be, certs, log); err != nil {
+			if err := reload(path, c, be, certs, srsRT, log); err != nil {
 				log.Error("reload failed; keeping the running configuration", "err", err)
 			}
 		}
