@@ -11,6 +11,10 @@ package e2e
 
 import (
 	"bufio"
+	"context"
+	"crypto/hmac"
+	"crypto/sha1"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"maps"
@@ -25,6 +29,7 @@ import (
 	"time"
 
 	"mailfwd/routing"
+	"mailfwd/routing/srsstore"
 )
 
 const srsTestDomain = "srs.example.net"
@@ -231,7 +236,7 @@ func postsrsdForward(t *testing.T, d *srsDaemon, in string) string {
 }
 
 func oursForward(s *routing.SRS, in string) string {
-	out, err := s.Forward(in)
+	out, err := s.Forward(context.Background(), in)
 	switch {
 	case err != nil:
 		return "refused"
@@ -258,7 +263,7 @@ func postsrsdReverse(t *testing.T, d *srsDaemon, in string) string {
 }
 
 func oursReverse(s *routing.SRS, in string) string {
-	out, err := s.Reverse(in)
+	out, err := s.Reverse(context.Background(), in)
 	switch {
 	case err == nil:
 		return "ok " + out
@@ -283,13 +288,15 @@ type srsCase struct {
 // our stricter choices documented in routing/srs.go).
 const (
 	whyNull        = "null sender: never rewritten (postsrsd: 500 Invalid request; Postfix never asks)"
-	whyEmptyHost   = "F25: empty host: postsrsd rewrites, we refuse (we could not reverse it)"
-	whyEmptyLocal  = "empty local part: postsrsd rewrites, we refuse (we could not reverse it)"
-	whyTwoAt       = "F11/F12: @ in the local part: postsrsd splits at the first @ and cannot reverse its output; we refuse"
-	whyEqHost      = "= in the host: the fields would re-split differently on reverse; we refuse, postsrsd rewrites"
+	whyEmptyHost   = "F25: empty host: postsrsd embeds it (not reversible), we store it (database form)"
+	whyEmptyLocal  = "empty local part: postsrsd embeds it (not reversible), we store it (database form)"
+	whyTwoAt       = "F11/F12: @ in the local part: postsrsd splits at the first @ and cannot reverse its output; we store it (database form)"
+	whyEqHost      = "= in the host: the fields would re-split differently on reverse; postsrsd embeds it, we store it (database form)"
 	whyControl     = "control character: never valid in an address; we refuse, postsrsd rewrites"
-	whyTooLong     = "local part over 64 octets: we refuse (ErrSRSTooLong, the relay defers), postsrsd rewrites"
-	whySRS1Empty   = "F31/F32: SRS1 sender with empty host or rest: postsrsd re-hashes it, we refuse (our reverse needs both)"
+	whyTooLong     = "local part over 64 octets: postsrsd embeds it anyway, we store it (database form)"
+	whySRS1Empty   = "F31/F32: SRS1 sender with empty host or rest: postsrsd re-hashes it, we store it (database form)"
+	whyStored      = "a sender postsrsd refuses (no @, malformed SRS1, over its buffer; Postfix then sends it unchanged): we store it (database form)"
+	whyV2          = "v2 hash: we mint what postsrsd 1.10 cannot verify (its hash can be re-split); it refuses, we accept"
 	whyBareSRS0    = "local part exactly SRS0: postsrsd's strchr matches the NUL after the tag and wraps it as SRS1 with empty rest; we make SRS0"
 	whyLongHash    = "R07/R09: hash longer than HashLength: postsrsd compares only HashLength chars, we compare every char"
 	whyLongHashFwd = "R07: postsrsd's reverse accepts the padded hash, so its forward says Already rewritten; ours wraps as SRS1"
@@ -328,13 +335,20 @@ func TestSRSDifferentialPostsrsd(t *testing.T) {
 
 	// P1: the main oracle, day 0, secrets A, defaults.
 	p1 := startPostsrsd(t, srsDay0, secretsA)
-	our1 := &routing.SRS{Secrets: keysA, Domain: srsTestDomain, Now: at(srsDay0)}
+	// Ours as the relay runs it: a sender store, the cut-over on day 0 (so
+	// postsrsd's addresses of day 0 and before reverse).
+	store, err := srsstore.OpenBoltClock(filepath.Join(dir, "srs.db"), 21, at(srsDay0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	our1 := &routing.SRS{Secrets: keysA, Domain: srsTestDomain, Now: at(srsDay0), Store: store, LegacyUntil: srsDay0}
 	// P2: five days earlier, only the old secret, separator +.
 	p2 := startPostsrsd(t, days(-5), secretsB, "-a+")
-	our2 := &routing.SRS{Secrets: keysB, Domain: srsTestDomain, Separator: '+', Now: at(days(-5))}
+	our2 := &routing.SRS{Secrets: keysB, Domain: srsTestDomain, Separator: '+', Now: at(days(-5)), Store: store, LegacyUntil: days(-5)}
 	// P3: day 0, secrets A, separator -, hash length 8, minimum 6.
 	p3 := startPostsrsd(t, srsDay0, secretsA, "-a-", "-n8", "-N6")
-	our3 := &routing.SRS{Secrets: keysA, Domain: srsTestDomain, Separator: '-', HashLength: 8, HashMin: 6, Now: at(srsDay0)}
+	our3 := &routing.SRS{Secrets: keysA, Domain: srsTestDomain, Separator: '-', HashLength: 8, HashMin: 6, Now: at(srsDay0), Store: store, LegacyUntil: srsDay0}
 
 	var nSame, nDiffer, nFail int
 	reasons, kinds := map[string]int{}, map[string]int{}
@@ -342,7 +356,10 @@ func TestSRSDifferentialPostsrsd(t *testing.T) {
 		t.Helper()
 		kinds[kind]++
 		switch {
-		case c.differ == "" && theirs != ours:
+		case c.differ == whyV2 && (theirs != "badhash" || !strings.HasPrefix(ours, "ok ")):
+		nFail++
+		t.Errorf("%s %q: want postsrsd badhash and ours ok (%s):\n\tpostsrsd: %s\n\tmailfwd:  %s", kind, c.in, c.differ, theirs, ours)
+	case c.differ == "" && theirs != ours:
 			nFail++
 			t.Errorf("%s %q: unexplained difference:\n\tpostsrsd: %s\n\tmailfwd:  %s", kind, c.in, theirs, ours)
 		case c.differ != "" && theirs == ours:
@@ -357,9 +374,12 @@ func TestSRSDifferentialPostsrsd(t *testing.T) {
 			nSame++
 		}
 	}
+	// Forward: the same format, the hash masked (we mint v2 hashes); what
+	// postsrsd returns is what the reverse cases below replay (its
+	// addresses are the bounces in flight when mailfwd takes over).
 	fwd := func(d *srsDaemon, s *routing.SRS, c srsCase) string {
 		theirs, ours := postsrsdForward(t, d, c.in), oursForward(s, c.in)
-		check("forward", c, theirs, ours)
+		check("forward", c, maskOK(theirs), maskOK(ours))
 		return theirs
 	}
 	rev := func(d *srsDaemon, s *routing.SRS, c srsCase) string {
@@ -390,8 +410,8 @@ func TestSRSDifferentialPostsrsd(t *testing.T) {
 	// ---- Forward: hand-picked.
 	srs0In := "SRS0=abcd=KH=orig.example=user@fwd.example"
 	long := func(n int) string { return strings.Repeat("l", n) }
-	own, _ := our1.Forward("owner@example.org") // ours, valid today
-	ownOld, _ := (&routing.SRS{Secrets: keysA, Domain: srsTestDomain, Now: at(days(-30))}).Forward("owner@example.org")
+	_, own := p1.fwd.get(t, "owner@example.org") // postsrsd's, valid today
+	ownOld, _ := (&routing.SRS{Secrets: keysA, Domain: srsTestDomain, Now: at(days(-30))}).Forward(context.Background(), "owner@example.org")
 	ownLocal, _, _ := strings.Cut(own, "@")
 	ownOldLocal, _, _ := strings.Cut(ownOld, "@")
 	padded := ownLocal[:9] + "GARBAGE" + ownLocal[9:] // SRS0=hhhh + GARBAGE =TT=...
@@ -402,16 +422,16 @@ func TestSRSDifferentialPostsrsd(t *testing.T) {
 		{in: "SRS0-x@fwd.example"}, {in: "SRS0=@fwd.example"}, {in: "Srs0=ABCD=kh=Orig.Example=User@Fwd.Example"},
 		{in: "SRS1=xxxx=orig.example==abcd=KH=o=u@fwd2.example"}, {in: "srs1+XXXX=Orig.Example=+abcd=KH=o=u@fwd2.example"},
 		{in: "SRS1==fwd1.example==a=b=c@x.example"}, {in: "SRS1-h=fwd1.example=-a@x.example"},
-		{in: "SRS1=abcd@fwd.example"}, {in: "SRS1=abcd=fwd1.example@x.example"}, {in: "SRS1=@x.example"},
+		{in: "SRS1=abcd@fwd.example", differ: whyStored}, {in: "SRS1=abcd=fwd1.example@x.example", differ: whyStored}, {in: "SRS1=@x.example", differ: whyStored},
 		{in: "SRS1=h==rest@x.example", differ: whySRS1Empty}, {in: "SRS1=h=fwd1.example=@x.example", differ: whySRS1Empty},
 		{in: "SRS0@example.com", differ: whyBareSRS0},
 		{in: ownLocal + "@foreign.example"}, {in: ownLocal + "@" + srsTestDomain}, {in: strings.ToUpper(ownLocal) + "@foreign.example"},
 		{in: ownOldLocal + "@foreign.example"}, // expired: wrapped as SRS1 by both
 		{in: padded + "@foreign.example", differ: whyLongHashFwd},
-		{in: "", differ: whyNull}, {in: "alice"}, {in: "alice@", differ: whyEmptyHost}, {in: "@example.com", differ: whyEmptyLocal},
+		{in: "", differ: whyNull}, {in: "alice", differ: whyStored}, {in: "alice@", differ: whyEmptyHost}, {in: "@example.com", differ: whyEmptyLocal},
 		{in: "a@b@example.com", differ: whyTwoAt}, {in: `"a@b"@example.com`, differ: whyTwoAt},
 		{in: "user@ho=st.example", differ: whyEqHost}, {in: "a\tb@example.com", differ: whyControl},
-		{in: long(1000) + "@example.com"},
+		{in: long(1000) + "@example.com", differ: whyStored},
 		{in: long(50-len("example.com")) + "@example.com"},                     // local part exactly 64
 		{in: long(51-len("example.com")) + "@example.com", differ: whyTooLong}, // 65
 		{in: long(60) + "@example.com", differ: whyTooLong},
@@ -491,36 +511,35 @@ func TestSRSDifferentialPostsrsd(t *testing.T) {
 			)
 		}
 	}
-	addrs := func(s *routing.SRS, in ...string) []string {
-		var out []string
-		for _, a := range in {
-			r, err := s.Forward(a)
-			if err != nil {
-				t.Fatalf("Forward(%q): %v", a, err)
-			}
-			out = append(out, r)
-		}
-		return out
-	}
+	// postsrsd's addresses of other days and other secrets (computed with
+	// legacySRS rather than a postsrsd per day): still valid, also after the
+	// 1024-day wrap; expired or future (SRS1 never expires); signed with a
+	// secret we do not have, or with the old (second) and third secrets.
 	samples := []string{"alice@example.com", "Ünï.Code@bücher.example", srs0In}
-	withNow := func(n int) *routing.SRS {
-		return &routing.SRS{Secrets: keysA, Domain: srsTestDomain, Now: at(days(n))}
-	}
-	for _, n := range []int{-21, -20, -1, -1029, -1024 - 21, 1024} { // still valid, also after the 1024-day wrap
-		for _, a := range addrs(withNow(n), samples...) {
-			revCases = append(revCases, srsCase{in: a})
+	for _, n := range []int{-21, -20, -1, -1029, -1024 - 21, 1024, -22, -23, -100, 1, 2, -1024 - 22} {
+		for _, a := range samples {
+			revCases = append(revCases, srsCase{in: legacySRS([]byte(srsSecretNew), days(n), a, 4)})
 		}
 	}
-	for _, n := range []int{-22, -23, -100, 1, 2, -1024 - 22} { // expired or future (SRS1 never expires)
-		for _, a := range addrs(withNow(n), samples...) {
-			revCases = append(revCases, srsCase{in: a})
+	for _, k := range []string{srsSecretGone, srsSecretOld, srsSecretLong} {
+		for _, a := range samples {
+			revCases = append(revCases, srsCase{in: legacySRS([]byte(k), srsDay0, a, 4)})
 		}
 	}
-	// Signed with a secret we do not have; with the old (second) and third secrets.
-	for _, keys := range [][][]byte{{[]byte(srsSecretGone)}, {[]byte(srsSecretOld)}, {[]byte(srsSecretLong)}} {
-		s := &routing.SRS{Secrets: keys, Domain: srsTestDomain, Now: at(srsDay0)}
-		for _, a := range addrs(s, samples...) {
-			revCases = append(revCases, srsCase{in: a})
+	// What we mint (v2): postsrsd refuses every valid one; expired ones
+	// both call expired (the stamp is checked first).
+	for _, n := range []int{0, -21, -1024 - 21, -22, 1} {
+		s := &routing.SRS{Secrets: keysA, Domain: srsTestDomain, Now: at(days(n))}
+		for _, a := range samples {
+			v2, err := s.Forward(context.Background(), a)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := srsCase{in: v2}
+			if r := oursReverse(our1, v2); strings.HasPrefix(r, "ok ") {
+				c.differ = whyV2
+			}
+			revCases = append(revCases, c)
 		}
 	}
 	for _, a := range ours2 { // postsrsd, 5 days ago, old secret, separator +
@@ -556,11 +575,7 @@ func TestSRSDifferentialPostsrsd(t *testing.T) {
 		}
 		hashEnd := 5 + strings.IndexByte(local[5:], '=')
 		h, rest := local[5:hashEnd], local[hashEnd:]
-		full, err := (&routing.SRS{Secrets: keysA, Domain: srsTestDomain, HashLength: 27, HashMin: 1, Now: at(srsDay0)}).Forward(
-			mustReverse(t, our3, a))
-		if err != nil {
-			t.Fatal(err)
-		}
+		full := legacySRS(keysA[0], srsDay0, mustReverse(t, our3, a), 27)
 		full27 := full[5 : 5+27]
 		for _, c := range []srsCase{
 			{in: a},
@@ -604,11 +619,15 @@ func TestSRSDifferentialPostsrsd(t *testing.T) {
 		}
 		var want string
 		if mode == "forward" {
-			want = postsrsdForward(t, p1, in)
+			want = maskOK(postsrsdForward(t, p1, in))
 		} else {
 			want = postsrsdReverse(t, p1, in)
 		}
-		if got := "ok " + strings.TrimSuffix(string(out), "\n"); got != want {
+		got := "ok " + strings.TrimSuffix(string(out), "\n")
+		if mode == "forward" {
+			got = maskOK(got)
+		}
+		if got != want {
 			t.Errorf("mailfwd %v: %s, postsrsd %s", args, got, want)
 		}
 	}
@@ -622,8 +641,9 @@ func TestSRSDifferentialPostsrsd(t *testing.T) {
 	if _, err := exec.LookPath("perl"); err == nil && exec.Command("perl", "-MMail::SRS", "-e1").Run() == nil {
 		script := `use Mail::SRS; my $s = Mail::SRS->new(Secret => [@ARGV[0,1]], MaxAge => 21, HashLength => 4);
 			print $s->forward($ARGV[2], $ARGV[3]), "\n"; print $s->reverse($ARGV[4]), "\n";`
+		// Mail::SRS forwards as postsrsd does; we reverse what it mints.
 		for _, in := range []string{"alice@example.com", "Alice.Smith@EXAMPLE.COM", srs0In, "SRS1=xxxx=orig.example==abcd=KH=o=u@fwd2.example", `"a b"@example.com`} {
-			fw, _ := our1.Forward(in)
+			_, fw := p1.fwd.get(t, in)
 			perl := exec.Command("faketime", srsDay0.Format("2006-01-02 15:04:05"), "perl", "-e", script,
 				srsSecretNew, srsSecretOld, in, srsTestDomain, fw)
 			perl.Env = append(os.Environ(), "TZ=UTC")
@@ -633,7 +653,7 @@ func TestSRSDifferentialPostsrsd(t *testing.T) {
 				continue
 			}
 			lines := strings.Split(strings.TrimSuffix(string(out), "\n"), "\n")
-			back, _ := our1.Reverse(fw)
+			back, _ := our1.Reverse(context.Background(), fw)
 			if len(lines) != 2 || lines[0] != fw || lines[1] != back {
 				t.Errorf("Mail::SRS %q: %q, ours %q, %q", in, lines, fw, back)
 			}
@@ -646,9 +666,55 @@ func TestSRSDifferentialPostsrsd(t *testing.T) {
 
 func mustReverse(t *testing.T, s *routing.SRS, a string) string {
 	t.Helper()
-	r, err := s.Reverse(a)
+	r, err := s.Reverse(context.Background(), a)
 	if err != nil {
 		t.Fatalf("Reverse(%q): %v", a, err)
 	}
 	return r
+}
+
+// maskOK masks the hash of an "ok SRSn=..." outcome: we mint v2 hashes
+// where postsrsd mints legacy ones, in the same format.
+func maskOK(r string) string {
+	a, ok := strings.CutPrefix(r, "ok ")
+	if !ok || len(a) < 6 || !strings.HasPrefix(strings.ToUpper(a), "SRS") {
+		return r
+	}
+	if i := strings.IndexByte(a[5:], '='); i >= 0 {
+		return "ok " + a[:5] + "HASH" + a[5+i:]
+	}
+	return r
+}
+
+// legacySRS is postsrsd 1.10's forward on another day (a faketime'd
+// postsrsd per day would cost a second each): HMAC-SHA1 over the fields
+// with no delimiter, standard base64, for an ordinary sender (SRS0) or an
+// SRS0 one (SRS1).
+func legacySRS(secret []byte, day time.Time, sender string, hashLen int) string {
+	at := strings.IndexByte(sender, '@')
+	local, host := sender[:at], sender[at+1:]
+	mac := func(fields ...string) string {
+		m := hmac.New(sha1.New, secret)
+		for _, f := range fields {
+			m.Write([]byte(asciiLowerE2E(f)))
+		}
+		return base64.RawStdEncoding.EncodeToString(m.Sum(nil))[:hashLen]
+	}
+	if strings.HasPrefix(strings.ToUpper(local), "SRS0") {
+		return "SRS1=" + mac(host, local[4:]) + "=" + host + "=" + local[4:] + "@" + srsTestDomain
+	}
+	n := (day.Unix() / 86400) % 1024
+	const b32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+	tt := string([]byte{b32[n>>5], b32[n&31]})
+	return "SRS0=" + mac(tt, host, local) + "=" + tt + "=" + host + "=" + local + "@" + srsTestDomain
+}
+
+func asciiLowerE2E(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
 }
