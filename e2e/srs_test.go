@@ -357,9 +357,9 @@ func TestSRSDifferentialPostsrsd(t *testing.T) {
 		kinds[kind]++
 		switch {
 		case c.differ == whyV2 && (theirs != "badhash" || !strings.HasPrefix(ours, "ok ")):
-		nFail++
-		t.Errorf("%s %q: want postsrsd badhash and ours ok (%s):\n\tpostsrsd: %s\n\tmailfwd:  %s", kind, c.in, c.differ, theirs, ours)
-	case c.differ == "" && theirs != ours:
+			nFail++
+			t.Errorf("%s %q: want postsrsd badhash and ours ok (%s):\n\tpostsrsd: %s\n\tmailfwd:  %s", kind, c.in, c.differ, theirs, ours)
+		case c.differ == "" && theirs != ours:
 			nFail++
 			t.Errorf("%s %q: unexplained difference:\n\tpostsrsd: %s\n\tmailfwd:  %s", kind, c.in, theirs, ours)
 		case c.differ != "" && theirs == ours:

@@ -92,7 +92,9 @@ func bounceRcpt(t *testing.T, o relayOpts, to string) string {
 // failingStore is an SRS store that cannot answer.
 type failingStore struct{}
 
-func (failingStore) Put(context.Context, string, string, int64) error { return errors.New("connection refused") }
+func (failingStore) Put(context.Context, string, string, int64) error {
+	return errors.New("connection refused")
+}
 func (failingStore) Get(context.Context, string, int64) (string, error) {
 	return "", errors.New("connection refused")
 }

@@ -171,7 +171,7 @@ func TestSRSResplit(t *testing.T) {
 // before the cut-over day, for SRS1 until MaxAgeDays after it, never
 // without a cut-over day.
 func TestSRSLegacyWindow(t *testing.T) {
-	const legacyF01 = "SRS0=gfkj=KH=example.com=alice@srs.example.net"                        // minted 2024-03-01
+	const legacyF01 = "SRS0=gfkj=KH=example.com=alice@srs.example.net"                   // minted 2024-03-01
 	const legacyF27 = "SRS1=Eb9W=fwd.example==abcd=KH=orig.example=user@srs.example.net" // no stamp
 	day := func(n int) time.Time { return srsTestDay.AddDate(0, 0, n) }
 	for _, c := range []struct {
