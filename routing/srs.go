@@ -33,8 +33,9 @@ package routing
 // alphabet, and in any case, verify.
 //
 // A sender whose SRS0 (or SRS1) form would not fit RFC 5321 (a 64-octet local
-// part, a 254-octet address), or that SRS cannot embed so that it splits back
-// the same (two @, an empty part, = in the host), is stored in Store under a
+// part, a 254-octet address) or would need quotes, or that SRS cannot embed
+// so that it splits back the same (two @, an empty part, = in the host), is
+// stored in Store under a
 // keyed hash of itself and replaced by the database form, as postsrsd 2.x
 // does in its database mode: a 47-octet local part for any sender. Its key
 // is an HMAC of the sender, not postsrsd's plain SHA-1, so the form does not
@@ -402,8 +403,8 @@ func hasControl(s string) bool {
 // re-hashed for our domain, not nested; any other sender becomes SRS0 with
 // today's stamp, in the format postsrsd emits (with the v2 hash).
 //
-// A sender whose form would exceed the SMTP limits, or that cannot be
-// embedded so that Reverse splits it back into the same fields (two @, an
+// A sender whose form would exceed the SMTP limits or need quoting, or that
+// cannot be embedded so that Reverse splits it back into the same fields (two @, an
 // empty local part or host, = in the host, a malformed SRS1 sender), is
 // stored in Store and gets the database form; without a Store, Forward
 // returns ErrSRSTooLong or ErrSRSMalformed, never a truncated or invalid
@@ -453,7 +454,10 @@ func (s *SRS) Forward(ctx context.Context, sender string) (res string, err error
 		out := s.mint(want, p)
 		// Emit only what Reverse splits back into the same fields.
 		if got, err := parseSRS(out); err == nil && got.sameFields(want) {
-			if fits(out, s.Domain) {
+			// A local part that needs quotes on the wire ("john doe",
+			// trail.) is stored too when it can be: receivers and the
+			// MTAs between mangle quoted bounce addresses.
+			if fits(QuoteLocal(out), s.Domain) && (s.Store == nil || !needsQuote(out)) {
 				return out + "@" + s.Domain, nil
 			}
 			if s.Store == nil {
