@@ -775,6 +775,28 @@ func (r *Results) header(authservID string) string {
 	return "Authentication-Results: " + foldAR(r.payload(authservID)) + "\r\n"
 }
 
+// SenderAuth says how the envelope sender mailFrom was authenticated:
+// "spf" (SPF pass for its domain, not HELO), "dkim" (a passing DKIM
+// signature whose d= is in its organizational domain), or "" (not: DSNs
+// to it could be backscatter).
+func (r Results) SenderAuth(mailFrom string) string {
+	i := strings.LastIndexByte(mailFrom, '@')
+	if i < 0 {
+		return ""
+	}
+	dom := strings.ToLower(strings.TrimSuffix(mailFrom[i+1:], "."))
+	if r.SPF.Result == "pass" && !r.SPF.Helo && strings.EqualFold(r.SPF.Domain, dom) {
+		return "spf"
+	}
+	org := orgDomain(dom)
+	for _, k := range r.DKIM {
+		if k.Result == "pass" && orgDomain(strings.ToLower(strings.TrimSuffix(k.Domain, "."))) == org {
+			return "dkim"
+		}
+	}
+	return ""
+}
+
 // AuthenticationResults is the Authentication-Results field for r
 // (folded, CRLF-terminated).
 func (r Results) AuthenticationResults(authservID string) string { return r.header(authservID) }

@@ -276,6 +276,13 @@ type Delivery struct {
 	// smtpd_authorized_xclient_hosts / smtpd_authorized_xforward_hosts).
 	XClient  bool `yaml:"xclient"`
 	XForward bool `yaml:"xforward"`
+	// ForwardDSN: which senders hear that an external forward failed or is
+	// delayed: authenticated (SPF pass or a DKIM signature of their domain
+	// at our edge; needs the auth section), always, or never.
+	ForwardDSN string `yaml:"forward_dsn"`
+	// DSNRevealForward: such DSNs name the outside address and quote its
+	// MX's reply, instead of the address the sender used and the codes.
+	DSNRevealForward bool `yaml:"dsn_reveal_forward"`
 }
 
 // Log is the logging setup.
@@ -513,6 +520,9 @@ func (c *Config) setDefaults() {
 	if d.DestinationConcurrency == 0 {
 		d.DestinationConcurrency = 20
 	}
+	if d.ForwardDSN == "" {
+		d.ForwardDSN = "authenticated"
+	}
 	if d.TLSPolicy == "" {
 		d.TLSPolicy = "opportunistic"
 	}
@@ -679,6 +689,11 @@ func (c *Config) validate() error {
 		if s.Reverse.MaxRecipients < 0 || s.Reverse.Rate < 0 || s.Reverse.Window < 0 {
 			bad("srs.reverse: max_recipients, rate and window must not be negative")
 		}
+	}
+	switch c.Delivery.ForwardDSN {
+	case "authenticated", "always", "never":
+	default:
+		bad("delivery.forward_dsn: %q: want authenticated, always or never", c.Delivery.ForwardDSN)
 	}
 	for dest, p := range c.Delivery.TLSPolicies {
 		if p != "none" && p != "opportunistic" && p != "require" {

@@ -22,7 +22,11 @@ const (
 // w: a human-readable part, the delivery-status part, and the original
 // message (RET=FULL) or its header (otherwise: the report must not carry,
 // and re-send, whole bodies by default).
-func writeDSN(w io.Writer, reportingMTA string, env *Envelope, rcpts []*Recipient, kind dsnKind, origBody io.Reader, now, retryUntil time.Time) error {
+//
+// The outside address of an external forward is a user's private mailbox:
+// unless reveal, the DSN names the address the sender used instead, and of
+// the remote reply only its codes (the text may repeat the address).
+func writeDSN(w io.Writer, reportingMTA string, env *Envelope, rcpts []*Recipient, kind dsnKind, origBody io.Reader, now, retryUntil time.Time, reveal bool) error {
 	var rb [12]byte
 	rand.Read(rb[:])
 	boundary := "mailfwd-" + hex.EncodeToString(rb[:])
@@ -45,7 +49,7 @@ func writeDSN(w io.Writer, reportingMTA string, env *Envelope, rcpts []*Recipien
 	fmt.Fprintf(bw, "Content-Type: text/plain; charset=utf-8\r\n\r\n")
 	fmt.Fprintf(bw, "This is the mail system at host %s.\r\n\r\n%s\r\n(queue ID %s)\r\n\r\n", reportingMTA, intro, env.ID)
 	for _, r := range rcpts {
-		fmt.Fprintf(bw, "<%s>: %s\r\n", r.Addr, oneLine(r.LastReply))
+		fmt.Fprintf(bw, "<%s>: %s\r\n", shown(r, reveal), diagnostic(r, reveal))
 	}
 	fmt.Fprintf(bw, "\r\n--%s\r\nContent-Type: message/delivery-status\r\n\r\n", boundary)
 	fmt.Fprintf(bw, "Reporting-MTA: dns; %s\r\n", reportingMTA)
@@ -58,7 +62,7 @@ func writeDSN(w io.Writer, reportingMTA string, env *Envelope, rcpts []*Recipien
 		switch {
 		case r.ORcpt != "":
 			fmt.Fprintf(bw, "Original-Recipient: %s\r\n", strings.Replace(r.ORcpt, ";", "; ", 1))
-		case r.OrigTo != "" && !strings.EqualFold(r.OrigTo, r.Addr):
+		case r.OrigTo != "" && !strings.EqualFold(r.OrigTo, shown(r, reveal)):
 			fmt.Fprintf(bw, "Original-Recipient: rfc822; %s\r\n", r.OrigTo)
 		}
 		action, status := "failed", dsnStatus(r.LastReply, "5.0.0")
@@ -68,12 +72,16 @@ func writeDSN(w io.Writer, reportingMTA string, env *Envelope, rcpts []*Recipien
 		if kind == dsnDelayed {
 			action, status = "delayed", dsnStatus(r.LastReply, "4.0.0")
 			fmt.Fprintf(bw, "Final-Recipient: rfc822; %s\r\nAction: %s\r\nStatus: %s\r\nWill-Retry-Until: %s\r\n",
-				r.Addr, action, status, retryUntil.Format(time.RFC1123Z))
+				shown(r, reveal), action, status, retryUntil.Format(time.RFC1123Z))
 		} else {
-			fmt.Fprintf(bw, "Final-Recipient: rfc822; %s\r\nAction: %s\r\nStatus: %s\r\n", r.Addr, action, status)
+			fmt.Fprintf(bw, "Final-Recipient: rfc822; %s\r\nAction: %s\r\nStatus: %s\r\n", shown(r, reveal), action, status)
 		}
 		if r.LastReply != "" {
-			fmt.Fprintf(bw, "Diagnostic-Code: smtp; %s\r\n", oneLine(r.LastReply))
+			typ := "smtp"
+			if r.expired && r.External && !reveal {
+				typ = "X-Mailfwd" // no SMTP reply to quote
+			}
+			fmt.Fprintf(bw, "Diagnostic-Code: %s; %s\r\n", typ, diagnostic(r, reveal))
 		}
 	}
 	if strings.EqualFold(env.DSNRet, "FULL") {
@@ -98,6 +106,33 @@ func writeDSN(w io.Writer, reportingMTA string, env *Envelope, rcpts []*Recipien
 }
 
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+// shown is the recipient a DSN names.
+func shown(r *Recipient, reveal bool) string {
+	if r.External && !reveal && r.OrigTo != "" {
+		return r.OrigTo
+	}
+	return r.Addr
+}
+
+// diagnostic is the reply a DSN quotes for r.
+func diagnostic(r *Recipient, reveal bool) string {
+	if !r.External || reveal {
+		return oneLine(r.LastReply)
+	}
+	f := strings.Fields(r.LastReply)
+	codes := []string{}
+	if len(f) > 0 && len(f[0]) == 3 && (f[0][0] == '4' || f[0][0] == '5') {
+		codes = append(codes, f[0])
+		if len(f) > 1 && strings.Count(f[1], ".") == 2 {
+			codes = append(codes, f[1])
+		}
+	}
+	if r.expired {
+		return strings.TrimSpace(strings.Join(codes, " ") + " (the message could not be forwarded before it expired)")
+	}
+	return strings.TrimSpace(strings.Join(codes, " ") + " (the destination this address forwards to did not take the message)")
+}
 
 // dsnStatus is the enhanced status code of a reply text ("550 5.1.1 ..."),
 // or def.
@@ -136,10 +171,15 @@ func (q *Scheduler) notify(env *Envelope, kind dsnKind, due func(*Recipient) boo
 		if !due(r) {
 			continue
 		}
-		if env.From != "" && r.wants(want) {
-			report = append(report, r)
-		} else {
+		switch {
+		case env.From == "" || !r.wants(want):
 			mark(r) // nothing to send: reported as far as it will ever be
+		case r.External && !q.forwardDSN(env):
+			mark(r)
+			q.Log.Info("no DSN for a failed forward: the sender was not authenticated (it would be backscatter)",
+				"queue_id", env.ID, "from", env.From, "orig_to", r.OrigTo, "kind", want)
+		default:
+			report = append(report, r)
 		}
 	}
 	if len(report) == 0 {
@@ -161,7 +201,7 @@ func (q *Scheduler) notify(env *Envelope, kind dsnKind, due func(*Recipient) boo
 		signer = q.SignDSN()
 		out = io.MultiWriter(w, signer)
 	}
-	if err := writeDSN(out, q.hostname(), env, report, kind, body, now, env.Received.Add(q.Lifetime)); err != nil {
+	if err := writeDSN(out, q.hostname(), env, report, kind, body, now, env.Received.Add(q.Lifetime), q.RevealForward); err != nil {
 		w.Abort()
 		return err
 	}
@@ -189,6 +229,29 @@ func (q *Scheduler) notify(env *Envelope, kind dsnKind, due func(*Recipient) boo
 	q.Log.Info(kindName+" queued", "queue_id", env.ID, "dsn_queue_id", dsn.ID, "to", env.From, "recipients", len(report))
 	q.Submit(dsn)
 	return nil
+}
+
+// ForwardDSN decides which senders hear about failed external forwards.
+type ForwardDSN string
+
+const (
+	// ForwardDSNAuthenticated (the default): only a sender authenticated at
+	// our edge (Envelope.SenderAuth). Mail from a forged sender that a
+	// user's outside mailbox refuses would otherwise bounce to the forged
+	// address: backscatter, which gets our IP listed.
+	ForwardDSNAuthenticated ForwardDSN = "authenticated"
+	ForwardDSNAlways        ForwardDSN = "always"
+	ForwardDSNNever         ForwardDSN = "never"
+)
+
+func (q *Scheduler) forwardDSN(env *Envelope) bool {
+	switch q.ForwardDSN {
+	case ForwardDSNAlways:
+		return true
+	case ForwardDSNNever:
+		return false
+	}
+	return env.SenderAuth != ""
 }
 
 func (q *Scheduler) hostname() string {

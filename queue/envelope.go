@@ -88,6 +88,11 @@ type Envelope struct {
 	DSNEnvID string `json:"dsn_envid,omitempty"`
 	// Held messages are not delivered until released (mailfwd queue hold).
 	Held bool `json:"held,omitempty"`
+	// SenderAuth says how the envelope sender was authenticated at our
+	// edge: "spf" (SPF pass for its domain), "dkim" (a passing DKIM
+	// signature of its organizational domain), or "" (not: it may be
+	// forged, so a DSN about a failed forward would be backscatter).
+	SenderAuth string `json:"sender_auth,omitempty"`
 	// AuthHeader (Authentication-Results) goes before the body for every
 	// recipient, ForwardHeader (ARC set, our DKIM-Signature) before that for
 	// external forwards only: kept here, not in the body file, so the

@@ -110,6 +110,12 @@ type Scheduler struct {
 	// SignDSN, if set, returns a writer that sees each DSN we generate and
 	// then gives its DKIM-Signature header (sent before the DSN).
 	SignDSN func() DSNSigner
+	// ForwardDSN: which senders get DSNs about failed or delayed external
+	// forwards (default ForwardDSNAuthenticated). RevealForward: those DSNs
+	// name the outside address and quote its MX's reply (default: the
+	// address the sender used, and the reply's codes only).
+	ForwardDSN    ForwardDSN
+	RevealForward bool
 	Clock   Clock
 	// Observe, if set, hears each recipient's delivery outcome ("delivery":
 	// sent, deferred, bounced or expired) and each DSN queued ("dsn":

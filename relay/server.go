@@ -537,7 +537,7 @@ func (s *session) data(r io.Reader) error {
 		s.log.Warn("client disconnected during the message; discarded", "queue_id", w.ID())
 		return replyLocalError
 	}
-	var authHeader, forwardHeader string
+	var authHeader, forwardHeader, senderAuth string
 	if chk != nil {
 		v := chk.Finish()
 		if v.Err != nil {
@@ -549,6 +549,7 @@ func (s *session) data(r io.Reader) error {
 			return &smtp.SMTPError{Code: v.Code, EnhancedCode: smtp.EnhancedCode(v.EnhancedCode), Message: v.Message}
 		}
 		authHeader, forwardHeader = v.Header, v.ForwardHeader
+		senderAuth = v.Results.SenderAuth(s.from)
 	}
 	now := time.Now()
 	env := &queue.Envelope{
@@ -563,6 +564,7 @@ func (s *session) data(r io.Reader) error {
 		Body8Bit:      s.opts.Body == smtp.Body8BitMIME,
 		DSNRet:        string(s.opts.Return),
 		DSNEnvID:      s.opts.EnvelopeID,
+		SenderAuth:    senderAuth,
 		NextAttempt:   now.Add(s.p.cfg.FirstRetry),
 	}
 	if err := w.Commit(env); err != nil {
