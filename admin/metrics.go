@@ -28,6 +28,8 @@ type Metrics struct {
 	CacheMisses       prometheus.CounterFunc
 	// SRS: {op="forward"|"reverse", result=routing.SRSResult}.
 	SRS                *prometheus.CounterVec
+	// Forwarding: {outcome=auth.Forward*}, one per message forwarded outside.
+	Forwarding *prometheus.CounterVec
 	QueueMessages      prometheus.GaugeFunc
 	QueueOldestSeconds prometheus.GaugeFunc
 	// Deliveries: {result="sent"|"deferred"|"bounced"|"expired"}, per
@@ -91,8 +93,12 @@ func NewMetrics() *Metrics {
 	}, func() float64 { _, mi := m.cacheStats(); return float64(mi) })
 	m.SRS = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "mailfwd_srs_total",
-		Help: "SRS rewrites (op=forward) and bounce address decodings (op=reverse) by result (ok, unchanged, not_srs, bad_hash, expired, malformed, too_long, error).",
+		Help: "SRS rewrites (op=forward) and bounce address decodings (op=reverse) by result (ok, database, legacy, unchanged, not_srs, bad_hash, expired, malformed, too_long, unknown_key, store_error, error).",
 	}, []string{"op", "result"})
+	m.Forwarding = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "mailfwd_dmarc_forwarding_total",
+		Help: "Messages forwarded outside, by DMARC-aware forwarding outcome (rewritten, kept_dkim, kept_no_policy, kept_failed, kept_temperror, kept_off).",
+	}, []string{"outcome"})
 	m.QueueMessages = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "mailfwd_queue_messages",
 		Help: "Messages in the queue (waiting for an attempt or being delivered; held messages not counted).",
@@ -116,7 +122,7 @@ func NewMetrics() *Metrics {
 		Help: "Delivery status notifications queued to senders: failure (bounce) or delay.",
 	}, []string{"kind"})
 	m.reg.MustRegister(m.Connections, m.ConnectionsOpen, m.RcptReplies, m.Messages, m.LDAPLookupSeconds, m.LDAPErrors,
-		m.CacheHits, m.CacheMisses, m.SRS, m.QueueMessages, m.QueueOldestSeconds, m.Deliveries, m.DSNs,
+		m.CacheHits, m.CacheMisses, m.SRS, m.Forwarding, m.QueueMessages, m.QueueOldestSeconds, m.Deliveries, m.DSNs,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// Known label values start at 0, so rates and alerts see them before
 	// the first event.
@@ -178,6 +184,9 @@ func (m *Metrics) ObserveLDAP(d time.Duration, err error) {
 
 // ObserveSRS is the routing.SRS.Observe hook.
 func (m *Metrics) ObserveSRS(op, result string) { m.SRS.WithLabelValues(op, result).Inc() }
+
+// ObserveForwarding is the relay.Config.ObserveForwarding hook.
+func (m *Metrics) ObserveForwarding(outcome string) { m.Forwarding.WithLabelValues(outcome).Inc() }
 
 // ObserveQueue is the queue.Scheduler.Observe hook.
 func (m *Metrics) ObserveQueue(event, result string) {

@@ -70,6 +70,8 @@ type Config struct {
 	DKIMKey *Key
 	// ARCKey seals external forwards (RSA only); nil: no ARC set.
 	ARCKey *Key
+	// FromRewrite turns on DMARC-aware forwarding (forward.go); nil: off.
+	FromRewrite *FromRewriting
 	// Now is the clock for signature timestamps (default time.Now).
 	Now func() time.Time
 }
@@ -176,6 +178,11 @@ type Verdict struct {
 	// Err reports a signing failure (ForwardHeader is then incomplete);
 	// checks themselves never fail, they give temperror/permerror results.
 	Err error
+	// Forwarding is the DMARC-aware forwarding outcome for external
+	// forwards (Forward* constants; "" when nothing is forwarded), and
+	// FromRewrite, when it is ForwardRewritten, how such a forward leaves.
+	Forwarding  string
+	FromRewrite *FromRewrite
 }
 
 // Check is one message being checked: an io.Writer fed the message as
@@ -204,6 +211,9 @@ type Check struct {
 	fromDomain      string
 	fromErr         string
 	once            sync.Once
+	dmarcTesting    bool       // the record says t=y (DMARCbis testing)
+	arcVerdict      arcVerdict // of the chain the message arrived with
+	rewriteErr      error
 }
 
 type dkimOut struct {
@@ -212,7 +222,8 @@ type dkimOut struct {
 }
 
 type dmarcOut struct {
-	rec    *dmarc.Record
+	rec     *dmarc.Record
+	testing bool // t=y
 	atOrg  bool
 	result string // "" found/none decided by rec; temperror/permerror/none
 	reason string
@@ -320,6 +331,9 @@ func (c *Check) onHeader(fields, withBlank []byte) {
 			c.simple = newBodyHasher(false, sha256.New())
 		}
 	}
+	if c.in.Forward && a.cfg.FromRewrite != nil && (a.cfg.DKIMKey != nil || a.cfg.ARCKey != nil) {
+		needRelaxed = true // to sign a rewritten header
+	}
 	if needRelaxed {
 		c.relaxed = newBodyHasher(true, sha256.New())
 	}
@@ -423,6 +437,9 @@ func (a *Authenticator) lookupDMARC(ctx context.Context, from string) dmarcOut {
 			return false, true
 		}
 		out.rec = rec
+		if t, ok := tags(recs[0]); ok && strings.EqualFold(strings.TrimSpace(t["t"]), "y") {
+			out.testing = true
+		}
 		return true, true
 	}
 	if found, stop := try(from); found || stop {
@@ -566,13 +583,14 @@ func (c *Check) finish(v *Verdict) {
 	c.policy(v)
 	if c.in.Forward && c.broken == "" {
 		var fh strings.Builder
+		if c.chain == nil {
+			c.chain = &arcChain{}
+		}
+		if av.cv == "" {
+			av.cv = CVNone
+		}
+		c.arcVerdict = av
 		if a.cfg.ARCKey != nil {
-			if c.chain == nil {
-				c.chain = &arcChain{}
-			}
-			if av.cv == "" {
-				av.cv = CVNone
-			}
 			s, err := seal(a.cfg.ARCKey, a.cfg.Now(), c.fields, c.chain, av, r.payload(a.cfg.AuthServID), c.relaxedSum())
 			if err != nil {
 				v.Err = err
@@ -587,6 +605,10 @@ func (c *Check) finish(v *Verdict) {
 			fh.WriteString(s)
 		}
 		v.ForwardHeader = fh.String()
+		v.Forwarding, v.FromRewrite = c.forwarding(r)
+		if c.rewriteErr != nil && v.Err == nil {
+			v.Err = c.rewriteErr
+		}
 	}
 }
 
@@ -640,6 +662,7 @@ func (c *Check) dmarc(r *Results, timedOut *bool, deadline <-chan time.Time) DMA
 		return d
 	}
 	rec := out.rec
+	c.dmarcTesting = out.testing
 	d.Policy = string(rec.Policy)
 	if out.atOrg && rec.SubdomainPolicy != "" {
 		d.Policy = string(rec.SubdomainPolicy)

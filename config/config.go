@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/net/publicsuffix"
 	"gopkg.in/yaml.v3"
 
 	"mailfwd/queue"
@@ -122,6 +123,23 @@ type Auth struct {
 	DMARCReject string   `yaml:"dmarc_reject"`
 	DKIM        *AuthKey `yaml:"dkim"` // signs external forwards
 	ARC         *AuthKey `yaml:"arc"`  // seals external forwards (RSA)
+	// DMARCForwarding rewrites the From of forwards that would fail DMARC
+	// at the receiver (auth/forward.go).
+	DMARCForwarding DMARCForwarding `yaml:"dmarc_forwarding"`
+}
+
+// DMARCForwarding: a forward of mail from a p=reject/quarantine domain
+// that passed DMARC here through SPF alone leaves with our From.
+type DMARCForwarding struct {
+	Mode string `yaml:"mode"` // rewrite (default) or off
+	// From is the address rewritten mail carries (default: forwarded@ the
+	// auth.dkim domain, else @ the organizational domain of srs.domain).
+	From string `yaml:"from"`
+	// Via names us in the display name (default: From's domain).
+	Via string `yaml:"via"`
+	// OffFor: relay domains or addresses (as the sender wrote them) whose
+	// forwards keep their From whatever happens.
+	OffFor []string `yaml:"off_for"`
 }
 
 // AuthKey is a signing key and where its public half is published.
@@ -404,6 +422,29 @@ func (c *Config) setDefaults() {
 	if c.SpoolDir == "" {
 		c.SpoolDir = "/var/spool/mailfwd"
 	}
+	if a := c.Auth; a != nil {
+		f := &a.DMARCForwarding
+		if f.Mode == "" {
+			f.Mode = "rewrite"
+		}
+		if f.From == "" {
+			switch {
+			case a.DKIM != nil:
+				f.From = "forwarded@" + a.DKIM.Domain
+			case c.SRS != nil:
+				org, err := publicsuffix.EffectiveTLDPlusOne(strings.ToLower(c.SRS.Domain))
+				if err != nil {
+					org = c.SRS.Domain
+				}
+				f.From = "forwarded@" + org
+			default:
+				f.Mode = "off" // nothing of ours would pass DMARC at the receiver
+			}
+		}
+		if f.Via == "" && f.From != "" {
+			f.Via = f.From[strings.LastIndexByte(f.From, '@')+1:]
+		}
+	}
 	if s := c.SRS; s != nil {
 		if s.Database == "" {
 			s.Database = "auto"
@@ -651,6 +692,26 @@ func (c *Config) validate() error {
 		for name, k := range map[string]*AuthKey{"dkim": a.DKIM, "arc": a.ARC} {
 			if k != nil && (k.Domain == "" || k.Selector == "" || k.KeyFile == "") {
 				bad("auth.%s: domain, selector and key_file are required", name)
+			}
+		}
+		if f := a.DMARCForwarding; f.Mode != "rewrite" && f.Mode != "off" {
+			bad("auth.dmarc_forwarding.mode: %q: want rewrite or off", f.Mode)
+		} else if f.Mode == "rewrite" && f.From != "" {
+			at := strings.LastIndexByte(f.From, '@')
+			dom := strings.ToLower(f.From[at+1:])
+			org := func(d string) string {
+				o, err := publicsuffix.EffectiveTLDPlusOne(strings.ToLower(d))
+				if err != nil {
+					return strings.ToLower(d)
+				}
+				return o
+			}
+			aligned := (a.DKIM != nil && org(a.DKIM.Domain) == org(dom)) || (c.SRS != nil && org(c.SRS.Domain) == org(dom))
+			switch {
+			case at <= 0 || at == len(f.From)-1:
+				bad("auth.dmarc_forwarding.from: %q is not an address", f.From)
+			case !aligned:
+				bad("auth.dmarc_forwarding.from: %s must be in the organizational domain of auth.dkim.domain or srs.domain, or the rewritten mail fails DMARC too", f.From)
 			}
 		}
 	}

@@ -111,3 +111,44 @@ func TestForwardDSNPolicy(t *testing.T) {
 		})
 	}
 }
+
+// A forward with RewriteFrom leaves with the From field replaced and the
+// rewritten signatures, in a transaction of its own; the other as spooled.
+// (Recipient.rewrites: only external forwards are ever rewritten.)
+func TestFromRewriteDelivery(t *testing.T) {
+	s := openTestSpool(t)
+	hop := newScriptHop(nil)
+	q, stop := runScheduler(t, s, hop)
+	defer stop()
+	body := "Received: by us\r\nFrom: Alice <alice@example.org>\r\nSubject: x\r\n\r\nbody\r\n"
+	from := strings.Index(body, "From:")
+	w, _ := s.Create()
+	w.Write([]byte(body))
+	env := &Envelope{From: "alice@example.org", ForwardHeader: "DKIM-Signature: original\r\n",
+		FromRewrite: &FromRewrite{Offset: int64(from), Length: int64(len("From: Alice <alice@example.org>\r\n")),
+			Fields: "From: \"Alice via us\" <fwd@us.test>\r\nX-Original-From: Alice <alice@example.org>\r\n", ForwardHeader: "DKIM-Signature: rewritten\r\n"},
+		Recipients: []Recipient{
+			{Addr: "a@outside.test", External: true, RewriteFrom: true, Status: Pending},
+			{Addr: "b@outside.test", External: true, Status: Pending},
+		}}
+	if err := w.Commit(env); err != nil {
+		t.Fatal(err)
+	}
+	q.Submit(env)
+	waitFor(t, "spool to empty", spoolEmpty(s))
+	a, _ := hop.delivered("a@outside.test")
+	b, _ := hop.delivered("b@outside.test")
+	wantA := "DKIM-Signature: rewritten\r\nReceived: by us\r\nFrom: \"Alice via us\" <fwd@us.test>\r\nX-Original-From: Alice <alice@example.org>\r\nSubject: x\r\n\r\nbody\r\n"
+	if a != wantA {
+		t.Errorf("rewritten forward:\n%q\nwant\n%q", a, wantA)
+	}
+	if b != "DKIM-Signature: original\r\n"+body {
+		t.Errorf("forward without RewriteFrom:\n%q", b)
+	}
+	hop.mu.Lock()
+	n := hop.sends
+	hop.mu.Unlock()
+	if n != 2 {
+		t.Errorf("%d transactions, want 2 (one per header form)", n)
+	}
+}

@@ -45,6 +45,9 @@ type Recipient struct {
 	DelayNotified bool `json:"delay_notified,omitempty"`
 	// Bounced: its failure was reported (DSN queued, or not wanted).
 	Bounced bool `json:"bounced,omitempty"`
+	// RewriteFrom: this external forward leaves with Envelope.FromRewrite
+	// when the message has one (DMARC-aware forwarding is on for it).
+	RewriteFrom bool `json:"rewrite_from,omitempty"`
 
 	expired bool // failed by expiry in this attempt (not persisted)
 }
@@ -99,12 +102,31 @@ type Envelope struct {
 	// client's bytes are spooled once and never altered.
 	AuthHeader    string `json:"auth_header,omitempty"`
 	ForwardHeader string `json:"forward_header,omitempty"`
+	// FromRewrite is how external forwards with RewriteFrom leave (DMARC-
+	// aware forwarding, auth/forward.go); nil: as everyone else.
+	FromRewrite *FromRewrite `json:"from_rewrite,omitempty"`
 	Size          int64  `json:"size"`
 	// Attempts counts delivery attempts started. NextAttempt is written
 	// before an attempt starts, so a crash during it cannot cause a hot
 	// retry loop on restart.
 	Attempts    int       `json:"attempts"`
 	NextAttempt time.Time `json:"next_attempt"`
+}
+
+// FromRewrite replaces the From field of a message as it leaves: Length
+// bytes at Offset of the body file become Fields, and ForwardHeader goes
+// before it in place of Envelope.ForwardHeader (signatures over the
+// rewritten header).
+type FromRewrite struct {
+	Offset        int64  `json:"offset"`
+	Length        int64  `json:"length"`
+	Fields        string `json:"fields"`
+	ForwardHeader string `json:"forward_header,omitempty"`
+}
+
+// rewrites reports whether r leaves with env's rewritten From.
+func (r *Recipient) rewrites(env *Envelope) bool {
+	return r.External && r.RewriteFrom && env.FromRewrite != nil
 }
 
 // Pending returns the recipients still to deliver.

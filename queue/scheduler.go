@@ -369,22 +369,25 @@ func (q *Scheduler) attempt(ctx context.Context, env *Envelope) {
 			return
 		}
 	}
-	// One transaction per destination and envelope sender: an external
-	// forward leaves with its SRS sender, local mail with the original.
+	// One transaction per destination, envelope sender and header: an
+	// external forward leaves with its SRS sender (and maybe our From),
+	// local mail with the original.
 	var order []string
 	groups := map[string]*struct {
 		route
-		rcpts []*Recipient
+		rewrite bool
+		rcpts   []*Recipient
 	}{}
 	for _, r := range env.Pending() {
 		d := q.Router.Route(r)
-		k := d.Key + "\x00" + r.Sender(env)
+		k := fmt.Sprint(d.Key, "\x00", r.Sender(env), "\x00", r.rewrites(env))
 		g, ok := groups[k]
 		if !ok {
 			g = &struct {
 				route
-				rcpts []*Recipient
-			}{route: route{d, r.Sender(env)}}
+				rewrite bool
+				rcpts   []*Recipient
+			}{route: route{d, r.Sender(env)}, rewrite: r.rewrites(env)}
 			groups[k] = g
 			order = append(order, k)
 		}
@@ -395,7 +398,7 @@ func (q *Scheduler) attempt(ctx context.Context, env *Envelope) {
 		if !q.acquire(ctx, g.dest.Key) {
 			break // shutting down: the recipients stay pending
 		}
-		q.deliver(ctx, log, env, g.dest.Hop, g.from, g.rcpts)
+		q.deliver(ctx, log, env, g.dest.Hop, g.from, g.rcpts, g.rewrite)
 		q.release(g.dest.Key)
 	}
 	q.finish(log, env, done)
@@ -444,7 +447,7 @@ func (q *Scheduler) nextAttempt(env *Envelope) time.Time {
 
 // deliver sends to the pending recipients and records each one's outcome
 // in env (in memory; finish persists it).
-func (q *Scheduler) deliver(ctx context.Context, log *slog.Logger, env *Envelope, hop Hop, from string, rcpts []*Recipient) {
+func (q *Scheduler) deliver(ctx context.Context, log *slog.Logger, env *Envelope, hop Hop, from string, rcpts []*Recipient, rewrite bool) {
 	addrs := make([]string, len(rcpts))
 	for i, r := range rcpts {
 		addrs[i] = r.Addr
@@ -454,7 +457,7 @@ func (q *Scheduler) deliver(ctx context.Context, log *slog.Logger, env *Envelope
 	for _, r := range rcpts {
 		external = external || r.External
 	}
-	replies, err := q.send(ctx, hop, env, from, addrs, external)
+	replies, err := q.send(ctx, hop, env, from, addrs, external, rewrite)
 	delay := q.now().Sub(env.Received).Round(time.Millisecond)
 	for i, r := range rcpts {
 		var reply Reply
@@ -580,7 +583,7 @@ func (q *Scheduler) requeue(env *Envelope, held bool) {
 	q.Kick()
 }
 
-func (q *Scheduler) send(ctx context.Context, hop Hop, env *Envelope, from string, rcpts []string, external bool) ([]Reply, error) {
+func (q *Scheduler) send(ctx context.Context, hop Hop, env *Envelope, from string, rcpts []string, external, rewrite bool) ([]Reply, error) {
 	f, err := q.Spool.OpenBody(env)
 	if err != nil {
 		return nil, fmt.Errorf("opening body: %w", err)
@@ -590,9 +593,13 @@ func (q *Scheduler) send(ctx context.Context, hop Hop, env *Envelope, from strin
 	if external {
 		prefix = env.ForwardHeader + prefix
 	}
-	sized := *env // SIZE= and size checks must count the prepended headers
-	sized.Size += int64(len(prefix))
 	body := &prefixedBody{prefix: prefix, f: f}
+	if rw := env.FromRewrite; rewrite && rw != nil && rw.Offset >= 0 && rw.Offset+rw.Length <= env.Size {
+		body.prefix = rw.ForwardHeader + env.AuthHeader
+		body.cut, body.with = rw, rw.Fields
+	}
+	sized := *env // SIZE= and size checks must count what we add
+	sized.Size += body.added()
 	body.Seek(0, io.SeekStart)
 	replies, err := hop.Send(ctx, &sized, from, rcpts, body)
 	if err == nil && len(replies) != len(rcpts) {
@@ -605,11 +612,23 @@ func (q *Scheduler) send(ctx context.Context, hop Hop, env *Envelope, from strin
 }
 
 // prefixedBody is the message as delivered: our headers, then the spooled
-// body file. It can be rewound (MX delivery tries the next host).
+// body file, in which a From field may be replaced (cut). It can be
+// rewound (MX delivery tries the next host).
 type prefixedBody struct {
 	prefix string
 	f      io.ReadSeeker
 	r      io.Reader
+	cut    *FromRewrite
+	with   string
+}
+
+// added is how many bytes the delivered message has beyond the file.
+func (p *prefixedBody) added() int64 {
+	n := int64(len(p.prefix))
+	if p.cut != nil {
+		n += int64(len(p.with)) - p.cut.Length
+	}
+	return n
 }
 
 func (p *prefixedBody) Read(b []byte) (int, error) { return p.r.Read(b) }
@@ -621,7 +640,13 @@ func (p *prefixedBody) Seek(offset int64, whence int) (int64, error) {
 	if _, err := p.f.Seek(0, io.SeekStart); err != nil {
 		return 0, err
 	}
-	p.r = io.MultiReader(strings.NewReader(p.prefix), p.f)
+	if p.cut == nil {
+		p.r = io.MultiReader(strings.NewReader(p.prefix), p.f)
+		return 0, nil
+	}
+	// the file up to the From field, its replacement, the rest after it
+	p.r = io.MultiReader(strings.NewReader(p.prefix), io.LimitReader(p.f, p.cut.Offset),
+		strings.NewReader(p.with), &skipReader{r: p.f, skip: p.cut.Length})
 	return 0, nil
 }
 
@@ -656,4 +681,20 @@ func (q *Scheduler) idle() bool {
 		return false
 	}
 	return len(q.pending) == 0 || q.pending[0].at.After(q.now())
+}
+
+// skipReader drops the first skip bytes of r.
+type skipReader struct {
+	r    io.Reader
+	skip int64
+}
+
+func (s *skipReader) Read(b []byte) (int, error) {
+	if s.skip > 0 {
+		if _, err := io.CopyN(io.Discard, s.r, s.skip); err != nil {
+			return 0, err
+		}
+		s.skip = 0
+	}
+	return s.r.Read(b)
 }

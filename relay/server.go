@@ -71,6 +71,13 @@ type Config struct {
 	// Authentication-Results), may refuse by policy, and signs/seals
 	// external forwards.
 	Auth *auth.Authenticator
+	// FromRewriteOff: relay domains and addresses (lower case, as the
+	// client wrote them at RCPT) whose forwards never get a rewritten From
+	// (DMARC-aware forwarding is Auth's decision otherwise).
+	FromRewriteOff map[string]bool
+	// ObserveForwarding, if set, hears each message's DMARC-aware
+	// forwarding outcome (auth.Forward*).
+	ObserveForwarding func(outcome string)
 	// TLS, if set, offers STARTTLS (certificates may change under it).
 	TLS *tls.Config
 	// FirstRetry is stored as the next attempt time of a new message: the
@@ -445,6 +452,7 @@ func (s *session) rcpt(to string, opts *smtp.RcptOptions) error {
 		rc := queue.Recipient{Addr: f, OrigTo: routing.External(to), Status: queue.Pending, DSNNotify: s.notify, ORcpt: s.orcpt}
 		if !s.isLocal(f) {
 			rc.External = true
+			rc.RewriteFrom = s.p.cfg.Auth != nil && !s.rewriteOff(addr)
 			if fwdFrom != s.from {
 				rc.MailFrom = fwdFrom
 			}
@@ -455,6 +463,13 @@ func (s *session) rcpt(to string, opts *smtp.RcptOptions) error {
 	}
 	s.log.Debug("rcpt ok", "to", to, "finals", finals, "new", added)
 	return nil
+}
+
+// rewriteOff reports whether the RCPT address or its domain turned
+// DMARC-aware forwarding off.
+func (s *session) rewriteOff(a routing.Address) bool {
+	off := s.p.cfg.FromRewriteOff
+	return len(off) > 0 && (off[strings.ToLower(a.Local+"@"+a.Domain)] || off[a.Domain])
 }
 
 // isLocal reports whether a final recipient is in one of our domains.
@@ -491,7 +506,8 @@ func (s *session) data(r io.Reader) error {
 	if err != nil {
 		return s.storageReply(err, "")
 	}
-	if _, err := io.WriteString(w, s.receivedHeader(w.ID())); err != nil {
+	received := s.receivedHeader(w.ID())
+	if _, err := io.WriteString(w, received); err != nil {
 		w.Abort()
 		return s.storageReply(err, w.ID())
 	}
@@ -538,6 +554,7 @@ func (s *session) data(r io.Reader) error {
 		return replyLocalError
 	}
 	var authHeader, forwardHeader, senderAuth string
+	var fromRewrite *queue.FromRewrite
 	if chk != nil {
 		v := chk.Finish()
 		if v.Err != nil {
@@ -550,6 +567,17 @@ func (s *session) data(r io.Reader) error {
 		}
 		authHeader, forwardHeader = v.Header, v.ForwardHeader
 		senderAuth = v.Results.SenderAuth(s.from)
+		if rw := v.FromRewrite; rw != nil {
+			fromRewrite = &queue.FromRewrite{Offset: rw.Offset + int64(len(received)), Length: rw.Length,
+				Fields: rw.Fields, ForwardHeader: rw.ForwardHeader}
+		}
+		if v.Forwarding != "" {
+			s.log.Info("dmarc forwarding", "queue_id", w.ID(), "outcome", v.Forwarding, "from_domain", v.Results.DMARC.From,
+				"dmarc", v.Results.DMARC.Result, "policy", v.Results.DMARC.Policy)
+			if o := s.p.cfg.ObserveForwarding; o != nil {
+				o(v.Forwarding)
+			}
+		}
 	}
 	now := time.Now()
 	env := &queue.Envelope{
@@ -565,6 +593,7 @@ func (s *session) data(r io.Reader) error {
 		DSNRet:        string(s.opts.Return),
 		DSNEnvID:      s.opts.EnvelopeID,
 		SenderAuth:    senderAuth,
+		FromRewrite:   fromRewrite,
 		NextAttempt:   now.Add(s.p.cfg.FirstRetry),
 	}
 	if err := w.Commit(env); err != nil {

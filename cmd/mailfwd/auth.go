@@ -35,5 +35,8 @@ func newAuthenticator(c *config.Config) (*auth.Authenticator, error) {
 			return nil, fmt.Errorf("auth.arc: %w", err)
 		}
 	}
+	if f := a.DMARCForwarding; f.Mode == "rewrite" {
+		ac.FromRewrite = &auth.FromRewriting{Address: f.From, Via: f.Via}
+	}
 	return auth.New(ac)
 }

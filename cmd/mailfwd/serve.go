@@ -250,6 +250,15 @@ func relayConfig(c *config.Config, certs *certStore, srsRT *srsRuntime) (relay.C
 			return rc, err
 		}
 		rc.Auth = a
+		for _, k := range c.Auth.DMARCForwarding.OffFor {
+			if rc.FromRewriteOff == nil {
+				rc.FromRewriteOff = map[string]bool{}
+			}
+			rc.FromRewriteOff[strings.ToLower(k)] = true
+		}
+		if metrics != nil {
+			rc.ObserveForwarding = metrics.ObserveForwarding
+		}
 	}
 	if c.TLS != nil {
 		if err := certs.load(c.Path(c.TLS.CertFile), c.Path(c.TLS.KeyFile)); err != nil {
