@@ -61,9 +61,18 @@ type Config struct {
 	Directory         Directory `yaml:"directory"`
 	Delivery          Delivery  `yaml:"delivery"`
 	Log               Log       `yaml:"log"`
+	DNS               DNS       `yaml:"dns"`
 
 	// dir is the directory relative paths are resolved against.
 	dir string
+}
+
+// DNS is where mailfwd asks: the system's resolvers (/etc/resolv.conf) by
+// default, or Servers.
+type DNS struct {
+	// Servers: resolvers (host:port) tried in order instead of
+	// /etc/resolv.conf's.
+	Servers []string `yaml:"servers"`
 }
 
 // Routing is how addresses are expanded (Postfix's virtual alias rules).
@@ -749,6 +758,11 @@ func (c *Config) validate() error {
 		}
 		if s.Reverse.MaxRecipients < 0 || s.Reverse.Rate < 0 || s.Reverse.Window < 0 {
 			bad("srs.reverse: max_recipients, rate and window must not be negative")
+		}
+	}
+	for _, srv := range c.DNS.Servers {
+		if _, _, err := net.SplitHostPort(srv); err != nil {
+			bad("dns.servers: %q: want host:port", srv)
 		}
 	}
 	switch c.Delivery.ForwardDSN {

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"net"
 
 	"mailfwd/auth"
 	"mailfwd/config"
@@ -11,6 +13,9 @@ import (
 func newAuthenticator(c *config.Config) (*auth.Authenticator, error) {
 	a := c.Auth
 	ac := auth.Config{AuthServID: a.AuthservID, LookupTimeout: a.LookupTimeout, Timeout: a.Timeout}
+	if r := newResolver(c); r != nil {
+		ac.Resolver = r
+	}
 	if ac.AuthServID == "" {
 		ac.AuthServID = c.Hostname
 	}
@@ -39,4 +44,24 @@ func newAuthenticator(c *config.Config) (*auth.Authenticator, error) {
 		ac.FromRewrite = &auth.FromRewriting{Address: f.From, Via: f.Via}
 	}
 	return auth.New(ac)
+}
+
+// newResolver is the DNS of a config: dns.servers in order, else the
+// system's (nil).
+func newResolver(c *config.Config) *net.Resolver {
+	servers := c.DNS.Servers
+	if len(servers) == 0 {
+		return nil
+	}
+	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var d net.Dialer
+		var err error
+		for _, s := range servers {
+			var conn net.Conn
+			if conn, err = d.DialContext(ctx, network, s); err == nil {
+				return conn, nil
+			}
+		}
+		return nil, err
+	}}
 }

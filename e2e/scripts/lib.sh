@@ -37,11 +37,12 @@ procs_in() {
 busy() { awk -v p="$(printf %04X "$1")" 'FNR > 1 && $4 == "0A" { split($2, a, ":"); if (a[2] == p) f = 1 }
     END { exit !f }' /proc/net/tcp /proc/net/tcp6 2>/dev/null; }
 
-# smtp_answers PORT: an SMTP server greets with 220 on 127.0.0.1:PORT.
+# smtp_answers PORT [ADDR]: an SMTP server greets with 220 on ADDR:PORT
+# (ADDR 127.0.0.1 by default).
 smtp_answers() {
-    timeout 3 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
+    timeout 3 bash -c 'exec 3<>"/dev/tcp/$2/$1" || exit 1
         IFS= read -r l <&3 || exit 1; printf "QUIT\r\n" >&3
-        case $l in 220*) exit 0 ;; *) exit 1 ;; esac' sh "$1" 2>/dev/null
+        case $l in 220*) exit 0 ;; *) exit 1 ;; esac' sh "$1" "${2:-127.0.0.1}" 2>/dev/null
 }
 
 # ldap_answers PORT: an anonymous root DSE search answers on 127.0.0.1:PORT.

@@ -15,7 +15,9 @@
 #
 # Environment (defaults):
 #   PF_DIR=/tmp/mailfwd-postfix   etc/ (main.cf, master.cf), spool/ (queue), data/, maillog
-#   PF_PORT=10025                 smtpd on 127.0.0.1 only
+#   PF_PORT=10025                 smtpd on $PF_ADDR only
+#   PF_ADDR=127.0.0.1             its address (another for an instance in a
+#                                 network namespace: ip netns exec NS start-postfix.sh)
 #   SINK_PORT=10026               next hop for every domain: smtp:[127.0.0.1]:$SINK_PORT
 #   PF_HOSTNAME=postfix.test      myhostname (no DNS needed)
 #   PF_START_TIMEOUT=30
@@ -30,6 +32,9 @@ set -eu
 
 D=${PF_DIR:-/tmp/mailfwd-postfix}
 PORT=${PF_PORT:-10025}
+ADDR=${PF_ADDR:-127.0.0.1}
+IFACES=127.0.0.1
+[ "$ADDR" = 127.0.0.1 ] || IFACES="127.0.0.1, $ADDR"
 SINK=${SINK_PORT:-10026}
 HOST=${PF_HOSTNAME:-postfix.test}
 TIMEOUT=${PF_START_TIMEOUT:-30}
@@ -56,10 +61,10 @@ master_pid() {
     alive "$p" && [ "$(cat "/proc/$p/comm" 2>/dev/null)" = master ] && echo "$p"
     return 0
 }
-answers() { smtp_answers "$1"; }
+answers() { smtp_answers "$1" "$ADDR"; }
 
 print_env() {
-    echo "PF_SMTP='127.0.0.1:$PORT'"
+    echo "PF_SMTP='$ADDR:$PORT'"
     echo "PF_DIR='$D'"
     echo "PF_CONF='$CONF'"
     echo "PF_LOG='$LOG'"
@@ -80,7 +85,7 @@ start_server() {
     until answers "$PORT"; do
         i=$((i + 1))
         [ -n "$(master_pid)" ] || { show "$D/start.log" "$LOG"; die "postfix master exited (log: $LOG)"; }
-        [ $i -gt $((TIMEOUT * 20)) ] && { show "$LOG"; die "no SMTP banner on 127.0.0.1:$PORT after ${TIMEOUT}s"; }
+        [ $i -gt $((TIMEOUT * 20)) ] && { show "$LOG"; die "no SMTP banner on $ADDR:$PORT after ${TIMEOUT}s"; }
         sleep 0.05
     done
 }
@@ -114,7 +119,7 @@ maillog_file_prefixes = $D
 myhostname = $HOST
 mydomain = test
 myorigin = \$myhostname
-inet_interfaces = 127.0.0.1
+inet_interfaces = $IFACES
 inet_protocols = ipv4
 smtp_bind_address = 127.0.0.1
 smtp_dns_support_level = disabled
@@ -172,7 +177,7 @@ EOF
     # Only what a relay needs; nothing chrooted (no copies of /etc needed).
     cat >"$CONF/master.cf" <<EOF
 # service type  private unpriv  chroot  wakeup  maxproc command + args
-127.0.0.1:$PORT inet n   -       n       -       -       smtpd
+$ADDR:$PORT inet n   -       n       -       -       smtpd
 pickup    unix  n       -       n       60      1       pickup
 cleanup   unix  n       -       n       -       0       cleanup
 qmgr      unix  n       -       n       300     1       qmgr
@@ -242,7 +247,7 @@ mkdir -p "$D" && : >"$MARK"
 write_config
 start_server
 cat >"$D/instance.env" <<EOF
-PORT='$PORT' SINK='$SINK' HOST='$HOST'
+PORT='$PORT' SINK='$SINK' HOST='$HOST' ADDR='$ADDR'
 EOF
 STARTED=0
 print_env
