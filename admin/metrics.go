@@ -27,9 +27,9 @@ type Metrics struct {
 	CacheHits         prometheus.CounterFunc
 	CacheMisses       prometheus.CounterFunc
 	// SRS: {op="forward"|"reverse", result=routing.SRSResult}.
-	SRS                *prometheus.CounterVec
+	SRS *prometheus.CounterVec
 	// Forwarding: {outcome=auth.Forward*}, one per message forwarded outside.
-	Forwarding *prometheus.CounterVec
+	Forwarding         *prometheus.CounterVec
 	QueueMessages      prometheus.GaugeFunc
 	QueueOldestSeconds prometheus.GaugeFunc
 	// Deliveries: {result="sent"|"deferred"|"bounced"|"expired"}, per

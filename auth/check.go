@@ -224,10 +224,10 @@ type dkimOut struct {
 type dmarcOut struct {
 	rec     *dmarc.Record
 	testing bool // t=y
-	atOrg  bool
-	result string // "" found/none decided by rec; temperror/permerror/none
-	reason string
-	orgDom string
+	atOrg   bool
+	result  string // "" found/none decided by rec; temperror/permerror/none
+	reason  string
+	orgDom  string
 }
 
 // Start begins checking a message: SPF runs at once, in the background,

@@ -105,7 +105,7 @@ type Envelope struct {
 	// FromRewrite is how external forwards with RewriteFrom leave (DMARC-
 	// aware forwarding, auth/forward.go); nil: as everyone else.
 	FromRewrite *FromRewrite `json:"from_rewrite,omitempty"`
-	Size          int64  `json:"size"`
+	Size        int64        `json:"size"`
 	// Attempts counts delivery attempts started. NextAttempt is written
 	// before an attempt starts, so a crash during it cannot cause a hot
 	// retry loop on restart.

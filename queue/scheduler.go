@@ -116,7 +116,7 @@ type Scheduler struct {
 	// address the sender used, and the reply's codes only).
 	ForwardDSN    ForwardDSN
 	RevealForward bool
-	Clock   Clock
+	Clock         Clock
 	// Observe, if set, hears each recipient's delivery outcome ("delivery":
 	// sent, deferred, bounced or expired) and each DSN queued ("dsn":
 	// failure or delay). It must not block.

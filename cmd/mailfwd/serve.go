@@ -335,7 +335,7 @@ func serve(args []string) error {
 		Retry:         queue.Retry{Min: d.RetryMin, Max: d.RetryMax},
 		ExternalRetry: queue.Retry{Min: d.ExternalRetryMin, Max: d.ExternalRetryMax},
 		Lifetime:      d.Lifetime, DelayWarning: d.DelayWarning, DestinationConcurrency: d.DestinationConcurrency,
-		ForwardDSN:    queue.ForwardDSN(d.ForwardDSN), RevealForward: d.DSNRevealForward,
+		ForwardDSN: queue.ForwardDSN(d.ForwardDSN), RevealForward: d.DSNRevealForward,
 	}
 	if d.ForwardDSN == "authenticated" && c.Auth == nil {
 		log.Warn("delivery.forward_dsn is authenticated but there is no auth section: no sender is authenticated, so no DSN goes out for failed forwards (set forward_dsn: always to send them anyway)")
