@@ -60,6 +60,11 @@ func checkConfig(args []string) error {
 		if _, err := newSRS(c, nil); err != nil {
 			return err
 		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := pingSRSStore(ctx, c); err != nil {
+			return err
+		}
 	}
 	fmt.Printf("%s: ok (%d relay domains, next hop %s)\n", name, len(c.RelayDomains), c.Delivery.NextHop)
 	return nil

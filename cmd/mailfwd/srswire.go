@@ -40,16 +40,7 @@ func openSRS(c *config.Config, now time.Time) (*srsRuntime, error) {
 	}
 	rt := &srsRuntime{}
 	if r := s.Store.Redis; r != nil {
-		pw := ""
-		if r.PasswordFile != "" {
-			b, err := os.ReadFile(c.Path(r.PasswordFile))
-			if err != nil {
-				return nil, fmt.Errorf("srs.store.redis.password_file: %w", err)
-			}
-			pw = strings.TrimRight(string(b), "\r\n")
-		}
-		st, err := srsstore.NewRedis(srsstore.RedisOptions{Addr: r.Address, Password: pw, DB: r.DB,
-			Prefix: r.KeyPrefix, Timeout: r.Timeout, MaxAgeDays: maxAge})
+		st, err := redisStore(c, maxAge)
 		if err != nil {
 			return nil, err
 		}
@@ -146,12 +137,34 @@ func newSRS(c *config.Config, rt *srsRuntime) (*routing.SRS, error) {
 	return r, nil
 }
 
-// pingSRSStore checks a shared store answers (check-config).
-func pingSRSStore(ctx context.Context, rt *srsRuntime) error {
-	if p, ok := rt.store.(interface{ Ping(context.Context) error }); ok {
-		if err := p.Ping(ctx); err != nil {
-			return fmt.Errorf("srs store %s: %w", rt.what, err)
+// redisStore is the srs.store.redis client of a config.
+func redisStore(c *config.Config, maxAge int) (*srsstore.Redis, error) {
+	r := c.SRS.Store.Redis
+	pw := ""
+	if r.PasswordFile != "" {
+		b, err := os.ReadFile(c.Path(r.PasswordFile))
+		if err != nil {
+			return nil, fmt.Errorf("srs.store.redis.password_file: %w", err)
 		}
+		pw = strings.TrimRight(string(b), "\r\n")
+	}
+	return srsstore.NewRedis(srsstore.RedisOptions{Addr: r.Address, Password: pw, DB: r.DB,
+		Prefix: r.KeyPrefix, Timeout: r.Timeout, MaxAgeDays: maxAge})
+}
+
+// pingSRSStore checks that a shared (Redis) store answers (check-config:
+// a Bolt file is the running relay's, and not opened).
+func pingSRSStore(ctx context.Context, c *config.Config) error {
+	if c.SRS.Store.Redis == nil {
+		return nil
+	}
+	st, err := redisStore(c, routing.DefaultSRSMaxAgeDays)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	if err := st.Ping(ctx); err != nil {
+		return fmt.Errorf("srs.store.redis %s: %w", c.SRS.Store.Redis.Address, err)
 	}
 	return nil
 }

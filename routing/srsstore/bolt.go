@@ -19,6 +19,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 
 	"mailfwd/routing"
 )
@@ -163,7 +164,7 @@ func (b *Bolt) Expire() (int, error) {
 			}
 		}
 		for _, k := range drop {
-			if err := tx.DeleteBucket(k); err != nil && !errors.Is(err, bolt.ErrBucketNotFound) {
+			if err := tx.DeleteBucket(k); err != nil && !errors.Is(err, bolterrors.ErrBucketNotFound) {
 				return err
 			}
 		}
