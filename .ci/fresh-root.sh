@@ -43,7 +43,10 @@ phase() { printf '%-10s %5d s\n' "$1" $(($(date +%s) - $2)) >>"$TIMES"; say "pha
 # ---- inside the namespaces (PID 1 of the new PID namespace) --------------
 if [ "${1:-}" = --inside ]; then
     ROOT=$2 LOGS=$3 TIMES=$4 CACHE=$5
-    # proc of this PID namespace only; /sys and /dev as a machine has them
+    # the root a mount point, as a machine's / is (ip netns exec remounts
+    # / as a slave, which fails on a plain directory); proc of this PID
+    # namespace only; /sys and /dev as a machine has them
+    mount --bind "$ROOT" "$ROOT"
     mount -t proc proc "$ROOT/proc"
     mount --rbind /sys "$ROOT/sys"
     mount --rbind /dev "$ROOT/dev"
