@@ -24,11 +24,15 @@ procs() {
 }
 
 # procs_in DIR: live processes whose working directory is DIR (Postfix's
-# master and children all chdir to their queue directory).
+# master and children all chdir to their queue directory). A process in
+# another mount namespace (ip netns exec) may show its cwd with the path of
+# a chroot before it, hence the suffix match.
 procs_in() {
     for c in /proc/[0-9]*/cwd; do
         p=${c#/proc/}; p=${p%/cwd}
-        [ "$(readlink "$c" 2>/dev/null)" = "$1" ] && alive "$p" && echo "$p"
+        case $(readlink "$c" 2>/dev/null) in
+        "$1" | *"$1") alive "$p" && echo "$p" ;;
+        esac
     done
     return 0
 }

@@ -13,6 +13,14 @@ tree_pids() { procs_in "$SPOOL"; }   # master and children of this instance (the
 [ -e "$D" ] || exit 0
 [ -f "$D/.mailfwd-postfix" ] || { echo "stop-postfix: $D was not made by start-postfix.sh; not touching it" >&2; exit 1; }
 
+master=$(sed -n '1s/[^0-9]//gp' "$SPOOL/pid/master.pid" 2>/dev/null || true)
+if alive "$master" && [ "$(cat "/proc/$master/comm" 2>/dev/null)" = master ] && [ -z "$(tree_pids)" ]; then
+    # its cwd did not match (another mount namespace): stop it by its pid file
+    kill -TERM "$master" 2>/dev/null || true
+    i=0
+    while alive "$master" && [ $i -lt 200 ]; do i=$((i + 1)); sleep 0.05; done
+    alive "$master" && kill -KILL "$master" 2>/dev/null
+fi
 if [ -n "$(tree_pids)" ]; then
     # master gets SIGTERM and stops its children; fall back to SIGKILL
     master=$(sed -n '1s/[^0-9]//gp' "$SPOOL/pid/master.pid" 2>/dev/null || true)
