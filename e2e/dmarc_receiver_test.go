@@ -165,6 +165,17 @@ func TestForwardsJudgedByDMARCReceiver(t *testing.T) {
 		n.txt("_dmarc."+d, "v=DMARC1; p=reject")
 	}
 	n.txt("_dmarc.none.example", "v=DMARC1; p=none")
+	// The real senders' kinds (srs_senders_test.go), each domain with SPF
+	// for the client and p=reject.
+	realDomains := map[string]bool{}
+	for _, rs := range realSenders {
+		d := strings.ToLower(rs.addr[strings.LastIndexByte(rs.addr, '@')+1:])
+		if !realDomains[d] {
+			realDomains[d] = true
+			n.txt(d, spfLocal)
+			n.txt("_dmarc."+d, "v=DMARC1; p=reject")
+		}
+	}
 	n.txt("s1._domainkey.dkim.example", senderRec)
 	n.txt("s1._domainkey.footer.example", senderRec)
 	// us: the SRS domain's SPF is the address the receiver sees; our
@@ -173,8 +184,13 @@ func TestForwardsJudgedByDMARCReceiver(t *testing.T) {
 	n.txt("fwd._domainkey.company.com", relayRec)
 	n.txt("_dmarc.company.com", "v=DMARC1; p=reject")
 	n.startDNS()
-	rcv := startReceiver(t, n, []string{"gmail.com", "reject-spf.example", "dkim.example", "footer.example", "none.example",
-		"noauth.example", "bounces.brand.example", "evil.example", "forged.example"})
+	rcvDomains := []string{"gmail.com", "reject-spf.example", "dkim.example", "footer.example", "none.example",
+		"noauth.example", "bounces.brand.example", "evil.example", "forged.example"}
+	for d := range realDomains {
+		rcvDomains = append(rcvDomains, d)
+	}
+	rcvDomains = append(rcvDomains, "first.example") // where the SRS1 sender's bounce goes
+	rcv := startReceiver(t, n, rcvDomains)
 
 	// mailfwd: the e2e relay's config, forwarding outside to the receiver
 	dir := filepath.Join(t.TempDir(), "relay")
@@ -317,6 +333,54 @@ log:
 	for _, r := range rows {
 		t.Logf("%-52s %-9s %-10s %-34s %s", r.kind, r.form, r.from, r.verdict, r.bounce)
 	}
+	// Every kind of real sender, from a p=reject domain that its SPF
+	// authenticates: accepted by the receiver, and its bounce reverses.
+	t.Logf("%-34s %-9s %-10s %-24s %s", "real sender (p=reject, SPF)", "SRS form", "From", "receiver", "bounce")
+	for _, rs := range realSenders {
+		dom := rs.addr[strings.LastIndexByte(rs.addr, '@')+1:]
+		tok := token(t)
+		msg := fmt.Sprintf("From: Sender <news@%s>\r\nTo: internal.user@company.com\r\nSubject: %s\r\nMessage-ID: <%s@client.example>\r\n\r\nnews\r\n", dom, tok, tok)
+		id := sendRaw(t, m.addr, rs.addr, "internal.user@company.com", msg)
+		got := rcvArrived(t, rcv, tok, m, id, 20*time.Second)
+		if got == nil {
+			t.Errorf("%s <%s>: refused by the receiver: %s", rs.kind, rs.addr, logHas(t, m, 5*time.Second, "queue_id="+id, "status="))
+			continue
+		}
+		verdict := "delivered, dmarc=?"
+		for _, h := range got.Header["Authentication-Results"] {
+			if strings.HasPrefix(strings.TrimSpace(h), "mx.gmail.example") && strings.Contains(h, "dmarc=") {
+				verdict = "delivered, dmarc=" + strings.Fields(h[strings.Index(h, "dmarc="):])[0][len("dmarc="):]
+			}
+		}
+		if verdict != "delivered, dmarc=pass" {
+			t.Errorf("%s: %s", rs.kind, verdict)
+		}
+		form := "embedded"
+		if strings.Contains(got.MailFrom, "=1=") {
+			form = "database"
+		} else if strings.HasPrefix(got.MailFrom, "SRS1") {
+			form = "SRS1"
+		}
+		from := "kept"
+		if strings.Contains(got.Header.Get("From"), "forwarded@company.com") {
+			from = "rewritten"
+		}
+		want := strings.ToLower(rs.addr)
+		if strings.HasPrefix(rs.addr, "SRS1") {
+			f := strings.SplitN(rs.addr[5:strings.IndexByte(rs.addr, '@')], "=", 3)
+			want = strings.ToLower("SRS0" + f[2] + "@" + f[1])
+		}
+		btok := token(t)
+		sendRaw(t, m.addr, "", got.MailFrom, fmt.Sprintf("From: MAILER-DAEMON@mx.gmail.example\r\nSubject: %s\r\n\r\nbounce\r\n", btok))
+		bounce := "NOT REVERSED"
+		if b := rcvArrived(t, rcv, btok, m, "", 20*time.Second); b != nil && len(b.Rcpts) == 1 && strings.EqualFold(b.Rcpts[0], want) {
+			bounce = "reversed"
+		} else {
+			t.Errorf("%s: bounce to <%s> did not reach <%s>", rs.kind, got.MailFrom, want)
+		}
+		t.Logf("%-34s %-9s %-10s %-24s %s", rs.kind, form, from, verdict, bounce)
+	}
+
 	// Negative control: the same p=reject, SPF-only mail through a relay
 	// with DMARC-aware forwarding off is refused by the receiver.
 	offCfg := strings.Replace(cfg, "  dkim: {domain: company.com, selector: fwd, key_file: dkim.pem}\n",
