@@ -171,13 +171,9 @@ func (c *Conn) setSession(session Session) {
 }
 
 func (c *Conn) Close() error {
+	c.abortBdat()
 	c.locker.Lock()
 	defer c.locker.Unlock()
-
-	if c.bdatPipe != nil {
-		c.bdatPipe.CloseWithError(ErrDataReset)
-		c.bdatPipe = nil
-	}
 
 	if c.session != nil {
 		c.session.Logout()
@@ -1049,36 +1045,43 @@ func (c *Conn) handleBdat(arg string) {
 
 	if c.bdatPipe == nil {
 		var r *io.PipeReader
-		r, c.bdatPipe = io.Pipe()
-
-		c.dataResult = make(chan error, 1)
+		var w *io.PipeWriter
+		r, w = io.Pipe()
+		// The transfer's own result channel, session and status: an
+		// aborted transfer's goroutine must never answer the next one
+		// (abortBdat waits for it to finish before anything else).
+		result := make(chan error, 1)
+		session, status, recipients := c.Session(), c.bdatStatus, c.recipients
+		c.locker.Lock()
+		c.bdatPipe, c.dataResult = w, result
+		c.locker.Unlock()
 
 		go func() {
 			defer func() {
 				if err := recover(); err != nil {
-					c.handlePanic(err, c.bdatStatus)
+					c.handlePanic(err, status)
 
-					c.dataResult <- errPanic
+					result <- errPanic
 					r.CloseWithError(errPanic)
 				}
 			}()
 
 			var err error
 			if !c.server.LMTP {
-				err = c.Session().Data(r)
+				err = session.Data(r)
 			} else {
-				lmtpSession, ok := c.Session().(LMTPSession)
+				lmtpSession, ok := session.(LMTPSession)
 				if !ok {
-					err = c.Session().Data(r)
-					for _, rcpt := range c.recipients {
-						c.bdatStatus.SetStatus(rcpt, err)
+					err = session.Data(r)
+					for _, rcpt := range recipients {
+						status.SetStatus(rcpt, err)
 					}
 				} else {
-					err = lmtpSession.LMTPData(r, c.bdatStatus)
+					err = lmtpSession.LMTPData(r, status)
 				}
 			}
 
-			c.dataResult <- err
+			result <- err
 			r.CloseWithError(err)
 		}()
 	}
@@ -1089,7 +1092,10 @@ func (c *Conn) handleBdat(arg string) {
 	}()
 
 	chunk := io.LimitReader(c.text.R, int64(size))
-	_, err = io.Copy(c.bdatPipe, chunk)
+	c.locker.Lock()
+	pipe := c.bdatPipe
+	c.locker.Unlock()
+	_, err = io.Copy(pipe, chunk)
 	if err != nil {
 		// Backend might return an error early using CloseWithError without consuming
 		// the whole chunk.
@@ -1108,9 +1114,13 @@ func (c *Conn) handleBdat(arg string) {
 	c.bytesReceived += int64(size)
 
 	if last {
-		c.bdatPipe.Close()
+		c.locker.Lock()
+		pipe, result := c.bdatPipe, c.dataResult
+		c.bdatPipe, c.dataResult = nil, nil
+		c.locker.Unlock()
+		pipe.Close()
 
-		err := <-c.dataResult
+		err := <-result
 
 		if c.server.LMTP {
 			c.bdatStatus.fillRemaining(err)
@@ -1343,16 +1353,28 @@ func (c *Conn) readLine() (string, error) {
 	return c.text.ReadLine()
 }
 
+// abortBdat ends a BDAT transfer in progress: its reader fails with
+// ErrDataReset, and abortBdat returns once the backend's Data call has
+// returned, so the session is never reset (or logged out) under it and its
+// result never answers a later transaction.
+func (c *Conn) abortBdat() {
+	c.locker.Lock()
+	pipe, result := c.bdatPipe, c.dataResult
+	c.bdatPipe, c.dataResult = nil, nil
+	c.locker.Unlock()
+	if pipe != nil {
+		pipe.CloseWithError(ErrDataReset)
+		<-result
+	}
+}
+
 func (c *Conn) reset() {
+	c.abortBdat()
 	c.locker.Lock()
 	defer c.locker.Unlock()
 
 	c.endBody()
 
-	if c.bdatPipe != nil {
-		c.bdatPipe.CloseWithError(ErrDataReset)
-		c.bdatPipe = nil
-	}
 	c.bdatStatus = nil
 	c.bytesReceived = 0
 
