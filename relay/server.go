@@ -511,6 +511,7 @@ func (s *session) data(r io.Reader) error {
 		w.Abort()
 		return s.storageReply(err, w.ID())
 	}
+	r = newLineEnds(r)
 	var chk *auth.Check
 	if a := s.p.cfg.Auth; a != nil {
 		// The checker sees the client's message (our Received header is
