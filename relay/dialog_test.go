@@ -555,18 +555,19 @@ func TestDialogDotStuffing(t *testing.T) {
 	})
 }
 
-// Bare LF and bare CR in the body: go-smtp ends a line only at CRLF, so
-// the spool holds them as sent; towards the next hop every line end is
-// CRLF. No lone LF or CR combined with a dot ends the data early (SMTP
-// smuggling): what follows stays in the body, and one message goes out.
+// Bare LF and bare CR: go-smtp ends the data only at CRLF.CRLF, and every
+// bare line end becomes CRLF as the message arrives (lineends.go), so the
+// spool and the next hop see the same lines. No lone LF or CR combined with
+// a dot ends the data early (SMTP smuggling): what follows stays in the
+// body, and one message goes out.
 func TestDialogBareLineEnds(t *testing.T) {
-	t.Run("stored as sent, delivered as CRLF", func(t *testing.T) {
+	t.Run("stored and delivered as CRLF", func(t *testing.T) {
 		const sent = "Subject: lf\r\n\r\nline1\nline2\rline3\r\n"
 		q := quietRelay(t, relayOpts{noDelivery: true})
 		c := begin(t, q.addr, "sales@company.com")
 		c.cmd("DATA", "354")
 		id := queuedID(t, c.cmd(sent+".", "250 2.0.0"))
-		if b := spoolBody(t, q, id); !strings.HasSuffix(b, "\r\n"+sent) {
+		if b := spoolBody(t, q, id); !strings.HasSuffix(b, "\r\nSubject: lf\r\n\r\nline1\r\nline2\r\nline3\r\n") {
 			t.Fatalf("spooled body %q", b)
 		}
 		r := quietRelay(t, relayOpts{})
