@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	proxyproto "github.com/pires/go-proxyproto"
@@ -23,6 +24,9 @@ type ListenLimits struct {
 	// anyone else. Empty: PROXY protocol off.
 	ProxyFrom []netip.Prefix
 	Hostname  string
+	// OnAcceptError hears each temporary accept error (out of file
+	// descriptors, say) and the wait before the next try.
+	OnAcceptError func(err error, retry time.Duration)
 }
 
 // Listen wraps l with the PROXY protocol (when configured) and the
@@ -102,20 +106,46 @@ func (l *limitListener) Accept() (net.Conn, error) {
 	return r.c, r.err
 }
 
+// acceptLoop hands accepted connections on. A temporary error (no file
+// descriptors left, EMFILE/ENFILE; no buffers; a connection aborted before
+// accept) is retried with backoff, as net/http does: one flood must not
+// close the listener for good. Any other error ends the loop and reaches
+// Serve, whose caller treats it as a failure.
 func (l *limitListener) acceptLoop() {
+	var delay time.Duration
 	for {
 		c, err := l.Listener.Accept()
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
+			if temporaryAccept(err) {
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				if l.lim.OnAcceptError != nil {
+					l.lim.OnAcceptError(err, delay)
+				}
+				time.Sleep(delay)
 				continue
 			}
 			l.ready <- acceptResult{err: err}
 			close(l.ready)
 			return
 		}
+		delay = 0
 		go l.admitConn(c)
 	}
+}
+
+// temporaryAccept reports whether an accept error passes by itself.
+func temporaryAccept(err error) bool {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return true
+	}
+	for _, e := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM,
+		syscall.ECONNABORTED, syscall.ECONNRESET, syscall.EINTR, syscall.EAGAIN, syscall.EPROTO} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }
 
 func (l *limitListener) admitConn(c net.Conn) {

@@ -362,6 +362,9 @@ func serve(args []string) error {
 	limits := relay.ListenLimits{
 		MaxConns: c.Limits.MaxConnections, MaxConnsPerIP: c.Limits.MaxConnectionsPerIP,
 		RatePerIP: c.Limits.ConnectionRatePerIP, ProxyFrom: c.ProxyPrefixes(), Hostname: c.Hostname,
+		OnAcceptError: func(err error, retry time.Duration) {
+			log.Error("accept failed; retrying", "err", err, "retry_in", retry)
+		},
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -404,6 +407,7 @@ func serve(args []string) error {
 
 	var servers []*smtp.Server
 	var wg sync.WaitGroup
+	var listenerFailed atomic.Value // error: a listener stopped without being asked
 	for _, l := range listeners {
 		srv := be.NewServer()
 		observeServer(srv)
@@ -413,6 +417,7 @@ func serve(args []string) error {
 			defer wg.Done()
 			if err := srv.Serve(l); err != nil && !errors.Is(err, smtp.ErrServerClosed) {
 				log.Error("smtp server stopped", "listen", l.Addr().String(), "err", err)
+				listenerFailed.Store(fmt.Errorf("listener %s stopped: %w", l.Addr(), err))
 				stop()
 			}
 		}()
@@ -435,6 +440,11 @@ func serve(args []string) error {
 	wg.Wait()
 	stopSched()
 	<-schedDone
+	if err, _ := listenerFailed.Load().(error); err != nil {
+		// a failure exit, so that systemd (Restart=on-failure) restarts us
+		log.Error("stopped after a listener failure", "err", err)
+		return err
+	}
 	log.Info("stopped")
 	return nil
 }
