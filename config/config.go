@@ -113,7 +113,9 @@ type Limits struct {
 	MaxConnectionsPerIP int           `yaml:"max_connections_per_ip"` // default 20
 	ConnectionRatePerIP int           `yaml:"connection_rate_per_ip"` // new connections per minute (default 120)
 	MaxErrors           int           `yaml:"max_errors"`             // refused commands per session (default 20)
-	MaxCommands         int           `yaml:"max_commands"`           // MAIL/RCPT/DATA per session (default 1000)
+	MaxCommands         int           `yaml:"max_commands"`           // MAIL/RCPT/DATA/BDAT per session (default 10000)
+	MaxJunkCommands     int           `yaml:"max_junk_commands"`      // NOOP/RSET/VRFY/HELP per session (default 100)
+	IPv6PrefixLength    int           `yaml:"ipv6_prefix_length"`     // bits naming one IPv6 client (default 84)
 	CommandTimeout      time.Duration `yaml:"command_timeout"`        // default 5m
 	DataTimeout         time.Duration `yaml:"data_timeout"`           // whole message, default 10m
 	MaxReceived         int           `yaml:"max_received_headers"`   // loop guard, default 50
@@ -171,6 +173,7 @@ type SRS struct {
 	MaxAgeDays    int           `yaml:"max_age_days"`
 	FailureLimit  int           `yaml:"failure_limit"`  // invalid SRS RCPTs per client per window
 	FailureWindow time.Duration `yaml:"failure_window"` // default 10m
+	FailureBudget int           `yaml:"failure_budget"` // invalid SRS RCPTs of all clients per window (default 1000)
 	// Store keeps the senders behind database-form addresses (senders too
 	// long to embed): a file in spool_dir by default, or a shared Redis.
 	Store SRSStore `yaml:"store"`
@@ -499,7 +502,14 @@ func (c *Config) setDefaults() {
 		l.MaxErrors = 20
 	}
 	if l.MaxCommands == 0 {
-		l.MaxCommands = 1000
+		// a transaction of max_recipients RCPTs must fit, several times over
+		l.MaxCommands = max(10000, 2*c.MaxRecipients+10)
+	}
+	if l.MaxJunkCommands == 0 {
+		l.MaxJunkCommands = 100
+	}
+	if l.IPv6PrefixLength == 0 {
+		l.IPv6PrefixLength = 84
 	}
 	if l.CommandTimeout == 0 {
 		l.CommandTimeout = 5 * time.Minute
@@ -723,6 +733,9 @@ func (c *Config) validate() error {
 				bad("auth.dmarc_forwarding.from: %s must be in the organizational domain of auth.dkim.domain or srs.domain, or the rewritten mail fails DMARC too", f.From)
 			}
 		}
+	}
+	if b := c.Limits.IPv6PrefixLength; b < 1 || b > 128 {
+		bad("limits.ipv6_prefix_length: %d: want 1..128", b)
 	}
 	if s := c.SRS; s != nil {
 		if s.Domain == "" {

@@ -409,7 +409,12 @@ func TestDialogReplyTable(t *testing.T) {
 			for range 3 {
 				c.cmd("RCPT TO:<"+forged+">", "550 5.7.1")
 			}
-			return c.cmd("RCPT TO:<"+valid+">", "")
+			c.cmd("RCPT TO:<"+valid+">", "250 2.0.0") // a valid one: never refused for failures
+			c.cmd("RSET", "250")
+			c.cmd("MAIL FROM:<>", "250")
+			rep := c.cmd("RCPT TO:<"+forged+">", "")
+			c.expectClosed() // a guesser pays a connection per guess
+			return rep
 		}},
 		{"replySRSNotBounce", replySRSNotBounce, func(t *testing.T) string { return rcptReply(t, relayOpts{srs: srs}, valid) }},
 		{"replySRSRate", replySRSRate, func(t *testing.T) string {

@@ -1,62 +1,41 @@
 package relay
 
 import (
-	"sync"
-	"time"
+	"net/netip"
 )
 
-// failureLimiter counts failures per client in a fixed window; past the
-// limit the client is refused until its window ends. It holds at most
-// maxClients entries, so a flood of addresses cannot grow it without bound.
-type failureLimiter struct {
-	limit  int
-	window time.Duration
-	now    func() time.Time
-
-	mu      sync.Mutex
-	clients map[string]*failWindow
-}
-
-type failWindow struct {
-	start time.Time
-	n     int
-}
-
+// maxClients bounds each per-client table (one generation of a
+// windowCounter): a flood of addresses cannot grow it further.
 const maxClients = 100000
 
-func newFailureLimiter(limit int, window time.Duration) *failureLimiter {
-	return &failureLimiter{limit: limit, window: window, now: time.Now, clients: map[string]*failWindow{}}
+// DefaultIPv6Prefix is how much of an IPv6 address names one client for
+// the per-client limits, as Postfix ≥ 3.8's smtpd_client_ipv6_prefix_length:
+// one host's /64 (or more) would otherwise be 2^64 clients, each with its
+// own fresh limits.
+const DefaultIPv6Prefix = 84
+
+// clientKey is the per-client limits' key for ip: the address for IPv4,
+// its /bits prefix for IPv6.
+func clientKey(ip netip.Addr, bits int) string {
+	ip = ip.Unmap()
+	if !ip.Is6() {
+		return ip.String()
+	}
+	if bits <= 0 || bits > 128 {
+		bits = DefaultIPv6Prefix
+	}
+	p, err := ip.Prefix(bits)
+	if err != nil {
+		return ip.String()
+	}
+	return p.String()
 }
 
-func (l *failureLimiter) allow(client string) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	w := l.clients[client]
-	if w == nil {
-		return true
+// clientKeyOf is clientKey for an address string ("" stays "").
+func clientKeyOf(addr string, bits int) string {
+	ip, err := netip.ParseAddr(addr)
+	if err != nil {
+		return addr
 	}
-	if l.now().Sub(w.start) >= l.window {
-		delete(l.clients, client)
-		return true
-	}
-	return w.n < l.limit
-}
-
-func (l *failureLimiter) fail(client string) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	now := l.now()
-	w := l.clients[client]
-	if w == nil || now.Sub(w.start) >= l.window {
-		if len(l.clients) >= maxClients {
-			for k, v := range l.clients { // drop expired windows
-				if now.Sub(v.start) >= l.window {
-					delete(l.clients, k)
-				}
-			}
-		}
-		w = &failWindow{start: now}
-		l.clients[client] = w
-	}
-	w.n++
+	return clientKey(ip, bits)
 }

@@ -19,6 +19,9 @@ type ListenLimits struct {
 	MaxConnsPerIP int
 	// RatePerIP is new connections per minute per client address.
 	RatePerIP int
+	// IPv6Prefix: the bits of an IPv6 address that name one client for
+	// these limits (default 84, as Postfix).
+	IPv6Prefix int
 	// ProxyFrom are the load balancers allowed to send a PROXY protocol
 	// (v1 or v2) header; the header is required from them and refused from
 	// anyone else. Empty: PROXY protocol off.
@@ -45,7 +48,7 @@ func Listen(l net.Listener, lim ListenLimits) net.Listener {
 			},
 		}
 	}
-	return &limitListener{Listener: l, lim: lim, perIP: map[netip.Addr]int{}, rates: map[netip.Addr]*rate{},
+	return &limitListener{Listener: l, lim: lim, perIP: map[string]int{}, rates: newWindowCounter(time.Minute, maxClients),
 		ready: make(chan acceptResult)}
 }
 
@@ -82,8 +85,8 @@ type limitListener struct {
 
 	mu    sync.Mutex
 	total int
-	perIP map[netip.Addr]int
-	rates map[netip.Addr]*rate
+	perIP map[string]int  // open connections per client key (bounded by MaxConns)
+	rates *windowCounter // new connections per client key, per minute
 
 	// Connections are admitted in their own goroutine: learning the client
 	// address may mean reading a PROXY header, and one silent client must
@@ -92,10 +95,6 @@ type limitListener struct {
 	ready chan acceptResult
 }
 
-type rate struct {
-	tokens float64
-	last   time.Time
-}
 
 func (l *limitListener) Accept() (net.Conn, error) {
 	l.once.Do(func() { go l.acceptLoop() })
@@ -154,13 +153,14 @@ func (l *limitListener) admitConn(c net.Conn) {
 		c.Close() // a PROXY header refused or not sent in time
 		return
 	}
-	if why := l.admit(ip); why != "" {
+	key := clientKey(ip, l.lim.IPv6Prefix)
+	if why := l.admit(key); why != "" {
 		c.SetWriteDeadline(time.Now().Add(2 * time.Second))
 		fmt.Fprintf(c, "421 4.7.0 %s %s, try again later\r\n", l.lim.Hostname, why)
 		c.Close()
 		return
 	}
-	tc := &trackedConn{Conn: c, release: func() { l.leave(ip) }}
+	tc := &trackedConn{Conn: c, release: func() { l.leave(key) }}
 	defer func() {
 		if recover() != nil { // listener closed meanwhile
 			tc.Close()
@@ -169,48 +169,34 @@ func (l *limitListener) admitConn(c net.Conn) {
 	l.ready <- acceptResult{c: tc}
 }
 
-// admit counts a new connection in, or says why it may not come in.
-func (l *limitListener) admit(ip netip.Addr) string {
+// admit counts a new connection of client key in, or says why it may not
+// come in. Constant time: the rate table expires in generations.
+func (l *limitListener) admit(key string) string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.lim.MaxConns > 0 && l.total >= l.lim.MaxConns {
 		return "too many connections"
 	}
-	if l.lim.MaxConnsPerIP > 0 && l.perIP[ip] >= l.lim.MaxConnsPerIP {
+	if l.lim.MaxConnsPerIP > 0 && l.perIP[key] >= l.lim.MaxConnsPerIP {
 		return "too many connections from your address"
 	}
 	if l.lim.RatePerIP > 0 {
-		now := time.Now()
-		r := l.rates[ip]
-		if r == nil {
-			if len(l.rates) > 100000 { // bounded: forget idle buckets
-				for k, v := range l.rates {
-					if now.Sub(v.last) > time.Minute {
-						delete(l.rates, k)
-					}
-				}
-			}
-			r = &rate{tokens: float64(l.lim.RatePerIP), last: now}
-			l.rates[ip] = r
-		}
-		r.tokens = min(float64(l.lim.RatePerIP), r.tokens+now.Sub(r.last).Minutes()*float64(l.lim.RatePerIP))
-		r.last = now
-		if r.tokens < 1 {
+		if l.rates.count(key) >= l.lim.RatePerIP {
 			return "connection rate limit exceeded for your address"
 		}
-		r.tokens--
+		l.rates.add(key)
 	}
 	l.total++
-	l.perIP[ip]++
+	l.perIP[key]++
 	return ""
 }
 
-func (l *limitListener) leave(ip netip.Addr) {
+func (l *limitListener) leave(key string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.total--
-	if l.perIP[ip]--; l.perIP[ip] <= 0 {
-		delete(l.perIP, ip)
+	if l.perIP[key]--; l.perIP[key] <= 0 {
+		delete(l.perIP, key)
 	}
 }
 

@@ -25,7 +25,8 @@ var (
 	replyLoop        = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 4, 6}, Message: "too many hops (Received headers): mail forwarding loop"}
 	replyDataTimeout = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "timeout reading the message, closing connection"}
 	replyBadSRS      = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "invalid or expired SRS address"}
-	replySRSLimited  = &smtp.SMTPError{Code: 450, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: "too many invalid SRS addresses from your address, try again later"}
+	// A guesser of SRS hashes pays a connection per guess (421 closes).
+	replySRSLimited = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: "too many invalid SRS addresses from your address, closing connection"}
 	// A sender too long for SRS (only without an srs store) is refused for
 	// external forwards only: the condition is permanent, so a 4xx would
 	// only delay the bounce by days.

@@ -42,10 +42,18 @@ type Config struct {
 	// SRS, if set, rewrites the sender of external forwards and decodes
 	// bounces to its domain (srs.go).
 	SRS *routing.SRS
-	// SRSFailureLimit is how many invalid SRS addresses a client may send
-	// in SRSFailureWindow before its SRS RCPTs are deferred unverified.
+	// SRSFailureLimit is how many invalid SRS addresses a client (one
+	// address, or an IPv6 prefix) may send in SRSFailureWindow, and
+	// SRSFailureBudget how many all clients together may: past either, an
+	// invalid address gets 450 and the connection is closed, so guessing
+	// costs a connection per guess. An address that verifies is never
+	// refused for them.
 	SRSFailureLimit  int
 	SRSFailureWindow time.Duration
+	SRSFailureBudget int
+	// IPv6Prefix: the bits of an IPv6 address that name one client for the
+	// per-client limits (default 84).
+	IPv6Prefix int
 	// SRSReverse bounds what a valid SRS address may be used for.
 	SRSReverse SRSReversePolicy
 	// MaxErrors refused commands, or MaxCommands transaction commands, end
@@ -91,7 +99,7 @@ type Config struct {
 // (Reload); each session keeps the policy it started with.
 type Backend struct {
 	pol      atomic.Pointer[policy]
-	srsFails *failureLimiter
+	srsFails *windowCounter // invalid SRS addresses per client key, and "" for all
 	srsRate  *windowCounter // bounces per decoded address
 	spool    Committer
 	submit   func(*queue.Envelope)
@@ -118,7 +126,7 @@ func NewBackend(cfg Config, exp Expander, spool Committer, submit func(*queue.En
 		return nil, err
 	}
 	b := &Backend{spool: spool, submit: submit, log: log,
-		srsFails: newFailureLimiter(p.cfg.SRSFailureLimit, p.cfg.SRSFailureWindow),
+		srsFails: newWindowCounter(p.cfg.SRSFailureWindow, maxClients),
 		srsRate:  newWindowCounter(p.cfg.SRSReverse.Window, maxClients)}
 	b.pol.Store(p)
 	return b, nil
@@ -150,6 +158,12 @@ func newPolicy(cfg Config, exp Expander) (*policy, error) {
 	}
 	if cfg.SRSFailureWindow <= 0 {
 		cfg.SRSFailureWindow = 10 * time.Minute
+	}
+	if cfg.SRSFailureBudget <= 0 {
+		cfg.SRSFailureBudget = 1000
+	}
+	if cfg.IPv6Prefix <= 0 {
+		cfg.IPv6Prefix = DefaultIPv6Prefix
 	}
 	cfg.SRSReverse = cfg.SRSReverse.withDefaults()
 	if cfg.MaxErrors <= 0 {

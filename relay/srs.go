@@ -87,14 +87,12 @@ func (s *session) forwardSender(ctx context.Context) (string, error) {
 // reverseSRS decodes a bounce to our SRS domain. Only a valid, unexpired
 // address is accepted, and then only for the address it decodes to: this
 // is the one way mail for a foreign domain gets through us, so it is
-// verified before anything else, failures are rate-limited per client, and
-// SRSReversePolicy bounds what a valid address may carry.
+// verified before anything else, and SRSReversePolicy bounds what a valid
+// address may carry. Failures are counted per client and in all; past the
+// limits each one closes the connection. A valid address is never refused
+// for failures before it (a bounce is not lost to someone else's guessing).
 func (s *session) reverseSRS(ctx context.Context, to string) ([]string, error) {
 	pol := s.p.cfg.SRSReverse
-	if !s.b.srsFails.allow(s.clientIP) {
-		s.log.Warn("defer: SRS failure limit reached", "to", to)
-		return nil, replySRSLimited
-	}
 	if s.from != "" && !pol.AnySender {
 		s.log.Info("reject: SRS address from a non-null sender", "from", s.from, "to", to)
 		return nil, replySRSNotBounce
@@ -109,7 +107,13 @@ func (s *session) reverseSRS(ctx context.Context, to string) ([]string, error) {
 		s.log.Warn("defer: SRS store unavailable", "to", to, "err", err)
 		return nil, replySRSStoreDown
 	case err != nil:
-		s.b.srsFails.fail(s.clientIP)
+		n := s.b.srsFails.add(clientKeyOf(s.clientIP, s.p.cfg.IPv6Prefix))
+		all := s.b.srsFails.add("")
+		if n > s.p.cfg.SRSFailureLimit || all > s.p.cfg.SRSFailureBudget {
+			// a guesser: this answer ends the connection
+			s.log.Warn("defer: SRS failure limit reached; closing", "to", to, "client_failures", n, "all_failures", all)
+			return nil, replySRSLimited
+		}
 		s.log.Info("reject: invalid SRS address", "from", s.from, "to", to, "err", err)
 		return nil, replyBadSRS
 	}

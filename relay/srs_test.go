@@ -132,9 +132,14 @@ func TestSRSReversePath(t *testing.T) {
 			t.Errorf("RCPT %s: %s, want 550 5.7.1", to, reps[0])
 		}
 	}
-	// The limit (3 in this test) is reached: even a valid address waits.
-	if reps, _ := sendFrom(t, r.addr, "", valid); !strings.HasPrefix(reps[0], "450 4.7.1") {
-		t.Errorf("after 3 failures: %s, want 450 4.7.1", reps[0])
+	// The limit (3 in this test) is reached: a valid address still passes
+	// (issue 15: a bounce is never lost to failures before it), an invalid
+	// one gets 421 and the connection closes.
+	if reps, _ := sendFrom(t, r.addr, "", valid); reps[0] != "250" {
+		t.Errorf("a valid address after 3 failures: %s, want 250", reps[0])
+	}
+	if reps, _ := sendFrom(t, r.addr, "", forged); !strings.HasPrefix(reps[0], "421 4.7.1") {
+		t.Errorf("a 4th failure: %s, want 421 4.7.1", reps[0])
 	}
 	// Another domain's SRS address is an ordinary address: not ours.
 	if reps, _ := sendFrom(t, r.addr, "", "SRS0=gIVm=KH=example.com=alice@other.test"); !strings.HasPrefix(reps[0], "554 5.7.1") {
@@ -220,4 +225,22 @@ func TestSRSReverseBounds(t *testing.T) {
 	if reps, _ := sendFrom(t, r.addr, "", other); reps[0] != "250" {
 		t.Errorf("another address is not limited: %s", reps[0])
 	}
+}
+
+// The global SRS failure budget: past it any client's failure closes the
+// connection, however few failures that client made (a guesser spread over
+// many addresses).
+func TestSRSFailureBudget(t *testing.T) {
+	srs := testSRS()
+	valid, _ := srs.Forward(context.Background(), "alice@example.com")
+	forged := strings.Replace(valid, "=gIVm=", "=AAAA=", 1)
+	r := quietRelay(t, relayOpts{srs: srs, cfg: func(c *Config) { c.SRSFailureLimit, c.SRSFailureBudget = 1000, 2 }})
+	c := beginBounce(t, r.addr)
+	c.cmd("RCPT TO:<"+forged+">", "550 5.7.1")
+	c.cmd("RCPT TO:<"+forged+">", "550 5.7.1")
+	c.cmd("RCPT TO:<"+forged+">", "421 4.7.1")
+	c.expectClosed()
+	// a valid address still passes
+	c = beginBounce(t, r.addr)
+	c.cmd("RCPT TO:<"+valid+">", "250 2.0.0")
 }

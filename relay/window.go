@@ -8,8 +8,8 @@ import (
 // windowCounter counts events per key over a fixed window, bounded in
 // memory: counts live in two generations (this window and the one before),
 // a key's history is dropped in O(1) when its generation ages out, and a
-// generation that fills up (max keys) ages out early. A count covers between
-// one and two windows: it errs towards limiting.
+// generation that fills up (max keys) ages out early. A count is the
+// sliding-window estimate over the last window.
 type windowCounter struct {
 	window time.Duration
 	max    int
@@ -33,21 +33,29 @@ func (w *windowCounter) rotate(now time.Time) {
 	}
 }
 
-// count returns key's events in the window.
+// count returns key's events in the last window: those of this
+// generation, and the part of the previous one's that falls in it (the
+// sliding-window estimate).
 func (w *windowCounter) count(key string) int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.rotate(w.now())
-	return w.cur[key] + w.prev[key]
+	return w.countLocked(key, w.now())
+}
+
+func (w *windowCounter) countLocked(key string, now time.Time) int {
+	w.rotate(now)
+	frac := 1 - float64(now.Sub(w.start))/float64(w.window)
+	return w.cur[key] + int(float64(w.prev[key])*max(frac, 0)+0.5)
 }
 
 // add counts one event for key and returns the count with it.
 func (w *windowCounter) add(key string) int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.rotate(w.now())
+	now := w.now()
+	w.rotate(now)
 	w.cur[key]++
-	return w.cur[key] + w.prev[key]
+	return w.countLocked(key, now)
 }
 
 // size is the number of keys held (tests).

@@ -236,7 +236,7 @@ func relayConfig(c *config.Config, certs *certStore, srsRT *srsRuntime) (relay.C
 		Hostname: c.Hostname, RelayDomains: c.RelayDomains, LookupTimeout: c.LookupTimeout,
 		MaxRecipients: c.MaxRecipients, MaxSize: c.MaxMessageSize, FirstRetry: c.Delivery.RetryMin,
 		LocalDomains: c.LocalDomains, PassUnknown: c.Routing.UnknownRecipients == "pass", DryRun: c.Routing.DryRun,
-		MaxErrors: c.Limits.MaxErrors, MaxCommands: c.Limits.MaxCommands,
+		MaxErrors: c.Limits.MaxErrors, MaxCommands: c.Limits.MaxCommands, IPv6Prefix: c.Limits.IPv6PrefixLength,
 		CommandTimeout: c.Limits.CommandTimeout, DataTimeout: c.Limits.DataTimeout, MaxReceived: c.Limits.MaxReceived,
 	}
 	if c.SRS != nil {
@@ -245,7 +245,7 @@ func relayConfig(c *config.Config, certs *certStore, srsRT *srsRuntime) (relay.C
 			return rc, err
 		}
 		observeSRS(srs)
-		rc.SRS, rc.SRSFailureLimit, rc.SRSFailureWindow = srs, c.SRS.FailureLimit, c.SRS.FailureWindow
+		rc.SRS, rc.SRSFailureLimit, rc.SRSFailureWindow, rc.SRSFailureBudget = srs, c.SRS.FailureLimit, c.SRS.FailureWindow, c.SRS.FailureBudget
 		r := c.SRS.Reverse
 		rc.SRSReverse = relay.SRSReversePolicy{AnySender: r.AnySender, MaxRecipients: r.MaxRecipients, Rate: r.Rate, Window: r.Window}
 	}
@@ -362,6 +362,7 @@ func serve(args []string) error {
 	limits := relay.ListenLimits{
 		MaxConns: c.Limits.MaxConnections, MaxConnsPerIP: c.Limits.MaxConnectionsPerIP,
 		RatePerIP: c.Limits.ConnectionRatePerIP, ProxyFrom: c.ProxyPrefixes(), Hostname: c.Hostname,
+		IPv6Prefix: c.Limits.IPv6PrefixLength,
 		OnAcceptError: func(err error, retry time.Duration) {
 			log.Error("accept failed; retrying", "err", err, "retry_in", retry)
 		},
