@@ -379,10 +379,18 @@ func TestDialogReplyTable(t *testing.T) {
 			return rep
 		}},
 		{"replyTooManyCmds", replyTooManyCmds, func(t *testing.T) string {
+			// The limit's last command is a DATA: it is queued and answered
+			// 250 (before, 421 after queueing: the client sent it again);
+			// the command after it is refused before it runs.
 			r := quietRelay(t, relayOpts{cfg: func(c *Config) { c.MaxCommands = 3 }})
 			c := begin(t, r.addr, "sales@company.com")
-			rep := c.cmd("RCPT TO:<info@company.com>", "")
+			c.cmd("DATA", "354")
+			c.cmd("Subject: the third command\r\n\r\nx\r\n.", "250 2.0.0 Ok: queued as ")
+			rep := c.cmd("MAIL FROM:<alice@example.org>", "")
 			c.expectClosed()
+			if q := r.queued(); len(q) != 1 {
+				t.Errorf("%d messages queued, want 1", len(q))
+			}
 			return rep
 		}},
 		{"replyLoop", replyLoop, func(t *testing.T) string {
@@ -841,4 +849,37 @@ func TestDialogExtensionParameters(t *testing.T) {
 	if b := spoolBody(t, r, id); !strings.Contains(b, " with UTF8SMTP id ") {
 		t.Errorf("Received header without UTF8SMTP: %q", b[:min(200, len(b))])
 	}
+}
+
+// EHLO advertises RCPTMAX=1000 (max_recipients): a transaction of that
+// many fits the command limit's default.
+func TestDialogMaxRecipientsFitsCommandLimit(t *testing.T) {
+	r := quietRelay(t, relayOpts{noDelivery: true, cfg: func(c *Config) { c.PassUnknown, c.MaxRecipients = true, 1000 }})
+	c := dialRaw(t, r.addr)
+	c.ehlo("dialog.test")
+	c.cmd("MAIL FROM:<alice@example.org>", "250")
+	var b strings.Builder
+	for i := range 1000 {
+		fmt.Fprintf(&b, "RCPT TO:<u%d@company.com>\r\n", i)
+	}
+	c.send(b.String())
+	for i := range 1000 {
+		if rep := c.expect(""); !strings.HasPrefix(rep, "250") {
+			t.Fatalf("RCPT %d: %q", i+1, rep)
+		}
+	}
+	c.cmd("DATA", "354")
+	c.cmd("Subject: 1000\r\n\r\nx\r\n.", "250 2.0.0 Ok: queued as ")
+}
+
+// NOOP, RSET, VRFY and HELP count: a session cannot idle on them.
+func TestDialogJunkCommands(t *testing.T) {
+	r := quietRelay(t, relayOpts{cfg: func(c *Config) { c.MaxJunkCommands = 3 }})
+	c := dialRaw(t, r.addr)
+	c.ehlo("dialog.test")
+	c.cmd("NOOP", "250")
+	c.cmd("RSET", "250")
+	c.cmd("VRFY postmaster", "252")
+	c.cmd("NOOP", "421 4.7.0")
+	c.expectClosed()
 }

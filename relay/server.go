@@ -57,9 +57,11 @@ type Config struct {
 	// SRSReverse bounds what a valid SRS address may be used for.
 	SRSReverse SRSReversePolicy
 	// MaxErrors refused commands, or MaxCommands transaction commands, end
-	// a session with 421 (a client probing addresses or looping).
-	MaxErrors   int
-	MaxCommands int
+	// a session with 421 (a client probing addresses or looping), and so do
+	// MaxJunkCommands NOOP/RSET/VRFY/HELP (a client idling on them).
+	MaxErrors       int
+	MaxCommands     int
+	MaxJunkCommands int
 	// CommandTimeout bounds the wait for each command line, DataTimeout the
 	// whole message (a client trickling bytes cannot hold a session open).
 	CommandTimeout time.Duration
@@ -170,7 +172,10 @@ func newPolicy(cfg Config, exp Expander) (*policy, error) {
 		cfg.MaxErrors = 20
 	}
 	if cfg.MaxCommands <= 0 {
-		cfg.MaxCommands = 1000
+		cfg.MaxCommands = max(10000, 2*cfg.MaxRecipients+10)
+	}
+	if cfg.MaxJunkCommands <= 0 {
+		cfg.MaxJunkCommands = 100
 	}
 	if cfg.CommandTimeout <= 0 {
 		cfg.CommandTimeout = 5 * time.Minute
@@ -225,6 +230,7 @@ func (b *Backend) NewServer() *smtp.Server {
 	s := smtp.NewServer(b)
 	s.Domain = cfg.Hostname
 	s.MaxRecipients = cfg.MaxRecipients
+	s.MaxJunkCommands = cfg.MaxJunkCommands
 	s.MaxMessageBytes = cfg.MaxSize
 	s.MaxLineLength = 4096
 	s.ReadTimeout = cfg.CommandTimeout
@@ -285,19 +291,44 @@ func (s *session) Reset() {
 func (s *session) Logout() error { return nil }
 
 // Mail, Rcpt and Data count commands and refusals: past the limits the
-// session ends with 421, as Postfix's smtpd_hard_error_limit does.
+// session ends with 421, as Postfix's smtpd_hard_error_limit does. The
+// command limit is checked before a command runs, so that a message is
+// never queued and then answered 421 (the client would send it again).
 func (s *session) Mail(from string, opts *smtp.MailOptions) error {
+	if err := s.admitCommand(); err != nil {
+		return err
+	}
 	return s.account(s.mail(from, opts))
 }
 
 func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	if err := s.admitCommand(); err != nil {
+		return err
+	}
 	return s.account(s.rcpt(to, opts))
 }
 
-func (s *session) Data(r io.Reader) error { return s.account(s.data(r)) }
+func (s *session) Data(r io.Reader) error {
+	if err := s.admitCommand(); err != nil {
+		return err // before anything is spooled
+	}
+	return s.account(s.data(r))
+}
 
-func (s *session) account(err error) error {
+// admitCommand counts a command in, or ends the session past the limit.
+func (s *session) admitCommand() error {
 	s.commands++
+	if s.commands > s.p.cfg.MaxCommands {
+		s.log.Warn("disconnect: too many commands", "commands", s.commands)
+		s.closeAfterReply()
+		return replyTooManyCmds
+	}
+	return nil
+}
+
+// account counts a refusal: past the error limit the refusal is replaced
+// by 421 (a refusal already: nothing was accepted).
+func (s *session) account(err error) error {
 	var se *smtp.SMTPError
 	if errors.As(err, &se) && se.Code >= 400 {
 		s.errors++
@@ -306,15 +337,10 @@ func (s *session) account(err error) error {
 			return err
 		}
 	}
-	switch {
-	case s.errors >= s.p.cfg.MaxErrors:
+	if err != nil && s.errors >= s.p.cfg.MaxErrors {
 		s.log.Warn("disconnect: too many errors", "errors", s.errors)
 		s.closeAfterReply()
 		return replyTooManyErrs
-	case s.commands >= s.p.cfg.MaxCommands:
-		s.log.Warn("disconnect: too many commands", "commands", s.commands)
-		s.closeAfterReply()
-		return replyTooManyCmds
 	}
 	return err
 }

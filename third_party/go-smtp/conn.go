@@ -43,6 +43,7 @@ type Conn struct {
 	bdatStatus      *statusCollector // used for BDAT on LMTP
 	dataResult      chan error
 	bytesReceived   int64 // counts total size of chunks when BDAT is used
+	junk            int   // NOOP, RSET, VRFY, HELP, EXPN, ETRN so far (Server.MaxJunkCommands)
 
 	fromReceived bool
 	recipients   []string
@@ -110,6 +111,16 @@ func (c *Conn) handle(cmd string, arg string) {
 	}
 
 	cmd = strings.ToUpper(cmd)
+	switch cmd {
+	case "NOOP", "RSET", "VRFY", "HELP", "EXPN", "ETRN":
+		// commands that move no mail: a session cannot live on them
+		c.junk++
+		if max := c.server.MaxJunkCommands; max > 0 && c.junk > max {
+			c.writeResponse(421, EnhancedCode{4, 7, 0}, "Too many commands that move no mail, closing connection")
+			c.Close()
+			return
+		}
+	}
 	switch cmd {
 	case "SEND", "SOML", "SAML", "EXPN", "HELP", "TURN":
 		// These commands are not implemented in any state

@@ -31,8 +31,12 @@ type Server struct {
 	// Enable LMTP mode, as defined in RFC 2033.
 	LMTP bool
 
-	Domain            string
-	MaxRecipients     int
+	Domain        string
+	MaxRecipients int
+	// MaxJunkCommands: NOOP, RSET, VRFY, HELP, EXPN and ETRN a session may
+	// send before it gets 421 and is closed (Postfix's
+	// smtpd_junk_command_limit). 0: no limit.
+	MaxJunkCommands   int
 	MaxMessageBytes   int64
 	MaxLineLength     int
 	AllowInsecureAuth bool
