@@ -3,12 +3,18 @@ package relay
 import (
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"mailfwd/queue"
+	"mailfwd/routing"
 )
 
 // flakyListener fails its first n accepts with err.
@@ -81,4 +87,45 @@ func TestAcceptRetriesTemporaryErrors(t *testing.T) {
 	if _, err := l.Accept(); err == nil || !errors.Is(err, net.ErrClosed) {
 		t.Errorf("closed listener: %v", err)
 	}
+}
+
+// With PROXY protocol on for the load balancers, a client that is not one
+// gets its banner at once (before, it waited 10 s for a header it would
+// never send, uncounted by any limit).
+func TestProxyProtocolOthersNotDelayed(t *testing.T) {
+	r := quietRelayListen(t, ListenLimits{Hostname: "relay.test", ProxyFrom: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}})
+	t0 := time.Now()
+	c, err := net.Dial("tcp", r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(15 * time.Second))
+	b := make([]byte, 3)
+	if _, err := io.ReadFull(c, b); err != nil || string(b) != "220" {
+		t.Fatalf("banner: %q %v", b, err)
+	}
+	if d := time.Since(t0); d > 2*time.Second {
+		t.Errorf("a client that is not a balancer waited %v for the banner", d)
+	}
+}
+
+// quietRelayListen serves a relay on a listener wrapped with lim.
+func quietRelayListen(t *testing.T, lim ListenLimits) string {
+	t.Helper()
+	spool, err := queue.OpenSpool(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { spool.Close() })
+	be, err := NewBackend(Config{Hostname: "relay.test", RelayDomains: []string{"company.com"}},
+		&routing.Expander{Source: seedSource(t)}, spool, func(*queue.Envelope) {}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := listenTB(t)
+	srv := be.NewServer()
+	go srv.Serve(Listen(l, lim))
+	t.Cleanup(func() { srv.Close() })
+	return l.Addr().String()
 }

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -35,22 +36,15 @@ type ListenLimits struct {
 // Listen wraps l with the PROXY protocol (when configured) and the
 // connection limits. Refused connections get a 421 and are closed before
 // any session starts, so they cost no goroutine beyond the accept loop.
+// Only connections from the load balancers are read for a PROXY header
+// (required from them): anyone else gets the banner at once.
 func Listen(l net.Listener, lim ListenLimits) net.Listener {
-	if len(lim.ProxyFrom) > 0 {
-		l = &proxyproto.Listener{
-			Listener:          l,
-			ReadHeaderTimeout: 10 * time.Second,
-			ConnPolicy: func(o proxyproto.ConnPolicyOptions) (proxyproto.Policy, error) {
-				if inPrefixes(o.Upstream, lim.ProxyFrom) {
-					return proxyproto.REQUIRE, nil
-				}
-				return proxyproto.REJECT, nil
-			},
-		}
-	}
 	return &limitListener{Listener: l, lim: lim, perIP: map[string]int{}, rates: newWindowCounter(time.Minute, maxClients),
 		ready: make(chan acceptResult)}
 }
+
+// proxyHeaderTimeout bounds a load balancer's PROXY header.
+const proxyHeaderTimeout = 10 * time.Second
 
 type acceptResult struct {
 	c   net.Conn
@@ -148,7 +142,10 @@ func temporaryAccept(err error) bool {
 }
 
 func (l *limitListener) admitConn(c net.Conn) {
-	ip := addrIP(c.RemoteAddr()) // may read a PROXY header (bounded by its timeout)
+	if len(l.lim.ProxyFrom) > 0 && inPrefixes(c.RemoteAddr(), l.lim.ProxyFrom) {
+		c = proxyproto.NewConn(c, proxyproto.WithPolicy(proxyproto.REQUIRE), proxyproto.SetReadHeaderTimeout(proxyHeaderTimeout))
+	}
+	ip := addrIP(c.RemoteAddr()) // a balancer's: reads its PROXY header (bounded by its timeout)
 	if !ip.IsValid() {
 		c.Close() // a PROXY header refused or not sent in time
 		return
@@ -161,6 +158,9 @@ func (l *limitListener) admitConn(c net.Conn) {
 		return
 	}
 	tc := &trackedConn{Conn: c, release: func() { l.leave(key) }}
+	if _, isProxy := c.(*proxyproto.Conn); len(l.lim.ProxyFrom) > 0 && !isProxy {
+		tc.refuseProxy = true // not a balancer: a PROXY header from it ends the connection
+	}
 	defer func() {
 		if recover() != nil { // listener closed meanwhile
 			tc.Close()
@@ -212,10 +212,24 @@ type trackedConn struct {
 	// go-smtp passes a BDAT chunk cut short by EOF on as if it were whole;
 	// a message must never be committed from such a stream.
 	ended atomic.Bool
+	// refuseProxy: the first bytes may not be a PROXY header (v1 or v2).
+	refuseProxy, readSome bool
 }
+
+// errProxyRefused ends a connection whose client sent a PROXY header
+// without being a load balancer of ours.
+var errProxyRefused = errors.New("PROXY header from a client that is not a configured load balancer")
 
 func (c *trackedConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
+	if c.refuseProxy && !c.readSome && n > 0 {
+		c.readSome = true
+		if bytes.HasPrefix(b[:n], []byte("PROXY ")) || bytes.HasPrefix(b[:n], []byte("\r\n\r\n\x00\r\nQUIT\n")) {
+			c.ended.Store(true)
+			c.Close()
+			return 0, errProxyRefused
+		}
+	}
 	if err != nil {
 		var ne net.Error
 		if !(errors.As(err, &ne) && ne.Timeout()) {
