@@ -74,7 +74,7 @@ var (
 	edA     ed25519.PrivateKey
 )
 
-func keys(t *testing.T) {
+func keys(t testing.TB) {
 	t.Helper()
 	keyOnce.Do(func() {
 		rsaA, _ = rsa.GenerateKey(rand.Reader, 2048)

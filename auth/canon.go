@@ -108,64 +108,103 @@ func canonHeader(c, raw string) string {
 }
 
 // bodyHasher canonicalizes a body (simple or relaxed, RFC 6376 §3.4.3/4)
-// into a hash as it is written. Lines are processed as they complete;
-// empty lines are held back until a non-empty one follows, so trailing
-// empty lines are dropped.
+// into a hash as it is written, streaming: it holds no line, only a count
+// of empty lines (held back until a non-empty one follows, so trailing
+// empty lines are dropped), a pending whitespace run (relaxed) and a
+// pending CR. A body of one 50 MB line costs no more memory than any other.
 type bodyHasher struct {
 	relaxed bool
 	h       hash.Hash
-	line    []byte // current incomplete line (without line end)
-	empties int    // held-back empty lines
-	any     bool   // a non-empty line was written
+	empties int  // held-back empty lines
+	content bool // the current line has content (its held empties are out)
+	wsp     bool // relaxed: a whitespace run is pending
+	cr      bool // a CR is pending (a line end if LF follows)
+	any     bool // a non-empty line was written
 	sum     []byte
+	out     []byte // scratch
 }
 
 func newBodyHasher(relaxed bool, h hash.Hash) *bodyHasher {
 	return &bodyHasher{relaxed: relaxed, h: h}
 }
 
-func (b *bodyHasher) Write(p []byte) (int, error) {
-	n := len(p)
-	for len(p) > 0 {
-		i := bytes.IndexByte(p, '\n')
-		if i < 0 {
-			b.line = append(b.line, p...)
-			break
+// emit writes content bytes of the current line, first the empty lines
+// held back before it.
+func (b *bodyHasher) emit(p ...byte) {
+	if !b.content {
+		for ; b.empties > 0; b.empties-- {
+			b.out = append(b.out, '\r', '\n')
 		}
-		b.line = append(b.line, p[:i]...)
-		p = p[i+1:]
-		if l := len(b.line); l > 0 && b.line[l-1] == '\r' {
-			b.line = b.line[:l-1]
-		}
-		b.endLine()
+		b.content, b.any = true, true
 	}
-	return n, nil
+	b.out = append(b.out, p...)
+}
+
+func (b *bodyHasher) Write(p []byte) (int, error) {
+	b.out = b.out[:0]
+	for _, c := range p {
+		if b.cr {
+			b.cr = false
+			if c == '\n' {
+				b.endLine()
+				continue
+			}
+			b.content1('\r') // a CR that ends nothing is content
+		}
+		switch {
+		case c == '\r':
+			b.cr = true
+		case c == '\n':
+			b.endLine() // a bare LF ends a line as CRLF does
+		default:
+			b.content1(c)
+		}
+	}
+	b.h.Write(b.out)
+	if cap(b.out) > 64<<10 {
+		b.out = nil
+	}
+	return len(p), nil
+}
+
+// content1 takes one content byte (not a line end).
+func (b *bodyHasher) content1(c byte) {
+	if b.relaxed {
+		if c == ' ' || c == '\t' {
+			b.wsp = true
+			return
+		}
+		if b.wsp {
+			b.wsp = false
+			b.emit(' ', c)
+			return
+		}
+	}
+	b.emit(c)
 }
 
 func (b *bodyHasher) endLine() {
-	line := b.line
-	if b.relaxed {
-		line = relaxBodyLine(line)
-	}
-	if len(line) == 0 {
-		b.empties++
+	b.wsp = false // relaxed: trailing whitespace is dropped
+	if b.content {
+		b.out = append(b.out, '\r', '\n')
+		b.content = false
 	} else {
-		for ; b.empties > 0; b.empties-- {
-			b.h.Write([]byte("\r\n"))
-		}
-		b.h.Write(line)
-		b.h.Write([]byte("\r\n"))
-		b.any = true
+		b.empties++
 	}
-	b.line = b.line[:0]
 }
 
 // Sum finishes the body (an unterminated last line counts as a line) and
 // returns the hash.
 func (b *bodyHasher) Sum() []byte {
-	if len(b.line) > 0 {
+	b.out = b.out[:0]
+	if b.cr {
+		b.cr = false
+		b.content1('\r')
+	}
+	if b.content {
 		b.endLine()
 	}
+	b.h.Write(b.out)
 	if !b.any && !b.relaxed {
 		// simple: an empty body is a single CRLF
 		b.h.Write([]byte("\r\n"))

@@ -518,6 +518,45 @@ func (d *dotWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// lineBreaker breaks lines longer than max octets by inserting CRLF SPACE,
+// as Postfix's smtp_line_length_limit does (998 by default: RFC 5321's
+// 1,000 with the CRLF), "to minimize the damage to MIME formatted mail".
+// Mail from a client may carry lines of any length (we take them, as
+// Postfix does); the Internet's MXes may refuse them.
+type lineBreaker struct {
+	w   io.Writer
+	max int
+	n   int // octets of the current line so far
+	buf []byte
+}
+
+func (b *lineBreaker) Write(p []byte) (int, error) {
+	b.buf = b.buf[:0]
+	start := 0
+	for i, c := range p {
+		if c == '\n' || c == '\r' {
+			b.n = 0
+			continue
+		}
+		if b.n == b.max {
+			b.buf = append(b.buf, p[start:i]...)
+			b.buf = append(b.buf, '\r', '\n', ' ')
+			start, b.n = i, 1
+		}
+		b.n++
+	}
+	if len(b.buf) == 0 {
+		return len(p), writeAll(b.w, p)
+	}
+	b.buf = append(b.buf, p[start:]...)
+	return len(p), writeAll(b.w, b.buf)
+}
+
+func writeAll(w io.Writer, p []byte) error {
+	_, err := w.Write(p)
+	return err
+}
+
 // crlfRun measures the run of whole lines at the start of p that can go
 // out unchanged: each ends in CRLF and no line after the first starts with
 // a dot. It stops before a bare LF. ok is false if the run holds a bare

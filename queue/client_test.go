@@ -1092,3 +1092,36 @@ func FuzzDotWriter(f *testing.F) {
 		}
 	})
 }
+
+// Lines over the limit are broken with CRLF SPACE, in any write size; the
+// rest passes unchanged.
+func TestLineBreaker(t *testing.T) {
+	long := strings.Repeat("a", 2500)
+	in := "Subject: x\r\n\r\n" + long + "\r\nshort\r\n"
+	want := "Subject: x\r\n\r\n" + long[:998] + "\r\n " + long[998:1995] + "\r\n " + long[1995:] + "\r\nshort\r\n"
+	for _, chunk := range []int{1, 7, 998, 999, 4096} {
+		var out bytes.Buffer
+		lb := &lineBreaker{w: &out, max: 998}
+		for b := []byte(in); len(b) > 0; {
+			n := min(chunk, len(b))
+			lb.Write(b[:n])
+			b = b[n:]
+		}
+		if out.String() != want {
+			t.Errorf("chunk %d: lines %v", chunk, lineLengths(out.String()))
+		}
+		for _, l := range strings.Split(out.String(), "\r\n") {
+			if len(l) > 998 {
+				t.Errorf("chunk %d: a line of %d octets left", chunk, len(l))
+			}
+		}
+	}
+}
+
+func lineLengths(s string) []int {
+	var n []int
+	for _, l := range strings.Split(s, "\r\n") {
+		n = append(n, len(l))
+	}
+	return n
+}

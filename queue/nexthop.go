@@ -90,6 +90,9 @@ type SMTPHop struct {
 	XClient          bool // send XCLIENT with the message's client (Postfix smtpd_authorized_xclient_hosts)
 	XForward         bool // send XFORWARD per transaction (Postfix smtpd_authorized_xforward_hosts)
 	LMTP             bool // speak LMTP (LHLO, a reply per recipient after DATA)
+	// LineLimit: lines longer than this are broken (CRLF SPACE inserted) on
+	// the way out, as Postfix's smtp_line_length_limit (998); 0: as they are.
+	LineLimit int
 
 	// dial replaces the TCP dial (tests).
 	dial func(ctx context.Context) (net.Conn, error)
@@ -672,7 +675,11 @@ func (h *SMTPHop) transaction(c *smtpConn, env *Envelope, from string, rcpts []s
 
 	// The body, streamed.
 	dw := newDotWriter(c.bw)
-	if _, err := io.Copy(dw, body); err != nil {
+	var bw io.Writer = dw
+	if h.LineLimit > 0 {
+		bw = &lineBreaker{w: dw, max: h.LineLimit}
+	}
+	if _, err := io.Copy(bw, body); err != nil {
 		return nil, bodyError{err}
 	}
 	if err := dw.Close(); err != nil {

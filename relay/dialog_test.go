@@ -363,13 +363,6 @@ func TestDialogReplyTable(t *testing.T) {
 			}
 			return rep
 		}},
-		{"replyLineTooLong", replyLineTooLong, func(t *testing.T) string {
-			rep, r := dataReply(t, relayOpts{}, "Subject: long\r\n\r\n"+strings.Repeat("y", 5000)+"\r\n")
-			if q := r.queued(); len(q) != 0 {
-				t.Errorf("message with an over-long line queued: %+v", q)
-			}
-			return rep
-		}},
 		{"replyTooManyErrs", replyTooManyErrs, func(t *testing.T) string {
 			r := quietRelay(t, relayOpts{cfg: func(c *Config) { c.MaxErrors = 2 }})
 			c := begin(t, r.addr)
@@ -632,18 +625,16 @@ func TestDialogLongLines(t *testing.T) {
 	c.cmd("NOOP "+strings.Repeat("x", 5000), "500 5.4.0")
 	c.expectClosed()
 
-	// In DATA the session ends too, and nothing is queued. The reply is
-	// go-smtp's 500 5.4.0 or a 4xx/5xx from the relay, never a 250.
+	// In a message, lines of any length are taken, as Postfix takes them
+	// (a 554 made senders' servers bounce what the MX used to take), and
+	// our next hop gets them whole (Postfix breaks them at 998 octets when
+	// it sends on; so do our external deliveries, queue.SMTPHop.LineLimit).
+	long := strings.Repeat("y", 100<<10) // 100 KiB in one line
 	c = begin(t, r.addr, "sales@company.com")
 	c.cmd("DATA", "354")
-	c.send("Subject: long\r\n\r\n" + strings.Repeat("y", 5000) + "\r\n.\r\n")
-	lines, _ := c.read()
-	if len(lines) == 0 || lines[0][0] != '4' && lines[0][0] != '5' {
-		t.Fatalf("over-long body line: %q", lines)
-	}
-	t.Logf("over-long body line: %q", lines)
-	if q := r.queued(); len(q) != 0 {
-		t.Fatalf("queued %+v", q)
+	c.cmd("Subject: long\r\n\r\n"+long+"\r\n.", "250 2.0.0 Ok: queued as ")
+	if d := sunkData(t, r, 1)[0]; !strings.Contains(d, "\r\n"+long+"\r\n") {
+		t.Errorf("the long line did not reach the next hop whole (%d octets delivered)", len(d))
 	}
 }
 

@@ -232,7 +232,12 @@ func (b *Backend) NewServer() *smtp.Server {
 	s.MaxRecipients = cfg.MaxRecipients
 	s.MaxJunkCommands = cfg.MaxJunkCommands
 	s.MaxMessageBytes = cfg.MaxSize
-	s.MaxLineLength = 4096
+	s.MaxLineLength = 4096 // commands
+	// Message lines of any length are taken, as Postfix takes them (senders'
+	// servers would bounce what the MX in front of Postfix used to take);
+	// nothing of ours holds a whole line, and external deliveries break
+	// lines over 998 octets as Postfix's smtp_line_length_limit does.
+	s.MaxDataLineLength = -1
 	s.ReadTimeout = cfg.CommandTimeout
 	s.WriteTimeout = cfg.CommandTimeout
 	s.TLSConfig = cfg.TLS
@@ -572,8 +577,6 @@ func (s *session) data(r io.Reader) error {
 		switch {
 		case errors.Is(err, smtp.ErrDataTooLarge):
 			return replyTooBig
-		case errors.Is(err, smtp.ErrTooLongLine):
-			return replyLineTooLong
 		case errors.Is(err, errTooManyHops):
 			s.log.Warn("reject: mail loop", "from", s.from, "received_headers", hops.received)
 			return replyLoop

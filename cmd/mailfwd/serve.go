@@ -180,6 +180,9 @@ func newRouter(c *config.Config) (*queue.TransportRouter, func(), error) {
 			return h
 		}
 		h := &queue.SMTPHop{Addr: addr, LocalName: c.Hostname, Timeout: d.ConnectTimeout, LMTP: lmtp, TLSPolicy: policy}
+		if !passClient {
+			h.LineLimit = 998 // the Internet's MXes; our next hop takes any line, as we do
+		}
 		if policy == "require" {
 			h.TLSConfig = &tls.Config{RootCAs: roots, ServerName: dest, MinVersion: tls.VersionTLS12}
 		}

@@ -999,6 +999,13 @@ func (c *Conn) handleData(arg string) {
 		return
 	}
 
+	if n := c.server.MaxDataLineLength; n != 0 {
+		if n < 0 {
+			n = 0 // no limit
+		}
+		c.lineLimitReader.LineLimit = n
+		defer func() { c.lineLimitReader.LineLimit = c.server.MaxLineLength }()
+	}
 	r := newDataReader(c)
 	code, enhancedCode, msg := dataErrorToStatus(c.Session().Data(r))
 	r.limited = false

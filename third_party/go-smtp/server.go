@@ -33,6 +33,10 @@ type Server struct {
 
 	Domain        string
 	MaxRecipients int
+	// MaxDataLineLength bounds a line of a DATA message: 0 is
+	// MaxLineLength, negative none (lines of any length are taken, as
+	// Postfix does; command lines stay bounded by MaxLineLength).
+	MaxDataLineLength int
 	// MaxJunkCommands: NOOP, RSET, VRFY, HELP, EXPN and ETRN a session may
 	// send before it gets 421 and is closed (Postfix's
 	// smtpd_junk_command_limit). 0: no limit.
