@@ -92,6 +92,10 @@ type Routing struct {
 	// UnknownRecipients: "reject" (550 5.1.1, default) or "pass" (deliver
 	// unchanged to the next hop: the migration shim in front of an MTA that
 	// knows the rest of the domain).
+	// Postmaster: where postmaster@ a relay domain or the SRS domain goes
+	// when the directory has no entry for it (RFC 5321 4.5.1); "" (the
+	// default): unchanged to delivery.next_hop, whose Postfix has one.
+	Postmaster        string `yaml:"postmaster"`
 	UnknownRecipients string `yaml:"unknown_recipients"`
 	// DryRun records each routing decision in the log but delivers every
 	// recipient unchanged.

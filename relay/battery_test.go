@@ -513,14 +513,16 @@ func relayTricks(t testing.TB, srs *routing.SRS) []relayTrick {
 
 		// postmaster. The bare form is the postmaster of the first relay
 		// domain (domain.com) (RFC 5321 4.5.1); the seed has no entry for it.
-		{name: "postmaster without domain", rcpt: "<postmaster>", seed: refused(unknownUser),
-			dflt: accepted("postmaster@domain.ro"), pass: accepted("postmaster@domain.com")},
-		{name: "Postmaster without domain", rcpt: "<Postmaster>", seed: refused(unknownUser),
-			dflt: accepted("postmaster@domain.ro"), pass: accepted("postmaster@domain.com")},
+		{name: "postmaster without domain", rcpt: "<postmaster>", seed: accepted("postmaster@domain.com"),
+			dflt: accepted("postmaster@domain.ro")},
+		{name: "Postmaster without domain", rcpt: "<Postmaster>", seed: accepted("postmaster@domain.com"),
+			dflt: accepted("postmaster@domain.ro")},
 		{name: "other local part without domain", rcpt: "<root>", seed: refused(smtpSyntax)},
-		{name: "postmaster at relay domain", rcpt: "<postmaster@company.com>", seed: refused(unknownUser), pass: accepted("postmaster@company.com")},
-		{name: "postmaster at rewritten domain", rcpt: "<POSTMASTER@domain.com>", seed: refused(unknownUser),
-			dflt: accepted("POSTMASTER@domain.ro"), pass: accepted("POSTMASTER@domain.com")},
+		{name: "postmaster at relay domain", rcpt: "<postmaster@company.com>", seed: accepted("postmaster@company.com")},
+		{name: "postmaster at rewritten domain", rcpt: "<POSTMASTER@domain.com>", seed: accepted("POSTMASTER@domain.com"),
+			dflt: accepted("POSTMASTER@domain.ro")},
+		{name: "postmaster at the SRS domain", from: "<>", rcpt: "<postmaster@srs.relay.test>", seed: accepted("postmaster@domain.com"),
+			dflt: accepted("postmaster@domain.ro")},
 		{name: "postmaster foreign", rcpt: "<postmaster@evil.test>", seed: refused(relayDenied)},
 		{name: "postmaster at IP literal", rcpt: "<postmaster@[127.0.0.1]>", seed: refused(badRcpt)},
 

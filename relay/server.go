@@ -69,6 +69,10 @@ type Config struct {
 	// MaxReceived: a message with more Received headers is refused as a
 	// mail loop (554 5.4.6), as Postfix's hopcount_limit does.
 	MaxReceived int
+	// Postmaster is where postmaster@ a relay domain or the SRS domain
+	// goes when the directory has no entry for it ("": unchanged to the
+	// next hop, which has its own postmaster).
+	Postmaster string
 	// PassUnknown delivers recipients the directory does not know, in relay
 	// domains, unchanged to the next hop (the migration shim in front of
 	// the old MTA, which knows them) instead of refusing them.
@@ -432,6 +436,12 @@ func (s *session) rcpt(to string, opts *smtp.RcptOptions) error {
 	defer cancel()
 	var finals []string
 	switch {
+	case s.p.srsDom != "" && addr.Domain == s.p.srsDom && strings.EqualFold(addr.Local, "postmaster"):
+		// RFC 5321 4.5.1: the SRS domain's postmaster is our first relay
+		// domain's (the SRS domain has no mailboxes)
+		pm := "postmaster@" + s.p.cfg.RelayDomains[0]
+		finals, err = s.p.expander.Expand(ctx, pm)
+		finals, err = s.postmaster(pm, finals, err)
 	case s.p.srsDom != "" && addr.Domain == s.p.srsDom:
 		var reply error
 		if finals, reply = s.reverseSRS(ctx, to); reply != nil {
@@ -462,6 +472,8 @@ func (s *session) rcpt(to string, opts *smtp.RcptOptions) error {
 		case s.p.cfg.PassUnknown && errors.Is(err, routing.ErrNotFound):
 			s.log.Info("pass-through: not in the directory, delivered unchanged", "to", to)
 			finals, err = []string{rcptAddr}, nil
+		case strings.EqualFold(addr.Local, "postmaster"):
+			finals, err = s.postmaster(rcptAddr, finals, err)
 		}
 	}
 	if err := s.rcptError(to, err); err != nil {
@@ -508,6 +520,21 @@ func (s *session) rcpt(to string, opts *smtp.RcptOptions) error {
 	}
 	s.log.Debug("rcpt ok", "to", to, "finals", finals, "new", added)
 	return nil
+}
+
+// postmaster makes postmaster@ each of our domains deliverable (RFC 5321
+// 4.5.1) when the directory does not know it: to Config.Postmaster, or
+// unchanged to the next hop (Postfix has a postmaster of its own).
+func (s *session) postmaster(addr string, finals []string, err error) ([]string, error) {
+	if !errors.Is(err, routing.ErrNotFound) {
+		return finals, err
+	}
+	to := addr
+	if pm := s.p.cfg.Postmaster; pm != "" {
+		to = pm
+	}
+	s.log.Info("postmaster: not in the directory, delivered to "+to, "to", addr)
+	return []string{to}, nil
 }
 
 // rewriteOff reports whether the RCPT address or its domain turned
