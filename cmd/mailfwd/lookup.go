@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/emersion/go-smtp"
+
 	"mailfwd/routing"
 )
 
@@ -84,8 +86,20 @@ func lookup(args []string, stdout, stderr io.Writer) error {
 	defer cancel()
 	code := exitFound
 	for _, addr := range fs.Args() {
-		x, err := exp.Trace(ctx, addr)
 		r := lookupResult{Address: addr, Recipients: []string{}}
+		// the relay's parser: what it refuses at RCPT is not looked up
+		mbox, perr := rcptAddress(addr)
+		if perr != nil {
+			r.Status, r.Error = "refused", perr.Error()
+			code = max(code, exitNotFound)
+			fmt.Fprintf(stderr, "mailfwd lookup: %s: %v\n", addr, perr)
+			if *asJSON {
+				b, _ := json.Marshal(r)
+				fmt.Fprintf(stdout, "%s\n", b)
+			}
+			continue
+		}
+		x, err := exp.Trace(ctx, mbox)
 		switch {
 		case err == nil:
 			r.Status, r.Recipients = "found", x.Recipients
@@ -162,4 +176,18 @@ func printTree(w io.Writer, r lookupResult, x *routing.Expansion) {
 	for _, rc := range r.Recipients {
 		fmt.Fprintf(w, "→ %s\n", rc)
 	}
+}
+
+// rcptAddress is what the relay makes of addr at RCPT: go-smtp's path
+// parser (the same the server runs), then routing's. An address either
+// refuses answers 501 there.
+func rcptAddress(addr string) (string, error) {
+	mbox, err := smtp.ParsePath(addr)
+	if err != nil {
+		return "", fmt.Errorf("501 5.1.3 bad recipient address syntax (%v)", err)
+	}
+	if _, err := routing.ParseAddress(mbox); err != nil {
+		return "", fmt.Errorf("501 5.1.3 bad recipient address syntax (%v)", err)
+	}
+	return routing.External(mbox), nil // looked up in wire form, as the relay does
 }

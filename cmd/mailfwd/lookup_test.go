@@ -58,6 +58,11 @@ mailForwardingAddress: central@company.com
 		{"directory down", []string{"-config", down, "a@company.com"}, 75, "", nil},
 		{"embedded default", []string{"old.address@domain.com"}, 0, "new.address@domain.ro\n", nil},
 		{"worst code wins", []string{"-config", cfg, "fan@company.com", "nobody@company.com"}, 1, "one@gmail.com\ncentral@company.com\n", nil},
+		// the relay's parser: what RCPT refuses (501) is refused here too
+		{"unquoted space: 501 at RCPT", []string{"-config", cfg, "john doe@company.com"}, 1, "", nil},
+		{"two @", []string{"-config", cfg, "a@b@company.com"}, 1, "", nil},
+		{"angle brackets as in RCPT", []string{"-config", cfg, "<fan@company.com>"}, 0, "one@gmail.com\ncentral@company.com\n", nil},
+		{"quoted local part", []string{"-config", cfg, `"sales"@company.com`}, 0, "central@company.com\n", nil},
 		{"tree", []string{"-config", cfg, "-v", "fan@company.com"}, 0, "", []string{
 			"fan@company.com: found", "key fan@company.com", `dn="cn=a,dc=x" attr=mailForwardingAddress`,
 			"one@gmail.com: not in the directory: final", "(maps to itself: delivered)", "→ central@company.com"}},

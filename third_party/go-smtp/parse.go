@@ -139,6 +139,22 @@ func (p *parser) expectByte(ch byte) error {
 	return nil
 }
 
+// ParsePath parses a forward-path as RCPT TO takes it ("<user@domain>" or
+// "user@domain", source route ignored) and returns the mailbox as the
+// server hands it to Session.Rcpt (quotes removed). Tools that must agree
+// with the server on which addresses it takes use it.
+func ParsePath(s string) (string, error) {
+	p := parser{s: s}
+	mbox, err := p.parsePath()
+	if err != nil {
+		return "", err
+	}
+	if p.s != "" {
+		return "", fmt.Errorf("unexpected %q after the address", p.s)
+	}
+	return mbox, nil
+}
+
 func (p *parser) parseReversePath() (string, error) {
 	if strings.HasPrefix(p.s, "<>") {
 		p.s = strings.TrimPrefix(p.s, "<>")
