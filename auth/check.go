@@ -216,6 +216,9 @@ type Check struct {
 	rewriteErr      error
 }
 
+// dkimPipeSize is how much of a message may wait for the DKIM verifier.
+const dkimPipeSize = 128 << 10
+
 type dkimOut struct {
 	v   []*dkim.Verification
 	err error
@@ -349,10 +352,13 @@ func (c *Check) onHeader(fields, withBlank []byte) {
 		}
 	}
 	if hasSig {
-		pr := newBufPipe(4 << 20)
+		// A small pipe: while a key lookup hangs, the writer (the client)
+		// waits, bounded by the lookup timeout, instead of megabytes of the
+		// message piling up in memory per session.
+		pr := newBufPipe(dkimPipeSize)
 		c.dkimPW = pr
 		c.dkimDone = make(chan dkimOut, 1)
-		head := append([]byte(nil), withBlank...)
+		head := withBlank // not written to again: no copy
 		go func() {
 			v, err := dkim.VerifyWithOptions(io.MultiReader(bytes.NewReader(head), pr),
 				&dkim.VerifyOptions{LookupTXT: a.g.txtFunc(c.ctx), MaxVerifications: 10})

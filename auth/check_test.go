@@ -2,6 +2,8 @@ package auth
 
 import (
 	"net"
+	"runtime"
+	"sync"
 	"strings"
 	"testing"
 	"time"
@@ -274,5 +276,51 @@ func TestNewValidation(t *testing.T) {
 	}
 	if _, err := ParseAction("drop"); err == nil {
 		t.Error("drop accepted")
+	}
+}
+
+// A message whose DKIM key lookup hangs costs a bounded amount of memory
+// while it waits: the verifier's pipe holds a little and then makes the
+// writer wait (back-pressure), and the header is not copied over and over.
+func TestDKIMHangBoundedMemory(t *testing.T) {
+	e := setup(t, func(c *Config) { c.LookupTimeout = 2 * time.Second; c.Timeout = 3 * time.Second })
+	e.dns.hang["s1._domainkey.example.org"] = true
+	msg := signed(t, origMsg, rsaA, "s1")
+	hdr := msg[:strings.Index(msg, "\r\n\r\n")+4]
+	big := "X-Pad: " + strings.Repeat("p", 200) + "\r\n"
+	hdr = strings.Repeat(big, 900) + hdr // ~190 KiB of header
+	body := []byte(strings.Repeat(strings.Repeat("b", 998)+"\r\n", 8<<10)) // 8 MiB
+	const sessions = 20
+	var before runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	var wg sync.WaitGroup
+	peak := make(chan uint64, 1)
+	started := make(chan struct{}, sessions)
+	for range sessions {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := e.a.Start(e.in("alice@example.org"))
+			c.Write([]byte(hdr))
+			started <- struct{}{}
+			for b := body; len(b) > 0; b = b[min(len(b), 64<<10):] {
+				c.Write(b[:min(len(b), 64<<10)])
+			}
+			c.Finish()
+		}()
+	}
+	for range sessions {
+		<-started
+	}
+	time.Sleep(500 * time.Millisecond) // every session blocked on its hanging key
+	var during runtime.MemStats
+	runtime.ReadMemStats(&during)
+	peak <- during.HeapInuse
+	wg.Wait()
+	perSession := (int64(<-peak) - int64(before.HeapInuse)) / sessions
+	t.Logf("heap per session while the key lookup hangs: %d KiB", perSession>>10)
+	if perSession > 2<<20 {
+		t.Errorf("%d KiB of heap per waiting session, want under 2 MiB", perSession>>10)
 	}
 }

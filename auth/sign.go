@@ -105,8 +105,10 @@ func Sign(key *Key, msg io.Reader) (string, error) {
 	return s.Finish()
 }
 
-// maxHeader bounds the header section we analyse (1 MiB).
-const maxHeader = 1 << 20
+// maxHeader bounds the header section we analyse (256 KiB; Postfix keeps
+// 100 KiB, header_size_limit): beyond, the checks say permerror and the
+// message is neither verified nor signed. It bounds each session's copies.
+const maxHeader = 256 << 10
 
 // headerEnd finds the blank line ending the header section in b, looking
 // from offset from. It returns the end of the header fields (after the

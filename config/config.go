@@ -123,6 +123,7 @@ type Limits struct {
 	CommandTimeout      time.Duration `yaml:"command_timeout"`        // default 5m
 	DataTimeout         time.Duration `yaml:"data_timeout"`           // whole message, default 10m
 	MaxReceived         int           `yaml:"max_received_headers"`   // loop guard, default 50
+	MemoryBudget        int64         `yaml:"memory_budget"`          // bytes messages in transfer may hold together (default 512 MiB)
 }
 
 // Auth checks SPF/DKIM/DMARC at the edge and signs/seals forwards (off
@@ -523,6 +524,9 @@ func (c *Config) setDefaults() {
 	}
 	if l.MaxReceived == 0 {
 		l.MaxReceived = 50
+	}
+	if l.MemoryBudget == 0 {
+		l.MemoryBudget = 512 << 20
 	}
 	r := &c.Routing
 	if r.RecipientDelimiter == "" {

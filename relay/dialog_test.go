@@ -348,6 +348,14 @@ func TestDialogReplyTable(t *testing.T) {
 			c.cmd("DATA", "354")
 			return c.cmd("Subject: x\r\n\r\nx\r\n.", "")
 		}},
+		{"replyNoMemory", replyNoMemory, func(t *testing.T) string {
+			// a budget smaller than one message's reserve: every DATA waits
+			rep, r := dataReply(t, relayOpts{cfg: func(c *Config) { c.MemoryBudget = 1 }}, "Subject: x\r\n\r\nx\r\n")
+			if q := r.queued(); len(q) != 0 {
+				t.Errorf("queued past the memory budget: %+v", q)
+			}
+			return rep
+		}},
 		{"replySpoolFull", replySpoolFull, func(t *testing.T) string {
 			rep, _ := dataReply(t, relayOpts{spool: failingSpool{fmt.Errorf("%w: %w", queue.ErrSpoolFull, syscall.ENOSPC)}}, "Subject: x\r\n\r\nx\r\n")
 			return rep

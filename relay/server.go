@@ -94,6 +94,12 @@ type Config struct {
 	ObserveForwarding func(outcome string)
 	// TLS, if set, offers STARTTLS (certificates may change under it).
 	TLS *tls.Config
+	// MemoryBudget bounds the memory messages in transfer may hold
+	// together (bytes; default 512 MiB): each DATA reserves its worst case
+	// (header copies for the checks, the DKIM pipe, buffers) before it
+	// reads, and past the budget gets 451 4.3.2 instead of growing the heap
+	// until the kernel kills us.
+	MemoryBudget int64
 	// FirstRetry is stored as the next attempt time of a new message: the
 	// first attempt starts at once, and if the relay dies during it, the
 	// restarted relay tries again after this long (not in a hot loop).
@@ -105,6 +111,7 @@ type Config struct {
 // (Reload); each session keeps the policy it started with.
 type Backend struct {
 	pol      atomic.Pointer[policy]
+	mem      atomic.Int64   // bytes reserved by messages in transfer
 	srsFails *windowCounter // invalid SRS addresses per client key, and "" for all
 	srsRate  *windowCounter // bounces per decoded address
 	spool    Committer
@@ -189,6 +196,9 @@ func newPolicy(cfg Config, exp Expander) (*policy, error) {
 	}
 	if cfg.MaxReceived <= 0 {
 		cfg.MaxReceived = 50
+	}
+	if cfg.MemoryBudget <= 0 {
+		cfg.MemoryBudget = 512 << 20
 	}
 	p := &policy{cfg: cfg, domains: map[string]bool{}, local: map[string]bool{}, expander: exp}
 	for _, d := range cfg.RelayDomains {
@@ -567,10 +577,28 @@ func (s *session) rcptError(to string, err error) error {
 	}
 }
 
+// Per-message worst cases for the memory budget: the body buffer and
+// stream state, and with the checks on, their copies of a header (up to
+// 256 KiB each), the DKIM pipe and the signers' buffers.
+const (
+	dataReserve     = 256 << 10
+	dataReserveAuth = 2 << 20
+)
+
 func (s *session) data(r io.Reader) error {
 	if len(s.rcpts) == 0 {
 		return replyNoRcpt
 	}
+	need := int64(dataReserve)
+	if s.p.cfg.Auth != nil {
+		need = dataReserveAuth
+	}
+	if s.b.mem.Add(need) > s.p.cfg.MemoryBudget {
+		s.b.mem.Add(-need)
+		s.log.Warn("defer: memory budget of messages in transfer reached", "budget", s.p.cfg.MemoryBudget)
+		return replyNoMemory
+	}
+	defer s.b.mem.Add(-need)
 	// The whole message must arrive within DataTimeout (go-smtp's own
 	// deadline is per command line).
 	s.conn.Conn().SetReadDeadline(time.Now().Add(s.p.cfg.DataTimeout))

@@ -240,9 +240,10 @@ func relayConfig(c *config.Config, certs *certStore, srsRT *srsRuntime) (relay.C
 		MaxRecipients: c.MaxRecipients, MaxSize: c.MaxMessageSize, FirstRetry: c.Delivery.RetryMin,
 		LocalDomains: c.LocalDomains, PassUnknown: c.Routing.UnknownRecipients == "pass", DryRun: c.Routing.DryRun,
 		Postmaster: c.Routing.Postmaster,
-		MaxErrors: c.Limits.MaxErrors, MaxCommands: c.Limits.MaxCommands, MaxJunkCommands: c.Limits.MaxJunkCommands,
+		MaxErrors:  c.Limits.MaxErrors, MaxCommands: c.Limits.MaxCommands, MaxJunkCommands: c.Limits.MaxJunkCommands,
 		IPv6Prefix:     c.Limits.IPv6PrefixLength,
 		CommandTimeout: c.Limits.CommandTimeout, DataTimeout: c.Limits.DataTimeout, MaxReceived: c.Limits.MaxReceived,
+		MemoryBudget: c.Limits.MemoryBudget,
 	}
 	if c.SRS != nil {
 		srs, err := newSRS(c, srsRT)
