@@ -333,7 +333,7 @@ func (s *LDAPSource) tableLookup(ctx context.Context, key string) ([]Match, erro
 			}
 			return nil, s.searchError(err, key, base, false)
 		}
-		g := &gather{t: t, s: s, search: c.Search, source: "ldap " + c.url, k: k, key: key, secs: secs}
+		g := &gather{ctx: ctx, t: t, s: s, search: c.Search, source: "ldap " + c.url, k: k, key: key, secs: secs}
 		if err := g.entries(res.Entries, 1); err != nil {
 			return nil, err
 		}
@@ -342,7 +342,14 @@ func (s *LDAPSource) tableLookup(ctx context.Context, key string) ([]Match, erro
 }
 
 // gather collects the values of one lookup, following special attributes.
+// Each entry it follows is searched for once (a diamond of groups would
+// otherwise cost a search per path: 2^depth), the walk visits at most
+// maxFollow entries, and it ends at ctx's deadline (the client's RCPT is
+// waiting): both are a temporary failure, never a wrong answer.
 type gather struct {
+	ctx    context.Context
+	cache  map[string]*ldap.SearchResult
+	visits int
 	t      *compiledTable
 	s      *LDAPSource
 	search func(*ldap.SearchRequest) (*ldap.SearchResult, error)
@@ -425,6 +432,12 @@ func (g *gather) entries(es []*ldap.Entry, depth int) error {
 // attributes if it names any, on the connection in use (its host part is
 // ignored).
 func (g *gather) follow(dn string, depth int) error {
+	if g.ctx != nil && g.ctx.Err() != nil {
+		return errFinal{fmt.Errorf("%w: %s: lookup time used up following %s: %v", ErrUnavailable, g.key, dn, g.ctx.Err())}
+	}
+	if g.visits++; g.visits > maxFollow {
+		return errFinal{fmt.Errorf("%w: %s: more than %d entries to follow", ErrExpansionLimit, g.key, maxFollow)}
+	}
 	base, scope, filter, attrs := dn, ldap.ScopeBaseObject, "(objectClass=*)", g.t.attrs
 	if isLDAPURL(dn) {
 		u, err := parseLDAPURL(dn)
@@ -437,8 +450,23 @@ func (g *gather) follow(dn string, depth int) error {
 			attrs = u.attrs
 		}
 	}
+	ck := strings.ToLower(fmt.Sprint(base, "\x00", scope, "\x00", filter, "\x00", attrs))
+	if res, ok := g.cache[ck]; ok {
+		if res == nil {
+			return nil // not found, as the first time
+		}
+		return g.entries(res.Entries, depth+1)
+	}
 	req := ldap.NewSearchRequest(base, scope, g.s.cfg.Deref, g.s.cfg.SizeLimit, g.secs, false, filter, attrs, nil)
 	res, err := g.search(req)
+	if g.cache == nil {
+		g.cache = map[string]*ldap.SearchResult{}
+	}
+	if err == nil {
+		g.cache[ck] = res
+	} else if ldap.IsErrorWithCode(err, ldap.LDAPResultNoSuchObject) {
+		g.cache[ck] = nil
+	}
 	if err != nil {
 		if ldap.IsErrorWithCode(err, ldap.LDAPResultNoSuchObject) {
 			// Postfix treats it as an entry without result attributes.
@@ -449,6 +477,10 @@ func (g *gather) follow(dn string, depth int) error {
 	}
 	return g.entries(res.Entries, depth+1)
 }
+
+// maxFollow bounds the entries one lookup follows (paths, not distinct
+// entries: a diamond's are many).
+const maxFollow = 100_000
 
 func isLDAPURL(s string) bool {
 	l := strings.ToLower(s)

@@ -3,6 +3,7 @@ package routing
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -549,5 +550,53 @@ func TestPostfixGather(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A diamond of groups (each level's group has two members that are both
+// the next level's group) costs one search per distinct entry, not 2^depth,
+// gives Postfix's values, and the whole walk stops at the caller's deadline.
+func TestSpecialAttributesDiamondAndDeadline(t *testing.T) {
+	const depth = 16
+	searches := 0
+	search := func(r *ldap.SearchRequest) (*ldap.SearchResult, error) {
+		searches++
+		var n int
+		fmt.Sscanf(r.BaseDN, "cn=g%d,dc=x", &n)
+		e := &ldap.Entry{DN: r.BaseDN}
+		if n == depth {
+			e.Attributes = []*ldap.EntryAttribute{{Name: "mail", Values: []string{"leaf@x"}}}
+		} else {
+			next := fmt.Sprintf("cn=g%d,dc=x", n+1)
+			e.Attributes = []*ldap.EntryAttribute{{Name: "member", Values: []string{next, strings.ToUpper(next)}}}
+		}
+		return &ldap.SearchResult{Entries: []*ldap.Entry{e}}, nil
+	}
+	tb := LDAPTable{ResultAttributes: []string{"mail"}, SpecialAttributes: []string{"member"}, ExpansionLimit: 1 << 30}
+	s, err := NewLDAPSource(LDAPConfig{URLs: []string{"ldap://127.0.0.1:1"}, Base: "dc=x", Filter: "(mail=%s)", Table: &tb}, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	top := &ldap.Entry{DN: "cn=g0,dc=x", Attributes: []*ldap.EntryAttribute{{Name: "member", Values: []string{"cn=g1,dc=x"}}}}
+	g := &gather{ctx: context.Background(), t: s.table, s: s, search: search, source: "ldap test", k: splitKey("key@k"), key: "key@k"}
+	err = g.entries([]*ldap.Entry{top}, 1)
+	if searches > 2*depth {
+		t.Errorf("%d searches for a diamond of depth %d, want one per entry", searches, depth)
+	}
+	if err == nil && len(g.out) != 1<<(depth-1) {
+		t.Errorf("%d values, want Postfix's %d (one per path)", len(g.out), 1<<(depth-1))
+	}
+	// the walk is bounded: at the expansion limit, or by the entries it visits
+	if err != nil && !errors.Is(err, ErrExpansionLimit) {
+		t.Errorf("diamond: %v", err)
+	}
+
+	// past the deadline: a temporary failure, at once
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	searches = 0
+	g = &gather{ctx: ctx, t: s.table, s: s, search: search, source: "ldap test", k: splitKey("key@k"), key: "key@k"}
+	if err := g.entries([]*ldap.Entry{top}, 1); !errors.Is(err, ErrUnavailable) || searches > 0 {
+		t.Errorf("cancelled: %v after %d searches, want ErrUnavailable before any", err, searches)
 	}
 }
