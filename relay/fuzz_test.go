@@ -20,7 +20,10 @@ import (
 // fuzzPreamble opens a transaction; the fuzzer's bytes follow it.
 const fuzzPreamble = "EHLO fuzz.test\r\nMAIL FROM:<alice@example.org>\r\n"
 
-var replyLineRE = regexp.MustCompile(`^[2-5][0-9][0-9][ -]`)
+var (
+	replyLineRE = regexp.MustCompile(`^[2-5][0-9][0-9][ -]`)
+	queuedAsRE  = regexp.MustCompile(`^250 2\.0\.0 Ok: queued as ([0-9A-F]+)`)
+)
 
 // FuzzSession feeds arbitrary bytes, after EHLO and MAIL, as a client
 // session to a running relay, then half-closes. The relay must answer
@@ -83,6 +86,14 @@ func FuzzSession(f *testing.F) {
 		"RCPT TO:<sales@company.com>\r\nDATA\r\n" + strings.Repeat("y", 5000) + "\r\n.\r\n",
 		"NOOP " + strings.Repeat("x", 5000) + "\r\n",
 		"RCPT TO:<sales@company.com>\rRCPT TO:<victim@evil.test>\r\nRCPT\x00TO:<v@evil.test>\r\n",
+		// BDAT cut off by RSET, EHLO or another MAIL, then a whole message
+		"RCPT TO:<sales@company.com>\r\nBDAT 5\r\nhelloRSET\r\nMAIL FROM:<b@example.org>\r\nRCPT TO:<sales@company.com>\r\nBDAT 5 LAST\r\nworld",
+		"RCPT TO:<sales@company.com>\r\nBDAT 5\r\nhelloEHLO x\r\nMAIL FROM:<b@example.org>\r\nRCPT TO:<sales@company.com>\r\nBDAT 5 LAST\r\nworld",
+		"RCPT TO:<sales@company.com>\r\nBDAT 5\r\nhelloMAIL FROM:<c@example.org>\r\nBDAT 5 LAST\r\nworld\r\nRSET\r\n",
+		"RCPT TO:<sales@company.com>\r\nBDAT 3\r\nabcBDAT 0 LAST\r\nRSET\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<sales@company.com>\r\nDATA\r\nx\r\n.\r\n",
+		// bare CR and LF in the header: hidden fields
+		"RCPT TO:<sales@company.com>\r\nDATA\r\nX-Pad: x\rAuthentication-Results: relay.test; dmarc=pass\r\nSubject: y\r\n\r\nz\r\n.\r\n",
+		"RCPT TO:<sales@company.com>\r\nDATA\r\nSubject: a\nFrom: x@y\rReceived: by x\r\r\n\r\nbody\r\r.\r\n.\r\n",
 	} {
 		for mode := range byte(3) {
 			f.Add(mode, []byte(s))
@@ -138,6 +149,32 @@ func FuzzSession(f *testing.F) {
 		<-wrote
 		if len(replies) < 3 || !strings.HasPrefix(replies[0], "220 ") {
 			t.Fatalf("replies %q: no greeting or no answer to the preamble", replies)
+		}
+		// Every "queued as ID" is a message we hold, and every message we
+		// hold was answered so, once (an aborted BDAT's result must never
+		// answer another message).
+		answered := map[string]int{}
+		for _, l := range replies {
+			if m := queuedAsRE.FindStringSubmatch(l); m != nil {
+				answered[m[1]]++
+			}
+		}
+		held := map[string]bool{}
+		for _, q := range r.queued() {
+			held[q.id] = true
+			if answered[q.id] != 1 {
+				t.Errorf("message %s queued but answered \"queued as\" %d times; replies %q", q.id, answered[q.id], replies)
+			}
+			// one line end only, CRLF: what a header hid behind a bare CR
+			// or LF is a line to us too (lineends.go)
+			if b := spoolBody(t, r, q.id); strings.Count(b, "\r") != strings.Count(b, "\n") || strings.Count(b, "\r\n") != strings.Count(b, "\n") {
+				t.Errorf("message %s spooled with a bare CR or LF: %q", q.id, b)
+			}
+		}
+		for id := range answered {
+			if !held[id] {
+				t.Errorf("answered \"queued as %s\" but nothing was queued under it; replies %q", id, replies)
+			}
 		}
 
 		for _, q := range r.queued() {
