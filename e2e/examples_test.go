@@ -155,6 +155,11 @@ func exampleCert(t *testing.T) (cert, key []byte) {
 // SMTP listener is addr and waits until it listens. The log goes to
 // dir/mailfwd.log (appended: a restart on the same dir keeps the history).
 func startRelayConfig(dir, cfgPath, addr, admin string) (*mailfwdProc, error) {
+	return startRelayConfigWith(dir, cfgPath, addr, admin, nil)
+}
+
+// startRelayConfigWith runs the relay under wrap (e.g. prlimit ... --).
+func startRelayConfigWith(dir, cfgPath, addr, admin string, wrap []string) (*mailfwdProc, error) {
 	if out, err := exec.Command(binary, "check-config", "-config", cfgPath).CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("check-config %s: %v: %s", cfgPath, err, out)
 	}
@@ -166,7 +171,8 @@ func startRelayConfig(dir, cfgPath, addr, admin string) (*mailfwdProc, error) {
 	if admin != "" {
 		p.admin = "http://" + admin
 	}
-	p.cmd = exec.Command(binary, "serve", "-config", cfgPath)
+	argv := append(append([]string{}, wrap...), binary, "serve", "-config", cfgPath)
+	p.cmd = exec.Command(argv[0], argv[1:]...)
 	p.cmd.Stdout, p.cmd.Stderr = logf, logf
 	if err := p.cmd.Start(); err != nil {
 		logf.Close()

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -8,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -128,4 +130,103 @@ func quietRelayListen(t *testing.T, lim ListenLimits) string {
 	go srv.Serve(Listen(l, lim))
 	t.Cleanup(func() { srv.Close() })
 	return l.Addr().String()
+}
+
+// When every slot is taken, the connection idle longest outside a
+// transaction makes room for a newcomer; one moving mail keeps its slot.
+func TestFullListenerEvictsIdle(t *testing.T) {
+	addr := quietRelayListen(t, ListenLimits{Hostname: "relay.test", MaxConns: 2})
+	banner := func(c net.Conn) string {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		l, _ := bufio.NewReader(c).ReadString('\n')
+		return l
+	}
+	busy, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	br := bufio.NewReader(busy)
+	busy.SetReadDeadline(time.Now().Add(5 * time.Second))
+	br.ReadString('\n')
+	io.WriteString(busy, "HELO a.test\r\nMAIL FROM:<a@example.org>\r\n")
+	br.ReadString('\n')
+	br.ReadString('\n') // in a transaction now
+	idle, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	if l := banner(idle); !strings.HasPrefix(l, "220") {
+		t.Fatalf("second connection: %q", l)
+	}
+	time.Sleep(1200 * time.Millisecond)
+	fresh, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fresh.Close()
+	if l := banner(fresh); !strings.HasPrefix(l, "220") {
+		t.Fatalf("the newcomer was refused (%q): an idle connection should have made room", l)
+	}
+	idle.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if l, _ := bufio.NewReader(idle).ReadString('\n'); !strings.HasPrefix(l, "421 4.7.0") {
+		t.Errorf("the idle connection got %q, want 421", l)
+	}
+	io.WriteString(busy, "RCPT TO:<sales@company.com>\r\n")
+	busy.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if l, _ := br.ReadString('\n'); !strings.HasPrefix(l, "250") {
+		t.Errorf("the connection in a transaction lost its slot: %q", l)
+	}
+}
+
+// A client that has had mail queued here displaces an idle stranger at
+// once, even one that has just connected: a flood from many addresses,
+// reconnecting faster than strangers may be displaced, cannot lock it out.
+func TestFullListenerKnownSenderDisplacesStranger(t *testing.T) {
+	addr := quietRelayListen(t, ListenLimits{Hostname: "relay.test", MaxConns: 1})
+	dial := func(src string) (net.Conn, *bufio.Reader, string) {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+		c, err := d.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		r := bufio.NewReader(c)
+		l, _ := r.ReadString('\n')
+		return c, r, l
+	}
+	send := func(src string) string {
+		c, r, l := dial(src)
+		defer c.Close()
+		if !strings.HasPrefix(l, "220") {
+			return l
+		}
+		io.WriteString(c, "HELO a.test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<sales@company.com>\r\nDATA\r\n")
+		for range 4 {
+			r.ReadString('\n')
+		}
+		io.WriteString(c, "Subject: x\r\n\r\nx\r\n.\r\n")
+		l, _ = r.ReadString('\n')
+		return l
+	}
+	if l := send("127.0.0.4"); !strings.HasPrefix(l, "250 2.0.0 Ok: queued as") {
+		t.Fatalf("first message: %q", l)
+	}
+	time.Sleep(100 * time.Millisecond) // its slot is free again
+	stranger, sr, l := dial("127.0.0.2")
+	if !strings.HasPrefix(l, "220") {
+		t.Fatalf("stranger: %q", l)
+	}
+	if _, _, l := dial("127.0.0.3"); !strings.HasPrefix(l, "421 4.7.0") {
+		t.Fatalf("a stranger displaced a connection idle for less than a second: %q", l)
+	}
+	if l := send("127.0.0.4"); !strings.HasPrefix(l, "250 2.0.0 Ok: queued as") {
+		t.Errorf("the known sender was refused: %q", l)
+	}
+	stranger.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if l, _ := sr.ReadString('\n'); !strings.HasPrefix(l, "421 4.7.0") {
+		t.Errorf("the displaced stranger got %q, want 421", l)
+	}
 }

@@ -32,14 +32,14 @@ func TestClientKey(t *testing.T) {
 func TestListenerLimitsIPv6AndBounded(t *testing.T) {
 	l := Listen(nil, ListenLimits{RatePerIP: 5, IPv6Prefix: 84}).(*limitListener)
 	for i := range 5 {
-		if why := l.admit(clientKey(netip.MustParseAddr(fmt.Sprintf("2001:db8::%x", i+1)), 84)); why != "" {
+		if why, _ := l.admit(clientKey(netip.MustParseAddr(fmt.Sprintf("2001:db8::%x", i+1)), 84)); why != "" {
 			t.Fatalf("connection %d: %s", i, why)
 		}
 	}
-	if why := l.admit(clientKey(netip.MustParseAddr("2001:db8::ffff"), 84)); why == "" {
+	if why, _ := l.admit(clientKey(netip.MustParseAddr("2001:db8::ffff"), 84)); why == "" {
 		t.Error("a 6th connection from the same /84 within the minute was admitted")
 	}
-	if why := l.admit(clientKey(netip.MustParseAddr("2001:db8:0:0:1000::1"), 84)); why != "" {
+	if why, _ := l.admit(clientKey(netip.MustParseAddr("2001:db8:0:0:1000::1"), 84)); why != "" {
 		t.Errorf("another /84: %s", why)
 	}
 	for i := range 3 * maxClients {

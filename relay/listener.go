@@ -40,7 +40,7 @@ type ListenLimits struct {
 // (required from them): anyone else gets the banner at once.
 func Listen(l net.Listener, lim ListenLimits) net.Listener {
 	return &limitListener{Listener: l, lim: lim, perIP: map[string]int{}, rates: newWindowCounter(time.Minute, maxClients),
-		ready: make(chan acceptResult)}
+		senders: newWindowCounter(senderMemory, maxClients), live: map[*trackedConn]struct{}{}, ready: make(chan acceptResult)}
 }
 
 // proxyHeaderTimeout bounds a load balancer's PROXY header.
@@ -79,8 +79,12 @@ type limitListener struct {
 
 	mu    sync.Mutex
 	total int
-	perIP map[string]int  // open connections per client key (bounded by MaxConns)
+	perIP map[string]int // open connections per client key (bounded by MaxConns)
 	rates *windowCounter // new connections per client key, per minute
+	// senders: clients that had a message queued in the last day; when
+	// every slot is taken they may displace an idle stranger at once.
+	senders *windowCounter
+	live    map[*trackedConn]struct{}
 
 	// Connections are admitted in their own goroutine: learning the client
 	// address may mean reading a PROXY header, and one silent client must
@@ -88,7 +92,6 @@ type limitListener struct {
 	once  sync.Once
 	ready chan acceptResult
 }
-
 
 func (l *limitListener) Accept() (net.Conn, error) {
 	l.once.Do(func() { go l.acceptLoop() })
@@ -151,13 +154,35 @@ func (l *limitListener) admitConn(c net.Conn) {
 		return
 	}
 	key := clientKey(ip, l.lim.IPv6Prefix)
-	if why := l.admit(key); why != "" {
+	why, victim := l.admit(key)
+	if victim != nil { // its slot is ours now
+		victim.SetWriteDeadline(time.Now().Add(time.Second))
+		fmt.Fprintf(victim.Conn, "421 4.7.0 %s too many connections, closing an idle one\r\n", l.lim.Hostname)
+		victim.ended.Store(true)
+		victim.Close()
+	}
+	if why != "" {
 		c.SetWriteDeadline(time.Now().Add(2 * time.Second))
 		fmt.Fprintf(c, "421 4.7.0 %s %s, try again later\r\n", l.lim.Hostname, why)
 		c.Close()
 		return
 	}
-	tc := &trackedConn{Conn: c, release: func() { l.leave(key) }}
+	tc := &trackedConn{Conn: c, key: key}
+	tc.idleSince.Store(time.Now().UnixNano())
+	tc.known.Store(l.senders.count(key) > 0)
+	tc.delivered = func() {
+		tc.known.Store(true)
+		l.senders.add(key)
+	}
+	tc.release = func() {
+		l.mu.Lock()
+		delete(l.live, tc)
+		l.mu.Unlock()
+		l.leave(key)
+	}
+	l.mu.Lock()
+	l.live[tc] = struct{}{}
+	l.mu.Unlock()
 	if _, isProxy := c.(*proxyproto.Conn); len(l.lim.ProxyFrom) > 0 && !isProxy {
 		tc.refuseProxy = true // not a balancer: a PROXY header from it ends the connection
 	}
@@ -169,26 +194,82 @@ func (l *limitListener) admitConn(c net.Conn) {
 	l.ready <- acceptResult{c: tc}
 }
 
+// errFull is admit's answer when every connection slot is taken.
+const errFull = "too many connections"
+
+// senderMemory is how long a client that had mail queued is known.
+const senderMemory = 24 * time.Hour
+
+// strangerIdle is how long a connection must idle before a stranger may
+// take its slot; a known sender may displace an idle stranger at once.
+const strangerIdle = time.Second
+
+// idleVictim picks, when every slot is taken, a connection whose slot the
+// newcomer (known: it had mail queued here lately) may take: one outside a
+// transaction (no MAIL yet, or its message done), idle the longest, and
+// for at least strangerIdle unless the newcomer is known and it is not. A
+// flood of idle connections from many addresses would otherwise hold every
+// slot and lock honest clients out (postscreen's answer is the same: a
+// client that passed before is let in), while one that moves mail keeps
+// its slot. Called with l.mu held; the victim's slot is taken from it at
+// once (its later release is a no-op), so that no concurrent newcomer can
+// take it first.
+func (l *limitListener) idleVictim(known bool) *trackedConn {
+	var oldest *trackedConn
+	var since int64
+	now := time.Now()
+	for c := range l.live {
+		if c.inTxn.Load() {
+			continue
+		}
+		s := c.idleSince.Load()
+		if (!known || c.known.Load()) && now.Sub(time.Unix(0, s)) < strangerIdle {
+			continue // nobody idle long enough: a real rush, not a flood
+		}
+		if oldest == nil || s < since {
+			oldest, since = c, s
+		}
+	}
+	if oldest == nil {
+		return nil
+	}
+	delete(l.live, oldest)
+	oldest.once.Do(func() {}) // its release will not run
+	l.total--
+	if l.perIP[oldest.key]--; l.perIP[oldest.key] <= 0 {
+		delete(l.perIP, oldest.key)
+	}
+	return oldest
+}
+
 // admit counts a new connection of client key in, or says why it may not
-// come in. Constant time: the rate table expires in generations.
-func (l *limitListener) admit(key string) string {
+// come in; when the slots are full it may take one from an idle
+// connection, which it returns for the caller to close. Constant time but
+// for that (the rate table expires in generations).
+func (l *limitListener) admit(key string) (string, *trackedConn) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	var victim *trackedConn
 	if l.lim.MaxConns > 0 && l.total >= l.lim.MaxConns {
-		return "too many connections"
+		if l.lim.MaxConnsPerIP > 0 && l.perIP[key] >= l.lim.MaxConnsPerIP {
+			return "too many connections from your address", nil
+		}
+		if victim = l.idleVictim(l.senders.count(key) > 0); victim == nil {
+			return errFull, nil
+		}
 	}
 	if l.lim.MaxConnsPerIP > 0 && l.perIP[key] >= l.lim.MaxConnsPerIP {
-		return "too many connections from your address"
+		return "too many connections from your address", victim
 	}
 	if l.lim.RatePerIP > 0 {
 		if l.rates.count(key) >= l.lim.RatePerIP {
-			return "connection rate limit exceeded for your address"
+			return "connection rate limit exceeded for your address", victim
 		}
 		l.rates.add(key)
 	}
 	l.total++
 	l.perIP[key]++
-	return ""
+	return "", victim
 }
 
 func (l *limitListener) leave(key string) {
@@ -214,6 +295,16 @@ type trackedConn struct {
 	ended atomic.Bool
 	// refuseProxy: the first bytes may not be a PROXY header (v1 or v2).
 	refuseProxy, readSome bool
+	// inTxn: the session has a transaction open (MAIL given, message not
+	// done); idleSince: when it last ended one, or connected. When every
+	// slot is taken the one idle longest outside a transaction makes room.
+	inTxn     atomic.Bool
+	idleSince atomic.Int64
+	key       string // its client key in the limits
+	// known: the client had mail queued lately (this connection or an
+	// earlier one); delivered records that it did.
+	known     atomic.Bool
+	delivered func()
 }
 
 // errProxyRefused ends a connection whose client sent a PROXY header

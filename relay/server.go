@@ -300,7 +300,29 @@ type session struct {
 	srsRcpts   int // SRS addresses accepted in this transaction
 }
 
+// tracked is the session's connection as the listener tracks it (nil in
+// tests that serve without Listen).
+func (s *session) tracked() *trackedConn {
+	c := s.conn.Conn()
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	t, _ := c.(*trackedConn)
+	return t
+}
+
+// inTransaction tells the listener whether this session is moving mail.
+func (s *session) inTransaction(on bool) {
+	if t := s.tracked(); t != nil {
+		if !on {
+			t.idleSince.Store(time.Now().UnixNano())
+		}
+		t.inTxn.Store(on)
+	}
+}
+
 func (s *session) Reset() {
+	s.inTransaction(false)
 	s.hasFrom, s.from, s.rawFrom, s.opts = false, "", "", smtp.MailOptions{}
 	s.rcpts = nil
 	s.srsFrom, s.srsFromErr, s.srsDone, s.srsRcpts = "", nil, false, 0
@@ -331,7 +353,14 @@ func (s *session) Data(r io.Reader) error {
 	if err := s.admitCommand(); err != nil {
 		return err // before anything is spooled
 	}
-	return s.account(s.data(r))
+	err := s.data(r)
+	var se *smtp.SMTPError
+	if errors.As(err, &se) && se.Code == 250 {
+		if t := s.tracked(); t != nil {
+			t.delivered() // a client that sends mail, not a flood
+		}
+	}
+	return s.account(err)
 }
 
 // admitCommand counts a command in, or ends the session past the limit.
@@ -405,6 +434,7 @@ func (s *session) mail(from string, opts *smtp.MailOptions) error {
 		}
 	}
 	s.hasFrom, s.rawFrom = true, from
+	s.inTransaction(true)
 	// Kept in external form: it goes back on the wire in MAIL FROM.
 	if from != "" {
 		s.from = routing.External(from)

@@ -280,6 +280,23 @@ func relayConfig(c *config.Config, certs *certStore, srsRT *srsRuntime) (relay.C
 	return rc, nil
 }
 
+// fdReserve is what the relay keeps of its file descriptors for itself:
+// spool files, directory and next-hop connections, listeners, logs.
+const fdReserve = 100
+
+// fdConnections is how many client connections the descriptor limit
+// (RLIMIT_NOFILE, which Go raises to the hard limit at start) carries: two
+// descriptors each (the connection, and its queue file during DATA), after
+// the reserve. A flood past it meets the 421 of the connection limit, not
+// EMFILE in the middle of honest clients' messages.
+func fdConnections() int {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil || rl.Cur > 1<<30 {
+		return 1 << 30
+	}
+	return max(int(rl.Cur)-fdReserve, 20) / 2
+}
+
 // certStore holds the current certificate, so that SIGHUP can replace it
 // under running listeners.
 type certStore struct {
@@ -372,6 +389,14 @@ func serve(args []string) error {
 		OnAcceptError: func(err error, retry time.Duration) {
 			log.Error("accept failed; retrying", "err", err, "retry_in", retry)
 		},
+	}
+
+	if max := fdConnections(); limits.MaxConns == 0 {
+		limits.MaxConns = max
+	} else if limits.MaxConns > max {
+		log.Warn("limits.max_connections is more than the file descriptor limit allows; lowered",
+			"max_connections", limits.MaxConns, "now", max, "hint", "raise LimitNOFILE (ulimit -n)")
+		limits.MaxConns = max
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
