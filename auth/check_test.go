@@ -3,8 +3,8 @@ package auth
 import (
 	"net"
 	"runtime"
-	"sync"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -288,7 +288,7 @@ func TestDKIMHangBoundedMemory(t *testing.T) {
 	msg := signed(t, origMsg, rsaA, "s1")
 	hdr := msg[:strings.Index(msg, "\r\n\r\n")+4]
 	big := "X-Pad: " + strings.Repeat("p", 200) + "\r\n"
-	hdr = strings.Repeat(big, 900) + hdr // ~190 KiB of header
+	hdr = strings.Repeat(big, 900) + hdr                                   // ~190 KiB of header
 	body := []byte(strings.Repeat(strings.Repeat("b", 998)+"\r\n", 8<<10)) // 8 MiB
 	const sessions = 20
 	var before runtime.MemStats
