@@ -212,25 +212,6 @@ func (b *bodyHasher) Sum() []byte {
 	return b.h.Sum(nil)
 }
 
-// relaxBodyLine reduces whitespace runs to one space and drops trailing
-// whitespace.
-func relaxBodyLine(l []byte) []byte {
-	out := make([]byte, 0, len(l))
-	sp := false
-	for _, c := range l {
-		if c == ' ' || c == '\t' {
-			sp = true
-			continue
-		}
-		if sp {
-			out = append(out, ' ')
-			sp = false
-		}
-		out = append(out, c)
-	}
-	return out
-}
-
 // tags parses a DKIM-style tag list (RFC 6376 §3.2). Whitespace (including
 // folding) around and inside values is removed for the values we use.
 func tags(v string) (map[string]string, bool) {
