@@ -353,7 +353,7 @@ backend mailfwd
 		}()
 		go func() {
 			defer wg.Done()
-			forged = haBanner(mx[1].addr, haClientIP, []byte("PROXY TCP4 192.0.2.66 127.0.0.1 40000 25\r\n"))
+			forged = haForged(mx[1].addr, haClientIP, []byte("PROXY TCP4 192.0.2.66 127.0.0.1 40000 25\r\n"))
 		}()
 		// Meanwhile a proper PROXY connection to mx1, as HAProxy makes them.
 		time.Sleep(300 * time.Millisecond)
@@ -364,14 +364,14 @@ backend mailfwd
 		if strings.HasPrefix(noHeader, "220") {
 			t.Errorf("a connection from 127.0.0.1 (proxy_protocol_from) without a PROXY header got a session: %q", noHeader)
 		}
-		if strings.HasPrefix(forged, "220") {
-			t.Errorf("a PROXY header from %s (not in proxy_protocol_from) was accepted: %q", haClientIP, forged)
+		if strings.HasPrefix(forged, "250") {
+			t.Errorf("a PROXY header from %s (not in proxy_protocol_from) was accepted: EHLO after it got %q", haClientIP, forged)
 		}
 		if !strings.HasPrefix(proper, "220 mx1.e2e.test") {
 			t.Errorf("a connection with a PROXY header from 127.0.0.1: %q", proper)
 		}
 		logHas(t, mx[0].p, 5*time.Second, "proxy protocol signature not present")
-		t.Logf("no header from 127.0.0.1: %q after %v (closed, no banner); PROXY header from %s: %q", noHeader, noHeaderTook.Round(10*time.Millisecond), haClientIP, forged)
+		t.Logf("no header from 127.0.0.1: %q after %v (closed, no banner); PROXY header from %s, then EHLO: %q", noHeader, noHeaderTook.Round(10*time.Millisecond), haClientIP, forged)
 		t.Logf("a PROXY connection opened 300ms after the silent one got its banner after %v", properTook.Round(10*time.Millisecond))
 		if properTook > 2*time.Second {
 			// Each connection's PROXY header is read in its own goroutine:
@@ -655,6 +655,27 @@ func haBanner(addr, src string, pre []byte) string {
 	if l != "" && pre == nil && strings.HasPrefix(l, "220") {
 		c.Write([]byte("QUIT\r\n"))
 	}
+	return strings.TrimSpace(l)
+}
+
+// haForged connects from src, sends pre (a PROXY header) at once, reads
+// the banner (a client that is not a balancer gets it without waiting),
+// then says EHLO and returns the answer: a session only if it is 250.
+func haForged(addr, src string, pre []byte) string {
+	d := net.Dialer{Timeout: 3 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		return "dial: " + err.Error()
+	}
+	defer c.Close()
+	c.Write(pre)
+	c.SetReadDeadline(time.Now().Add(15 * time.Second))
+	r := bufio.NewReader(c)
+	if l, _ := r.ReadString('\n'); !strings.HasPrefix(l, "220") {
+		return strings.TrimSpace(l)
+	}
+	c.Write([]byte("EHLO forged.test\r\n"))
+	l, _ := r.ReadString('\n')
 	return strings.TrimSpace(l)
 }
 
