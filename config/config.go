@@ -20,7 +20,7 @@ import (
 	"golang.org/x/net/publicsuffix"
 	"gopkg.in/yaml.v3"
 
-	"mailfwd/queue"
+	"mailfwd/queue/nexthop"
 	"mailfwd/routing"
 )
 
@@ -803,7 +803,7 @@ func (c *Config) validate() error {
 		bad("delivery: set xclient or xforward, not both")
 	}
 	for k, v := range c.Delivery.Transports {
-		if _, err := queue.ParseTransport(v); err != nil {
+		if _, err := nexthop.ParseTransport(v); err != nil {
 			bad("delivery.transports[%s]: %v", k, err)
 		}
 	}

@@ -2,7 +2,7 @@
 
 package e2e
 
-// XCLIENT and XFORWARD against the real Postfix: queue.SMTPHop tells
+// XCLIENT and XFORWARD against the real Postfix: nexthop.SMTPHop tells
 // Postfix who the original client was, and Postfix logs (and, for
 // XCLIENT, applies its access rules to) that client instead of us.
 
@@ -16,7 +16,8 @@ import (
 	"testing"
 	"time"
 
-	"mailfwd/queue"
+	"mailfwd/queue/envelope"
+	"mailfwd/queue/nexthop"
 )
 
 // A Postfix of its own for the XCLIENT tests: the shared one relays only
@@ -34,7 +35,7 @@ var queuedAs = regexp.MustCompile(`queued as ([0-9A-Za-z]+)`)
 
 // sendHop sends one message with subject tok through hop and returns
 // Postfix's queue ID.
-func sendHop(t *testing.T, hop *queue.SMTPHop, env *queue.Envelope, rcpt, tok string) string {
+func sendHop(t *testing.T, hop *nexthop.SMTPHop, env *envelope.Envelope, rcpt, tok string) string {
 	t.Helper()
 	body := fmt.Sprintf("From: <%s>\r\nTo: <%s>\r\nSubject: %s\r\nMessage-ID: <%s@mailfwd.e2e.test>\r\n\r\nxclient test\r\n", env.From, rcpt, tok, tok)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -92,7 +93,7 @@ func TestXCLIENT(t *testing.T) {
 		{"XFORWARD", false, true, 1, `: client=localhost\[127\.0\.0\.1\], orig_queue_id=%[2]s, orig_client=unknown\[%[1]s\]$`, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			hop := &queue.SMTPHop{Addr: pf["PF_SMTP"], LocalName: "mailfwd.e2e.test", Timeout: 10 * time.Second,
+			hop := &nexthop.SMTPHop{Addr: pf["PF_SMTP"], LocalName: "mailfwd.e2e.test", Timeout: 10 * time.Second,
 				XClient: tc.xclient, XForward: tc.xforward}
 			defer hop.Close()
 			connects := strings.Count(readFile(t, pf["PF_LOG"]), "connect from localhost[127.0.0.1]")
@@ -103,9 +104,9 @@ func TestXCLIENT(t *testing.T) {
 			for i, cl := range clients {
 				tok := token(t)
 				rcpt := fmt.Sprintf("%s-%d@domain.ro", strings.ToLower(tc.name), i)
-				env := &queue.Envelope{ID: fmt.Sprintf("E2E%s%d%d", tc.name, os.Getpid(), i), From: "alice@example.org",
+				env := &envelope.Envelope{ID: fmt.Sprintf("E2E%s%d%d", tc.name, os.Getpid(), i), From: "alice@example.org",
 					ClientAddr: cl.addr, ClientHelo: cl.helo,
-					Recipients: []queue.Recipient{{Addr: rcpt, Status: queue.Pending}}}
+					Recipients: []envelope.Recipient{{Addr: rcpt, Status: envelope.Pending}}}
 				qid := sendHop(t, hop, env, rcpt, tok)
 				line := maillogLine(t, pf["PF_LOG"], " "+qid+`: client=`)
 				wantLog := fmt.Sprintf(tc.wantLog, regexp.QuoteMeta(cl.addr), env.ID)
@@ -150,11 +151,11 @@ func readFile(t *testing.T, name string) string {
 // RCPT (and logs it by that address), while it takes the same message
 // from us.
 func TestXCLIENTAccessRules(t *testing.T) {
-	hop := &queue.SMTPHop{Addr: servers["PF_SMTP"], LocalName: "mailfwd.e2e.test", Timeout: 10 * time.Second, XClient: true}
+	hop := &nexthop.SMTPHop{Addr: servers["PF_SMTP"], LocalName: "mailfwd.e2e.test", Timeout: 10 * time.Second, XClient: true}
 	defer hop.Close()
 	rcpt := "xclient-denied@domain.ro"
-	env := &queue.Envelope{ID: "E2EXCLIENTDENIED", From: "alice@example.org", ClientAddr: "192.0.2.9", ClientHelo: "denied.example",
-		Recipients: []queue.Recipient{{Addr: rcpt, Status: queue.Pending}}}
+	env := &envelope.Envelope{ID: "E2EXCLIENTDENIED", From: "alice@example.org", ClientAddr: "192.0.2.9", ClientHelo: "denied.example",
+		Recipients: []envelope.Recipient{{Addr: rcpt, Status: envelope.Pending}}}
 	replies, err := hop.Send(context.Background(), env, env.From, []string{rcpt}, strings.NewReader("Subject: denied\r\n\r\nx\r\n"))
 	if err != nil {
 		t.Fatal(err)
@@ -165,7 +166,7 @@ func TestXCLIENTAccessRules(t *testing.T) {
 	maillogLine(t, servers["PF_LOG"], `NOQUEUE: reject: RCPT from unknown\[192\.0\.2\.9\]: 554 5\.7\.1 <xclient-denied@domain\.ro>: .* helo=<denied\.example>`)
 	// the same message without XCLIENT is ours: accepted
 	tok := token(t)
-	plain := &queue.SMTPHop{Addr: servers["PF_SMTP"], LocalName: "mailfwd.e2e.test", Timeout: 10 * time.Second}
+	plain := &nexthop.SMTPHop{Addr: servers["PF_SMTP"], LocalName: "mailfwd.e2e.test", Timeout: 10 * time.Second}
 	defer plain.Close()
 	sendHop(t, plain, env, rcpt, tok)
 	arrived(t, tok, map[string]int{rcpt: 1}, 30*time.Second)

@@ -8,6 +8,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"mailfwd/queue/envelope"
+	"mailfwd/queue/nexthop"
 )
 
 // fakeClock is a clock the test moves.
@@ -45,15 +48,15 @@ type clockTxn struct {
 }
 
 func (h *clockHop) String() string { return "clock" }
-func (h *clockHop) Send(_ context.Context, _ *Envelope, from string, rcpts []string, body io.Reader) ([]Reply, error) {
+func (h *clockHop) Send(_ context.Context, _ *envelope.Envelope, from string, rcpts []string, body io.Reader) ([]nexthop.Reply, error) {
 	b, _ := io.ReadAll(body)
 	now := h.clock.Now()
-	out := make([]Reply, len(rcpts))
+	out := make([]nexthop.Reply, len(rcpts))
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for i, r := range rcpts {
 		c := h.code(now, r)
-		out[i] = Reply{Code: c, Enhanced: map[bool]string{true: "5.1.1", false: "4.4.2"}[c >= 500], Text: "scripted"}
+		out[i] = nexthop.Reply{Code: c, Enhanced: map[bool]string{true: "5.1.1", false: "4.4.2"}[c >= 500], Text: "scripted"}
 		if c == 250 {
 			out[i].Enhanced = "2.0.0"
 		}
@@ -104,7 +107,7 @@ func startClockScheduler(t *testing.T, code func(time.Time, string) int, tune fu
 }
 
 // commitAt commits a message received at the fake now.
-func (c *clockRun) commitAt(t *testing.T, env *Envelope, body string) {
+func (c *clockRun) commitAt(t *testing.T, env *envelope.Envelope, body string) {
 	t.Helper()
 	w, err := c.s.Create()
 	if err != nil {
@@ -153,7 +156,7 @@ func TestDeferredForAnHourThenDelivered(t *testing.T) {
 		return 250
 	}, func(q *Scheduler) { q.DelayWarning = -1 })
 	start = c.clock.Now()
-	c.commitAt(t, &Envelope{From: "a@x.test", Recipients: []Recipient{{Addr: "b@company.test", Status: Pending}}}, "m\r\n")
+	c.commitAt(t, &envelope.Envelope{From: "a@x.test", Recipients: []envelope.Recipient{{Addr: "b@company.test", Status: envelope.Pending}}}, "m\r\n")
 	c.run(t, 5*time.Second, 2*time.Hour, spoolEmpty(c.s))
 	txns := c.hop.transactions()
 	last := txns[len(txns)-1]
@@ -188,9 +191,9 @@ func TestPermanentFailureOneDSN(t *testing.T) {
 		return 250
 	}, nil)
 	start = c.clock.Now()
-	c.commitAt(t, &Envelope{From: "a@x.test", DSNEnvID: "env-42", Recipients: []Recipient{
-		{Addr: "bad@company.test", OrigTo: "alias@company.test", Status: Pending, ORcpt: "rfc822;Alias@Company.test"},
-		{Addr: "later@company.test", Status: Pending}}}, "Subject: s\r\n\r\nbody text\r\n")
+	c.commitAt(t, &envelope.Envelope{From: "a@x.test", DSNEnvID: "env-42", Recipients: []envelope.Recipient{
+		{Addr: "bad@company.test", OrigTo: "alias@company.test", Status: envelope.Pending, ORcpt: "rfc822;Alias@Company.test"},
+		{Addr: "later@company.test", Status: envelope.Pending}}}, "Subject: s\r\n\r\nbody text\r\n")
 	c.run(t, 10*time.Second, time.Minute, func() bool { return len(c.hop.dsnsTo("a@x.test")) == 1 })
 	if c.clock.Now().Sub(start) > 30*time.Second {
 		t.Errorf("DSN sent at +%v, want with the first attempt", c.clock.Now().Sub(start))
@@ -245,7 +248,7 @@ func TestDelayWarningAndExpiry(t *testing.T) {
 		q.Lifetime = 3 * time.Hour
 	})
 	start := c.clock.Now()
-	c.commitAt(t, &Envelope{From: "a@x.test", DSNRet: "FULL", Recipients: []Recipient{{Addr: "b@company.test", Status: Pending}}},
+	c.commitAt(t, &envelope.Envelope{From: "a@x.test", DSNRet: "FULL", Recipients: []envelope.Recipient{{Addr: "b@company.test", Status: envelope.Pending}}},
 		"Subject: s\r\n\r\nfull body\r\n")
 	c.run(t, time.Minute, 4*time.Hour, spoolEmpty(c.s))
 	dsns := c.hop.dsnsTo("a@x.test")
@@ -274,9 +277,9 @@ func TestDelayWarningAndExpiry(t *testing.T) {
 // NOTIFY=NEVER: no DSN at all; NOTIFY=SUCCESS: no failure DSN.
 func TestNotifyHonoured(t *testing.T) {
 	c := startClockScheduler(t, func(time.Time, string) int { return 550 }, nil)
-	c.commitAt(t, &Envelope{From: "a@x.test", Recipients: []Recipient{
-		{Addr: "n1@company.test", Status: Pending, DSNNotify: "NEVER"},
-		{Addr: "n2@company.test", Status: Pending, DSNNotify: "SUCCESS"}}}, "m\r\n")
+	c.commitAt(t, &envelope.Envelope{From: "a@x.test", Recipients: []envelope.Recipient{
+		{Addr: "n1@company.test", Status: envelope.Pending, DSNNotify: "NEVER"},
+		{Addr: "n2@company.test", Status: envelope.Pending, DSNNotify: "SUCCESS"}}}, "m\r\n")
 	c.run(t, 10*time.Second, time.Minute, spoolEmpty(c.s))
 	if n := len(c.hop.dsnsTo("a@x.test")); n != 0 {
 		t.Fatalf("%d DSNs despite NOTIFY", n)
@@ -300,7 +303,7 @@ func TestDSNSigned(t *testing.T) {
 		}
 		return 250
 	}, func(q *Scheduler) { q.SignDSN = func() DSNSigner { return signer } })
-	c.commitAt(t, &Envelope{From: "a@x.test", Recipients: []Recipient{{Addr: "bad@company.test", Status: Pending}}}, "Subject: s\r\n\r\nb\r\n")
+	c.commitAt(t, &envelope.Envelope{From: "a@x.test", Recipients: []envelope.Recipient{{Addr: "bad@company.test", Status: envelope.Pending}}}, "Subject: s\r\n\r\nb\r\n")
 	c.run(t, 10*time.Second, time.Minute, func() bool { return len(c.hop.dsnsTo("a@x.test")) == 1 })
 	dsn := c.hop.dsnsTo("a@x.test")[0]
 	want := fmt.Sprintf("DKIM-Signature: v=1; test=%d\r\nFrom: Mail Delivery System", signer.seen.Len())

@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"syscall"
+
+	"mailfwd/queue/envelope"
 )
 
 // ErrNoMessage: no message with that queue ID.
@@ -32,7 +34,7 @@ func (q *Scheduler) Hold(id string) error {
 	if busy {
 		return nil // finish persists it
 	}
-	return q.updateFile(id, func(e *Envelope) { e.Held = true })
+	return q.updateFile(id, func(e *envelope.Envelope) { e.Held = true })
 }
 
 // Release resumes delivery of a held message, at once.
@@ -119,7 +121,7 @@ func (q *Scheduler) removeFromHeap(id string) {
 	}
 }
 
-func (q *Scheduler) updateFile(id string, f func(*Envelope)) error {
+func (q *Scheduler) updateFile(id string, f func(*envelope.Envelope)) error {
 	env, err := q.Spool.Load(id)
 	if err != nil {
 		return err

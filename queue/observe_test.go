@@ -9,6 +9,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"mailfwd/queue/envelope"
+	"mailfwd/queue/nexthop"
 )
 
 // events counts what a Scheduler's Observe hears.
@@ -79,7 +82,7 @@ func TestSchedulerObservesExpiry(t *testing.T) {
 	}, func(q *Scheduler) {
 		q.DelayWarning, q.Lifetime, q.Observe = time.Hour, 3*time.Hour, ev.observe
 	})
-	c.commitAt(t, &Envelope{From: "a@x.test", Recipients: []Recipient{{Addr: "b@company.test", Status: Pending}}}, "x\r\n")
+	c.commitAt(t, &envelope.Envelope{From: "a@x.test", Recipients: []envelope.Recipient{{Addr: "b@company.test", Status: envelope.Pending}}}, "x\r\n")
 	c.run(t, time.Minute, 4*time.Hour, spoolEmpty(c.s))
 	got := ev.get()
 	if got["delivery:expired"] != 1 || got["dsn:delay"] != 1 || got["dsn:failure"] != 1 ||
@@ -95,12 +98,12 @@ type blockHop struct {
 }
 
 func (h *blockHop) String() string { return "block" }
-func (h *blockHop) Send(_ context.Context, env *Envelope, _ string, rcpts []string, _ io.Reader) ([]Reply, error) {
+func (h *blockHop) Send(_ context.Context, env *envelope.Envelope, _ string, rcpts []string, _ io.Reader) ([]nexthop.Reply, error) {
 	h.started <- env.ID
 	<-h.release
-	out := make([]Reply, len(rcpts))
+	out := make([]nexthop.Reply, len(rcpts))
 	for i := range out {
-		out[i] = Reply{Code: 250}
+		out[i] = nexthop.Reply{Code: 250}
 	}
 	return out, nil
 }

@@ -12,14 +12,10 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-)
 
-// Hop is a next hop that messages are handed to. It is an interface so that
-// unit tests can stand in for a real SMTP server.
-type Hop interface {
-	Send(ctx context.Context, env *Envelope, from string, rcpts []string, body io.Reader) ([]Reply, error)
-	String() string
-}
+	"mailfwd/queue/envelope"
+	"mailfwd/queue/nexthop"
+)
 
 // DSNSigner signs one DSN as it is written (auth.SignStream is one).
 type DSNSigner interface {
@@ -27,21 +23,9 @@ type DSNSigner interface {
 	Finish() (string, error)
 }
 
-// Destination is where a recipient's mail goes next.
-type Destination struct {
-	// Key identifies the destination for grouping recipients into one
-	// transaction and for its concurrency limit ("smtp:[127.0.0.1]:10025",
-	// "mx:gmail.com").
-	Key string
-	Hop Hop
-	// External destinations (the Internet's MXes) back off slowly; our own
-	// next hops (Postfix, a smarthost) are retried soon.
-	External bool
-}
-
 // Router picks each recipient's destination.
 type Router interface {
-	Route(r *Recipient) Destination
+	Route(r *envelope.Recipient) nexthop.Destination
 }
 
 // Retry is a backoff policy: the first retry after Min, doubling up to Max.
@@ -88,8 +72,8 @@ type Scheduler struct {
 	// Router picks destinations; without one, Hop takes our own domains'
 	// mail and ExternalHop (or Hop) the external forwards.
 	Router      Router
-	Hop         Hop
-	ExternalHop Hop
+	Hop         nexthop.Hop
+	ExternalHop nexthop.Hop
 	// Local reports whether a domain is ours; it routes our own DSNs.
 	Local func(domain string) bool
 	// Retry is the backoff towards our own next hops, ExternalRetry towards
@@ -127,7 +111,7 @@ type Scheduler struct {
 	pending timeHeap
 	queued  map[string]time.Time // in the heap or being delivered: arrival time (Stats)
 	wake    chan struct{}
-	work    chan *Envelope
+	work    chan *envelope.Envelope
 	slots   map[string]chan struct{} // per-destination concurrency
 	// Administrator's operations (control.go).
 	held     map[string]bool
@@ -178,26 +162,26 @@ func (q *Scheduler) init() {
 	}
 	q.queued = map[string]time.Time{}
 	q.wake = make(chan struct{}, 1)
-	q.work = make(chan *Envelope, q.Workers)
+	q.work = make(chan *envelope.Envelope, q.Workers)
 	q.slots = map[string]chan struct{}{}
 	q.held, q.deleted, q.inflight, q.flushed = map[string]bool{}, map[string]bool{}, map[string]bool{}, map[string]bool{}
 }
 
 // hopRouter sends our domains' mail to one hop and external forwards to
 // another.
-type hopRouter struct{ local, external Hop }
+type hopRouter struct{ local, external nexthop.Hop }
 
-func (r hopRouter) Route(rc *Recipient) Destination {
+func (r hopRouter) Route(rc *envelope.Recipient) nexthop.Destination {
 	if rc.External && r.external != nil {
-		return Destination{Key: r.external.String(), Hop: r.external}
+		return nexthop.Destination{Key: r.external.String(), Hop: r.external}
 	}
-	return Destination{Key: r.local.String(), Hop: r.local}
+	return nexthop.Destination{Key: r.local.String(), Hop: r.local}
 }
 
 func (q *Scheduler) now() time.Time { return q.Clock.Now() }
 
 // Submit schedules a just-committed message for immediate delivery.
-func (q *Scheduler) Submit(env *Envelope) {
+func (q *Scheduler) Submit(env *envelope.Envelope) {
 	q.init()
 	q.load()
 	q.schedule(env, q.now())
@@ -213,7 +197,7 @@ func (q *Scheduler) Kick() {
 	}
 }
 
-func (q *Scheduler) schedule(env *Envelope, at time.Time) {
+func (q *Scheduler) schedule(env *envelope.Envelope, at time.Time) {
 	q.mu.Lock()
 	if _, ok := q.queued[env.ID]; ok {
 		q.mu.Unlock()
@@ -294,7 +278,7 @@ func (q *Scheduler) dispatch(ctx context.Context) {
 	defer timer.Stop()
 	for {
 		q.mu.Lock()
-		var next *Envelope
+		var next *envelope.Envelope
 		wait := time.Hour
 		if len(q.pending) > 0 {
 			top := q.pending[0]
@@ -332,13 +316,13 @@ func (q *Scheduler) dispatch(ctx context.Context) {
 
 // route is one transaction of an attempt: a destination and a sender.
 type route struct {
-	dest Destination
+	dest nexthop.Destination
 	from string
 }
 
 // attempt delivers one message's pending recipients and records the
 // outcome of each before the message is touched again.
-func (q *Scheduler) attempt(ctx context.Context, env *Envelope) {
+func (q *Scheduler) attempt(ctx context.Context, env *envelope.Envelope) {
 	log := q.Log.With("queue_id", env.ID)
 	done := func() {
 		q.mu.Lock()
@@ -376,18 +360,18 @@ func (q *Scheduler) attempt(ctx context.Context, env *Envelope) {
 	groups := map[string]*struct {
 		route
 		rewrite bool
-		rcpts   []*Recipient
+		rcpts   []*envelope.Recipient
 	}{}
 	for _, r := range env.Pending() {
 		d := q.Router.Route(r)
-		k := fmt.Sprint(d.Key, "\x00", r.Sender(env), "\x00", r.rewrites(env))
+		k := fmt.Sprint(d.Key, "\x00", r.Sender(env), "\x00", r.RewritesFrom(env))
 		g, ok := groups[k]
 		if !ok {
 			g = &struct {
 				route
 				rewrite bool
-				rcpts   []*Recipient
-			}{route: route{d, r.Sender(env)}, rewrite: r.rewrites(env)}
+				rcpts   []*envelope.Recipient
+			}{route: route{d, r.Sender(env)}, rewrite: r.RewritesFrom(env)}
 			groups[k] = g
 			order = append(order, k)
 		}
@@ -430,7 +414,7 @@ func (q *Scheduler) release(key string) {
 // nextAttempt is when a message that just failed is tried again: after the
 // backoff of the slowest class among its pending recipients, but never
 // after its expiry (so it expires on time).
-func (q *Scheduler) nextAttempt(env *Envelope) time.Time {
+func (q *Scheduler) nextAttempt(env *envelope.Envelope) time.Time {
 	r := q.Retry
 	for _, rc := range env.Pending() {
 		if q.Router.Route(rc).External {
@@ -447,7 +431,7 @@ func (q *Scheduler) nextAttempt(env *Envelope) time.Time {
 
 // deliver sends to the pending recipients and records each one's outcome
 // in env (in memory; finish persists it).
-func (q *Scheduler) deliver(ctx context.Context, log *slog.Logger, env *Envelope, hop Hop, from string, rcpts []*Recipient, rewrite bool) {
+func (q *Scheduler) deliver(ctx context.Context, log *slog.Logger, env *envelope.Envelope, hop nexthop.Hop, from string, rcpts []*envelope.Recipient, rewrite bool) {
 	addrs := make([]string, len(rcpts))
 	for i, r := range rcpts {
 		addrs[i] = r.Addr
@@ -460,9 +444,9 @@ func (q *Scheduler) deliver(ctx context.Context, log *slog.Logger, env *Envelope
 	replies, err := q.send(ctx, hop, env, from, addrs, external, rewrite)
 	delay := q.now().Sub(env.Received).Round(time.Millisecond)
 	for i, r := range rcpts {
-		var reply Reply
+		var reply nexthop.Reply
 		if err != nil {
-			reply = Reply{Code: 451, Enhanced: "4.4.1", Text: err.Error()}
+			reply = nexthop.Reply{Code: 451, Enhanced: "4.4.1", Text: err.Error()}
 		} else {
 			reply = replies[i]
 		}
@@ -471,9 +455,9 @@ func (q *Scheduler) deliver(ctx context.Context, log *slog.Logger, env *Envelope
 		status := "deferred"
 		switch {
 		case reply.OK():
-			r.Status, status = Sent, "sent"
+			r.Status, status = envelope.Sent, "sent"
 		case reply.Permanent():
-			r.Status, status = Failed, "bounced"
+			r.Status, status = envelope.Failed, "bounced"
 		}
 		q.observe("delivery", status)
 		// One line per recipient and attempt, as Postfix's smtp(8) logs it,
@@ -491,7 +475,7 @@ func (q *Scheduler) deliver(ctx context.Context, log *slog.Logger, env *Envelope
 // finish expires and warns about old pending recipients, then removes a
 // message with none left pending (bouncing the failed ones first), or
 // persists its state and schedules the next attempt.
-func (q *Scheduler) finish(log *slog.Logger, env *Envelope, done func()) {
+func (q *Scheduler) finish(log *slog.Logger, env *envelope.Envelope, done func()) {
 	now := q.now()
 	q.mu.Lock()
 	held, deleted, flushed := q.held[env.ID], q.deleted[env.ID], q.flushed[env.ID]
@@ -507,9 +491,9 @@ func (q *Scheduler) finish(log *slog.Logger, env *Envelope, done func()) {
 	env.Held = held
 	if age := now.Sub(env.Received); age >= q.Lifetime {
 		for _, r := range env.Pending() {
-			r.Status = Failed
+			r.Status = envelope.Failed
 			r.LastReply = fmt.Sprintf("message expired after %s in the queue; last error: %s", q.Lifetime, r.LastReply)
-			r.expired = true
+			r.Expired = true
 			q.observe("delivery", "expired")
 			log.Info("expired", "to", r.Addr, "orig_to", r.OrigTo, "status", r.LastReply)
 		}
@@ -524,8 +508,8 @@ func (q *Scheduler) finish(log *slog.Logger, env *Envelope, done func()) {
 	if err := q.bounce(env); err != nil {
 		log.Error("cannot queue bounce; keeping the message and retrying", "err", err)
 		for i := range env.Recipients {
-			if env.Recipients[i].expired {
-				env.Recipients[i].Status, env.Recipients[i].expired = Pending, false
+			if env.Recipients[i].Expired {
+				env.Recipients[i].Status, env.Recipients[i].Expired = envelope.Pending, false
 			}
 		}
 		env.NextAttempt = now.Add(q.Retry.Min)
@@ -555,7 +539,7 @@ func (q *Scheduler) finish(log *slog.Logger, env *Envelope, done func()) {
 
 // requeue ends an attempt and puts the message back on the timer heap in
 // one step, so that a queue operation never finds it in neither place.
-func (q *Scheduler) requeue(env *Envelope, held bool) {
+func (q *Scheduler) requeue(env *envelope.Envelope, held bool) {
 	q.mu.Lock()
 	if q.held[env.ID] && !env.Held {
 		// Held while this attempt was finishing: Hold left the writing to
@@ -583,7 +567,7 @@ func (q *Scheduler) requeue(env *Envelope, held bool) {
 	q.Kick()
 }
 
-func (q *Scheduler) send(ctx context.Context, hop Hop, env *Envelope, from string, rcpts []string, external, rewrite bool) ([]Reply, error) {
+func (q *Scheduler) send(ctx context.Context, hop nexthop.Hop, env *envelope.Envelope, from string, rcpts []string, external, rewrite bool) ([]nexthop.Reply, error) {
 	f, err := q.Spool.OpenBody(env)
 	if err != nil {
 		return nil, fmt.Errorf("opening body: %w", err)
@@ -618,7 +602,7 @@ type prefixedBody struct {
 	prefix string
 	f      io.ReadSeeker
 	r      io.Reader
-	cut    *FromRewrite
+	cut    *envelope.FromRewrite
 	with   string
 }
 
@@ -652,7 +636,7 @@ func (p *prefixedBody) Seek(offset int64, whence int) (int64, error) {
 
 type timedEnv struct {
 	at  time.Time
-	env *Envelope
+	env *envelope.Envelope
 }
 
 type timeHeap []timedEnv
@@ -698,3 +682,6 @@ func (s *skipReader) Read(b []byte) (int, error) {
 	}
 	return s.r.Read(b)
 }
+
+// oneLine folds a reply onto one log line.
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }

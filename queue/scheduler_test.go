@@ -9,6 +9,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"mailfwd/queue/envelope"
+	"mailfwd/queue/nexthop"
 )
 
 // scriptHop answers each Send from a per-recipient script: the n-th attempt
@@ -23,12 +26,12 @@ type scriptHop struct {
 
 func (h *scriptHop) String() string { return "script" }
 
-func (h *scriptHop) Send(_ context.Context, env *Envelope, from string, rcpts []string, body io.Reader) ([]Reply, error) {
+func (h *scriptHop) Send(_ context.Context, env *envelope.Envelope, from string, rcpts []string, body io.Reader) ([]nexthop.Reply, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.sends++
 	b, _ := io.ReadAll(body)
-	out := make([]Reply, len(rcpts))
+	out := make([]nexthop.Reply, len(rcpts))
 	for i, r := range rcpts {
 		codes := h.script[r]
 		n := h.tries[r]
@@ -40,7 +43,7 @@ func (h *scriptHop) Send(_ context.Context, env *Envelope, from string, rcpts []
 		if code == 0 {
 			return nil, errors.New("connection refused")
 		}
-		out[i] = Reply{Code: code, Text: "scripted"}
+		out[i] = nexthop.Reply{Code: code, Text: "scripted"}
 		if code < 300 {
 			h.bodies[r] = string(b)
 		}
@@ -65,7 +68,7 @@ func (h *scriptHop) triesOf(r string) int {
 	return h.tries[r]
 }
 
-func runScheduler(t *testing.T, s *Spool, hop Hop) (*Scheduler, func()) {
+func runScheduler(t *testing.T, s *Spool, hop nexthop.Hop) (*Scheduler, func()) {
 	t.Helper()
 	q := &Scheduler{Spool: s, Hop: hop, Workers: 2, Hostname: "relay.test", Retry: Retry{Min: 20 * time.Millisecond, Max: 50 * time.Millisecond}}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -154,10 +157,10 @@ func TestSchedulerRestartDeliversSpool(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.Attempts < 1 || got.Recipients[0].Status != Pending {
+	if got.Attempts < 1 || got.Recipients[0].Status != envelope.Pending {
 		t.Fatalf("after failed attempt the envelope is %+v", got)
 	}
-	got.Recipients[1].Status = Sent
+	got.Recipients[1].Status = envelope.Sent
 	got.NextAttempt = time.Now()
 	if err := s.Update(got); err != nil {
 		t.Fatal(err)
@@ -181,7 +184,7 @@ func TestSchedulerRestartDeliversSpool(t *testing.T) {
 func TestSchedulerPersistsNextAttemptBeforeRetry(t *testing.T) {
 	s := openTestSpool(t)
 	block := make(chan struct{})
-	hop := &blockingHop{block: block, started: make(chan *Envelope, 4)}
+	hop := &blockingHop{block: block, started: make(chan *envelope.Envelope, 4)}
 	q := &Scheduler{Spool: s, Hop: hop, Workers: 1, Retry: Retry{Min: time.Hour, Max: time.Hour}}
 	ctx, cancel := context.WithCancel(context.Background())
 	stopped := make(chan struct{})
@@ -203,11 +206,11 @@ func TestSchedulerPersistsNextAttemptBeforeRetry(t *testing.T) {
 
 type blockingHop struct {
 	block   chan struct{}
-	started chan *Envelope
+	started chan *envelope.Envelope
 }
 
 func (h *blockingHop) String() string { return "blocking" }
-func (h *blockingHop) Send(ctx context.Context, env *Envelope, from string, rcpts []string, _ io.Reader) ([]Reply, error) {
+func (h *blockingHop) Send(ctx context.Context, env *envelope.Envelope, from string, rcpts []string, _ io.Reader) ([]nexthop.Reply, error) {
 	h.started <- env
 	select {
 	case <-h.block:
@@ -277,7 +280,7 @@ func TestSchedulerNoBounceOfBounce(t *testing.T) {
 	defer stop()
 	w, _ := s.Create()
 	io.WriteString(w, "x\r\n")
-	env := &Envelope{From: "", Recipients: []Recipient{{Addr: "bad@x.test", Status: Pending}}}
+	env := &envelope.Envelope{From: "", Recipients: []envelope.Recipient{{Addr: "bad@x.test", Status: envelope.Pending}}}
 	if err := w.Commit(env); err != nil {
 		t.Fatal(err)
 	}
@@ -300,11 +303,11 @@ type recordingHop struct {
 }
 
 func (h *recordingHop) String() string { return h.name }
-func (h *recordingHop) Send(_ context.Context, _ *Envelope, from string, rcpts []string, _ io.Reader) ([]Reply, error) {
+func (h *recordingHop) Send(_ context.Context, _ *envelope.Envelope, from string, rcpts []string, _ io.Reader) ([]nexthop.Reply, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.txns = append(h.txns, from+">"+strings.Join(rcpts, ","))
-	return all(len(rcpts), Reply{Code: 250}), nil
+	return repeatReply(len(rcpts), nexthop.Reply{Code: 250}), nil
 }
 
 func (h *recordingHop) got() []string {
@@ -326,11 +329,11 @@ func TestSchedulerSplitsBySenderAndHop(t *testing.T) {
 	w, _ := s.Create()
 	io.WriteString(w, "m\r\n")
 	srs := "SRS0=abcd=KH=example.org=alice@srs.test"
-	env := &Envelope{From: "alice@example.org", Recipients: []Recipient{
-		{Addr: "central@company.com", Status: Pending},
-		{Addr: "x@gmail.com", Status: Pending, External: true, MailFrom: srs},
-		{Addr: "new@domain.ro", Status: Pending},
-		{Addr: "y@gmail.com", Status: Pending, External: true, MailFrom: srs},
+	env := &envelope.Envelope{From: "alice@example.org", Recipients: []envelope.Recipient{
+		{Addr: "central@company.com", Status: envelope.Pending},
+		{Addr: "x@gmail.com", Status: envelope.Pending, External: true, MailFrom: srs},
+		{Addr: "new@domain.ro", Status: envelope.Pending},
+		{Addr: "y@gmail.com", Status: envelope.Pending, External: true, MailFrom: srs},
 	}}
 	if err := w.Commit(env); err != nil {
 		t.Fatal(err)
@@ -354,7 +357,7 @@ type gateHop struct {
 }
 
 func (h *gateHop) String() string { return "gate" }
-func (h *gateHop) Send(ctx context.Context, _ *Envelope, _ string, rcpts []string, _ io.Reader) ([]Reply, error) {
+func (h *gateHop) Send(ctx context.Context, _ *envelope.Envelope, _ string, rcpts []string, _ io.Reader) ([]nexthop.Reply, error) {
 	h.mu.Lock()
 	h.cur++
 	h.peak = max(h.peak, h.cur)
@@ -366,7 +369,7 @@ func (h *gateHop) Send(ctx context.Context, _ *Envelope, _ string, rcpts []strin
 	h.mu.Lock()
 	h.cur--
 	h.mu.Unlock()
-	return all(len(rcpts), Reply{Code: 250}), nil
+	return repeatReply(len(rcpts), nexthop.Reply{Code: 250}), nil
 }
 
 // No more transactions run at once towards one destination than the
@@ -391,4 +394,13 @@ func TestDestinationConcurrency(t *testing.T) {
 	if peak != 2 {
 		t.Fatalf("peak of %d concurrent transactions to one destination, want 2", peak)
 	}
+}
+
+// repeatReply is one reply for each of n recipients.
+func repeatReply(n int, r nexthop.Reply) []nexthop.Reply {
+	out := make([]nexthop.Reply, n)
+	for i := range out {
+		out[i] = r
+	}
+	return out
 }

@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"time"
 
+	"mailfwd/queue/envelope"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -53,7 +55,7 @@ type Spool struct {
 	syncer    *dirSyncer
 	corrupt   string
 	mu        sync.Mutex
-	recovered []*Envelope
+	recovered []*envelope.Envelope
 	unlock    func()
 }
 
@@ -97,7 +99,7 @@ func ReadSpool(dir string) *Spool {
 
 // TakeRecovered returns, once, the messages found in the spool when it was
 // opened: the scheduler's starting work.
-func (s *Spool) TakeRecovered() []*Envelope {
+func (s *Spool) TakeRecovered() []*envelope.Envelope {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	r := s.recovered
@@ -173,13 +175,13 @@ func (w *Writer) Write(p []byte) (int, error) {
 // A crash before that sync may leave the file renamed but empty or cut
 // short. The client never got a 250 for such a message, and recovery
 // discards it: its footer is missing or does not match.
-func (w *Writer) Commit(env *Envelope) error {
+func (w *Writer) Commit(env *envelope.Envelope) error {
 	if w.done {
 		return errors.New("spool: message already committed or aborted")
 	}
 	env.ID = w.id
 	env.Size = w.n
-	b, err := env.marshal()
+	b, err := env.Marshal()
 	if err != nil {
 		w.Abort()
 		return err
@@ -223,8 +225,8 @@ func (s *Spool) path(id, suffix string) string { return filepath.Join(s.dir, id+
 // attempt time) with ID.env, which then takes precedence over the one in
 // the queue file. The new file is fsynced before it replaces the old one,
 // so a crash leaves one of the two whole, never an empty envelope.
-func (s *Spool) Update(env *Envelope) error {
-	b, err := env.marshal()
+func (s *Spool) Update(env *envelope.Envelope) error {
+	b, err := env.Marshal()
 	if err != nil {
 		return err
 	}
@@ -276,7 +278,7 @@ type Body struct {
 func (b *Body) Close() error { return b.f.Close() }
 
 // OpenBody opens a committed message's body for reading.
-func (s *Spool) OpenBody(env *Envelope) (*Body, error) {
+func (s *Spool) OpenBody(env *envelope.Envelope) (*Body, error) {
 	f, err := os.Open(s.path(env.ID, msgSuffix))
 	if err != nil {
 		return nil, err
@@ -286,10 +288,10 @@ func (s *Spool) OpenBody(env *Envelope) (*Body, error) {
 
 // Load reads one envelope: ID.env if the message was updated since its
 // commit, else the one in its queue file.
-func (s *Spool) Load(id string) (*Envelope, error) {
+func (s *Spool) Load(id string) (*envelope.Envelope, error) {
 	b, err := os.ReadFile(s.path(id, envSuffix))
 	if err == nil {
-		return unmarshalEnvelope(b)
+		return envelope.Unmarshal(b)
 	}
 	if !errors.Is(err, os.ErrNotExist) {
 		return nil, err
@@ -303,7 +305,7 @@ var errNoFooter = errors.New("queue file incomplete: no valid envelope footer")
 
 // loadQueueFile reads the envelope stored in ID.msg and checks that the
 // body before it has the size the envelope records.
-func (s *Spool) loadQueueFile(id string) (*Envelope, error) {
+func (s *Spool) loadQueueFile(id string) (*envelope.Envelope, error) {
 	f, err := os.Open(s.path(id, msgSuffix))
 	if err != nil {
 		return nil, err
@@ -330,7 +332,7 @@ func (s *Spool) loadQueueFile(id string) (*Envelope, error) {
 	if _, err := f.ReadAt(b, size-int64(footerLen)-n); err != nil {
 		return nil, err
 	}
-	env, err := unmarshalEnvelope(b)
+	env, err := envelope.Unmarshal(b)
 	if err != nil {
 		return nil, err
 	}
@@ -341,12 +343,12 @@ func (s *Spool) loadQueueFile(id string) (*Envelope, error) {
 }
 
 // List returns every committed message, oldest first, changing nothing.
-func (s *Spool) List() ([]*Envelope, error) {
+func (s *Spool) List() ([]*envelope.Envelope, error) {
 	ents, err := os.ReadDir(s.dir)
 	if err != nil {
 		return nil, err
 	}
-	var out []*Envelope
+	var out []*envelope.Envelope
 	for _, e := range ents {
 		if id, ok := strings.CutSuffix(e.Name(), msgSuffix); ok {
 			if env, err := s.Load(id); err == nil {
@@ -364,7 +366,7 @@ func (s *Spool) List() ([]*Envelope, error) {
 // with its message, never deleted. Messages of the earlier two-file format
 // are converted in place: the body becomes the queue file, and its ID.env
 // stays the envelope.
-func (s *Spool) recover() ([]*Envelope, error) {
+func (s *Spool) recover() ([]*envelope.Envelope, error) {
 	ents, err := os.ReadDir(s.dir)
 	if err != nil {
 		return nil, err
@@ -401,7 +403,7 @@ func (s *Spool) recover() ([]*Envelope, error) {
 		ids = append(ids, id)
 	}
 	sort.Strings(ids)
-	var out []*Envelope
+	var out []*envelope.Envelope
 	for _, id := range ids {
 		delete(envs, id)
 		env, err := s.Load(id)

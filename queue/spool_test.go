@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"mailfwd/queue/envelope"
 )
 
 func openTestSpool(t *testing.T) *Spool {
@@ -27,7 +29,7 @@ func openSpoolAt(t *testing.T, dir string) *Spool {
 	return s
 }
 
-func commit(t *testing.T, s *Spool, body string, rcpts ...string) *Envelope {
+func commit(t *testing.T, s *Spool, body string, rcpts ...string) *envelope.Envelope {
 	t.Helper()
 	w, err := s.Create()
 	if err != nil {
@@ -36,9 +38,9 @@ func commit(t *testing.T, s *Spool, body string, rcpts ...string) *Envelope {
 	if _, err := io.WriteString(w, body); err != nil {
 		t.Fatal(err)
 	}
-	env := &Envelope{From: "alice@example.org", Received: time.Now()}
+	env := &envelope.Envelope{From: "alice@example.org", Received: time.Now()}
 	for _, r := range rcpts {
-		env.Recipients = append(env.Recipients, Recipient{Addr: r, OrigTo: r, Status: Pending})
+		env.Recipients = append(env.Recipients, envelope.Recipient{Addr: r, OrigTo: r, Status: envelope.Pending})
 	}
 	if err := w.Commit(env); err != nil {
 		t.Fatal(err)
@@ -98,7 +100,7 @@ func TestSpoolRecoveryCleansCrashLeftovers(t *testing.T) {
 	s := openSpoolAt(t, dir)
 	keep := commit(t, s, "kept\r\n", "a@example.com")
 	updated := commit(t, s, "updated\r\n", "a@example.com", "b@example.com")
-	updated.Recipients[0].Status = Sent
+	updated.Recipients[0].Status = envelope.Sent
 	if err := s.Update(updated); err != nil {
 		t.Fatal(err)
 	}
@@ -140,7 +142,7 @@ func TestSpoolRecoveryCleansCrashLeftovers(t *testing.T) {
 		t.Fatalf("recovered %v, want %v", ids, wantIDs)
 	}
 	for _, e := range got {
-		if e.ID == updated.ID && (e.Recipients[0].Status != Sent || e.Recipients[1].Status != Pending) {
+		if e.ID == updated.ID && (e.Recipients[0].Status != envelope.Sent || e.Recipients[1].Status != envelope.Pending) {
 			t.Fatalf("the updated envelope was not the one recovered: %+v", e.Recipients)
 		}
 		body, err := s.OpenBody(e)
@@ -206,7 +208,7 @@ func TestSpoolAbortLeavesNothing(t *testing.T) {
 func TestSpoolUpdateAndRemove(t *testing.T) {
 	s := openTestSpool(t)
 	env := commit(t, s, "x\r\n", "a@example.com", "b@example.com")
-	env.Recipients[0].Status = Sent
+	env.Recipients[0].Status = envelope.Sent
 	env.Attempts = 3
 	if err := s.Update(env); err != nil {
 		t.Fatal(err)
@@ -215,7 +217,7 @@ func TestSpoolUpdateAndRemove(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.Recipients[0].Status != Sent || got.Recipients[1].Status != Pending || got.Attempts != 3 {
+	if got.Recipients[0].Status != envelope.Sent || got.Recipients[1].Status != envelope.Pending || got.Attempts != 3 {
 		t.Fatalf("reloaded %+v", got)
 	}
 	if err := s.Remove(env.ID); err != nil {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"mailfwd/queue"
+	"mailfwd/queue/envelope"
 	"mailfwd/routing"
 )
 
@@ -121,7 +122,7 @@ func quietRelayListen(t *testing.T, lim ListenLimits) string {
 	}
 	t.Cleanup(func() { spool.Close() })
 	be, err := NewBackend(Config{Hostname: "relay.test", RelayDomains: []string{"company.com"}},
-		&routing.Expander{Source: seedSource(t)}, spool, func(*queue.Envelope) {}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		&routing.Expander{Source: seedSource(t)}, spool, func(*envelope.Envelope) {}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 
 	"mailfwd/auth"
 	"mailfwd/queue"
+	"mailfwd/queue/nexthop"
 	"mailfwd/routing"
 )
 
@@ -59,7 +60,7 @@ func TestAuthAtTheEdge(t *testing.T) {
 	sinkSrv := smtp.NewServer(sink)
 	go sinkSrv.Serve(sl)
 	defer sinkSrv.Close()
-	hop := &queue.SMTPHop{Addr: sl.Addr().String(), LocalName: "relay.test", Timeout: 2 * time.Second}
+	hop := &nexthop.SMTPHop{Addr: sl.Addr().String(), LocalName: "relay.test", Timeout: 2 * time.Second}
 	sched := &queue.Scheduler{Spool: spool, Hop: hop, Workers: 2, Retry: queue.Retry{Min: 50 * time.Millisecond, Max: 100 * time.Millisecond}}
 	be, err := NewBackend(Config{Hostname: "relay.test", RelayDomains: []string{"company.com"}, Auth: a},
 		&routing.Expander{Source: seedSource(t)}, spool, sched.Submit, nil)

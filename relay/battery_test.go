@@ -21,6 +21,8 @@ import (
 
 	"mailfwd/deploy"
 	"mailfwd/queue"
+	"mailfwd/queue/envelope"
+	"mailfwd/queue/nexthop"
 	"mailfwd/routing"
 )
 
@@ -108,8 +110,8 @@ func startTestRelay(t testing.TB, o relayOpts) *testRelay {
 		extSrv.ErrorLog = sinkSrv.ErrorLog
 		extSrv.EnableSMTPUTF8 = true
 		go extSrv.Serve(el)
-		hop := &queue.SMTPHop{Addr: sl.Addr().String(), LocalName: "relay.test", Timeout: 2 * time.Second}
-		extHop := &queue.SMTPHop{Addr: el.Addr().String(), LocalName: "relay.test", Timeout: 2 * time.Second}
+		hop := &nexthop.SMTPHop{Addr: sl.Addr().String(), LocalName: "relay.test", Timeout: 2 * time.Second}
+		extHop := &nexthop.SMTPHop{Addr: el.Addr().String(), LocalName: "relay.test", Timeout: 2 * time.Second}
 		sched = &queue.Scheduler{Spool: spool, Hop: hop, ExternalHop: extHop, Workers: 4,
 			Retry: queue.Retry{Min: 50 * time.Millisecond, Max: 200 * time.Millisecond}}
 		cleanups = append(cleanups, func() { hop.Close(); extHop.Close(); sinkSrv.Close(); extSrv.Close() })
@@ -118,7 +120,7 @@ func startTestRelay(t testing.TB, o relayOpts) *testRelay {
 	if o.cfg != nil {
 		o.cfg(&cfg)
 	}
-	submit := func(env *queue.Envelope) {
+	submit := func(env *envelope.Envelope) {
 		q := queuedEnv{id: env.ID, from: env.From}
 		for _, rc := range env.Recipients {
 			q.rcpts = append(q.rcpts, rc.Addr)

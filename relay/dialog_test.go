@@ -636,7 +636,7 @@ func TestDialogLongLines(t *testing.T) {
 	// In a message, lines of any length are taken, as Postfix takes them
 	// (a 554 made senders' servers bounce what the MX used to take), and
 	// our next hop gets them whole (Postfix breaks them at 998 octets when
-	// it sends on; so do our external deliveries, queue.SMTPHop.LineLimit).
+	// it sends on; so do our external deliveries, nexthop.SMTPHop.LineLimit).
 	long := strings.Repeat("y", 100<<10) // 100 KiB in one line
 	c = begin(t, r.addr, "sales@company.com")
 	c.cmd("DATA", "354")

@@ -19,6 +19,7 @@ import (
 	proxyproto "github.com/pires/go-proxyproto"
 
 	"mailfwd/queue"
+	"mailfwd/queue/envelope"
 	"mailfwd/routing"
 )
 
@@ -43,7 +44,7 @@ func startFront(t *testing.T, cfg Config, lim ListenLimits) *front {
 	if cfg.RelayDomains == nil {
 		cfg.RelayDomains = []string{"domain.com", "domain.ro", "company.com"}
 	}
-	be, err := NewBackend(cfg, &routing.Expander{Source: seedSource(t)}, spool, func(*queue.Envelope) {}, nil)
+	be, err := NewBackend(cfg, &routing.Expander{Source: seedSource(t)}, spool, func(*envelope.Envelope) {}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

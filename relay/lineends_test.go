@@ -11,6 +11,7 @@ import (
 
 	"mailfwd/auth"
 	"mailfwd/queue"
+	"mailfwd/queue/nexthop"
 	"mailfwd/routing"
 )
 
@@ -32,7 +33,7 @@ func authRelay(t *testing.T) (addr string, sink *sinkMTA) {
 	sinkSrv := smtp.NewServer(sink)
 	go sinkSrv.Serve(sl)
 	t.Cleanup(func() { sinkSrv.Close() })
-	hop := &queue.SMTPHop{Addr: sl.Addr().String(), LocalName: "relay.test", Timeout: 2 * time.Second}
+	hop := &nexthop.SMTPHop{Addr: sl.Addr().String(), LocalName: "relay.test", Timeout: 2 * time.Second}
 	sched := &queue.Scheduler{Spool: spool, Hop: hop, Workers: 2, Retry: queue.Retry{Min: 50 * time.Millisecond, Max: 100 * time.Millisecond}}
 	be, err := NewBackend(Config{Hostname: "relay.test", RelayDomains: []string{"company.com"}, Auth: a},
 		&routing.Expander{Source: seedSource(t)}, spool, sched.Submit, nil)

@@ -16,6 +16,8 @@ import (
 
 	"mailfwd/deploy"
 	"mailfwd/queue"
+	"mailfwd/queue/envelope"
+	"mailfwd/queue/nexthop"
 	"mailfwd/routing"
 )
 
@@ -110,20 +112,20 @@ func startRelayWith(t *testing.T, src routing.Source, spoolDir string, sink, ext
 	sinkSrv := smtp.NewServer(sink)
 	sinkSrv.Domain = "sink.test"
 	go sinkSrv.Serve(sl)
-	var extHop *queue.SMTPHop
+	var extHop *nexthop.SMTPHop
 	if extSink != nil {
 		el := listen(t)
 		extSrv := smtp.NewServer(extSink)
 		go extSrv.Serve(el)
 		t.Cleanup(func() { extSrv.Close() })
-		extHop = &queue.SMTPHop{Addr: el.Addr().String(), LocalName: "relay.test", Timeout: 2 * time.Second}
+		extHop = &nexthop.SMTPHop{Addr: el.Addr().String(), LocalName: "relay.test", Timeout: 2 * time.Second}
 	}
 
 	spool, err := queue.OpenSpool(spoolDir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	hop := &queue.SMTPHop{Addr: sl.Addr().String(), LocalName: "relay.test", Timeout: 2 * time.Second}
+	hop := &nexthop.SMTPHop{Addr: sl.Addr().String(), LocalName: "relay.test", Timeout: 2 * time.Second}
 	sched := &queue.Scheduler{Spool: spool, Hop: hop, Workers: 4, Retry: queue.Retry{Min: 50 * time.Millisecond, Max: 200 * time.Millisecond}}
 	if extHop != nil {
 		sched.ExternalHop = extHop
@@ -305,7 +307,7 @@ func TestIDNRelayDomains(t *testing.T) {
 	defer spool.Close()
 	src := mapSource{"info@bücher.example": "info@bücher.example", "info@xn--bcher-kva.example": "info@xn--bcher-kva.example"}
 	be, err := NewBackend(Config{Hostname: "relay.test", RelayDomains: []string{"Bücher.Example"}},
-		&routing.Expander{Source: src}, spool, func(*queue.Envelope) {}, nil)
+		&routing.Expander{Source: src}, spool, func(*envelope.Envelope) {}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 
 	"mailfwd/auth"
 	"mailfwd/queue"
+	"mailfwd/queue/envelope"
 	"mailfwd/routing"
 )
 
@@ -115,7 +116,7 @@ type Backend struct {
 	srsFails *windowCounter // invalid SRS addresses per client key, and "" for all
 	srsRate  *windowCounter // bounces per decoded address
 	spool    Committer
-	submit   func(*queue.Envelope)
+	submit   func(*envelope.Envelope)
 	log      *slog.Logger
 }
 
@@ -130,7 +131,7 @@ type policy struct {
 
 // NewBackend returns a backend; submit is called with each committed
 // message (to schedule its delivery).
-func NewBackend(cfg Config, exp Expander, spool Committer, submit func(*queue.Envelope), log *slog.Logger) (*Backend, error) {
+func NewBackend(cfg Config, exp Expander, spool Committer, submit func(*envelope.Envelope), log *slog.Logger) (*Backend, error) {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -288,7 +289,7 @@ type session struct {
 	from    string // external (wire) form
 	rawFrom string // as go-smtp parsed it: what SRS encodes
 	opts    smtp.MailOptions
-	rcpts   []queue.Recipient
+	rcpts   []envelope.Recipient
 	seen    map[string]bool
 	notify  string // NOTIFY= of the RCPT being processed
 	orcpt   string
@@ -546,7 +547,7 @@ func (s *session) rcpt(to string, opts *smtp.RcptOptions) error {
 		if s.seen[k] {
 			continue
 		}
-		rc := queue.Recipient{Addr: f, OrigTo: routing.External(to), Status: queue.Pending, DSNNotify: s.notify, ORcpt: s.orcpt}
+		rc := envelope.Recipient{Addr: f, OrigTo: routing.External(to), Status: envelope.Pending, DSNNotify: s.notify, ORcpt: s.orcpt}
 		if !s.isLocal(f) {
 			rc.External = true
 			rc.RewriteFrom = s.p.cfg.Auth != nil && !s.rewriteOff(addr)
@@ -683,7 +684,7 @@ func (s *session) data(r io.Reader) error {
 		return replyLocalError
 	}
 	var authHeader, forwardHeader, senderAuth string
-	var fromRewrite *queue.FromRewrite
+	var fromRewrite *envelope.FromRewrite
 	if chk != nil {
 		v := chk.Finish()
 		if v.Err != nil {
@@ -697,7 +698,7 @@ func (s *session) data(r io.Reader) error {
 		authHeader, forwardHeader = v.Header, v.ForwardHeader
 		senderAuth = v.Results.SenderAuth(s.from)
 		if rw := v.FromRewrite; rw != nil {
-			fromRewrite = &queue.FromRewrite{Offset: rw.Offset + int64(len(received)), Length: rw.Length,
+			fromRewrite = &envelope.FromRewrite{Offset: rw.Offset + int64(len(received)), Length: rw.Length,
 				Fields: rw.Fields, ForwardHeader: rw.ForwardHeader}
 		}
 		if v.Forwarding != "" {
@@ -709,7 +710,7 @@ func (s *session) data(r io.Reader) error {
 		}
 	}
 	now := time.Now()
-	env := &queue.Envelope{
+	env := &envelope.Envelope{
 		AuthHeader:    authHeader,
 		ForwardHeader: forwardHeader,
 		From:          s.from,

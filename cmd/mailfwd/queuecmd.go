@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"mailfwd/queue"
+	"mailfwd/queue/envelope"
 )
 
 // controlRequest is one line on the daemon's control socket.
@@ -89,7 +90,7 @@ func serveControl(ctx context.Context, path string, ops queueOps, log *slog.Logg
 // directOps changes a spool no daemon is running on (we hold its lock).
 type directOps struct{ s *queue.Spool }
 
-func (d directOps) update(id string, f func(*queue.Envelope)) error {
+func (d directOps) update(id string, f func(*envelope.Envelope)) error {
 	env, err := d.s.Load(id)
 	if err != nil {
 		return fmt.Errorf("%w: %s", queue.ErrNoMessage, id)
@@ -100,21 +101,21 @@ func (d directOps) update(id string, f func(*queue.Envelope)) error {
 
 func (d directOps) Flush(id string) error {
 	if id != "" {
-		return d.update(id, func(e *queue.Envelope) { e.NextAttempt = time.Now() })
+		return d.update(id, func(e *envelope.Envelope) { e.NextAttempt = time.Now() })
 	}
 	envs, err := d.s.List()
 	for _, e := range envs {
-		if err := d.update(e.ID, func(e *queue.Envelope) { e.NextAttempt = time.Now() }); err != nil {
+		if err := d.update(e.ID, func(e *envelope.Envelope) { e.NextAttempt = time.Now() }); err != nil {
 			return err
 		}
 	}
 	return err
 }
 func (d directOps) Hold(id string) error {
-	return d.update(id, func(e *queue.Envelope) { e.Held = true })
+	return d.update(id, func(e *envelope.Envelope) { e.Held = true })
 }
 func (d directOps) Release(id string) error {
-	return d.update(id, func(e *queue.Envelope) { e.Held, e.NextAttempt = false, time.Now() })
+	return d.update(id, func(e *envelope.Envelope) { e.Held, e.NextAttempt = false, time.Now() })
 }
 func (d directOps) Delete(id string) error {
 	if _, err := d.s.Load(id); err != nil {
@@ -221,7 +222,7 @@ func listQueue(s *queue.Spool, w io.Writer) error {
 		}
 		fmt.Fprintf(w, "%-22s %8d %-20s %s\n", id, e.Size, e.Received.Local().Format("Mon Jan _2 15:04:05"), from)
 		for _, r := range e.Recipients {
-			if r.Status == queue.Sent {
+			if r.Status == envelope.Sent {
 				continue
 			}
 			if r.LastReply != "" {

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"mailfwd/queue"
+	"mailfwd/queue/envelope"
+	"mailfwd/queue/nexthop"
 )
 
 func writeQueueConfig(t *testing.T) (cfg, spoolDir string) {
@@ -31,9 +33,9 @@ func queueMsg(t *testing.T, s *queue.Spool, from string, rcpts ...string) string
 		t.Fatal(err)
 	}
 	io.WriteString(w, "Subject: queued test\r\nX-Test: 1\r\n\r\nbody\r\n")
-	env := &queue.Envelope{From: from, Received: time.Now(), NextAttempt: time.Now().Add(time.Hour)}
+	env := &envelope.Envelope{From: from, Received: time.Now(), NextAttempt: time.Now().Add(time.Hour)}
 	for _, r := range rcpts {
-		env.Recipients = append(env.Recipients, queue.Recipient{Addr: r, Status: queue.Pending, LastReply: "451 4.4.1 next hop down"})
+		env.Recipients = append(env.Recipients, envelope.Recipient{Addr: r, Status: envelope.Pending, LastReply: "451 4.4.1 next hop down"})
 	}
 	if err := w.Commit(env); err != nil {
 		t.Fatal(err)
@@ -100,11 +102,11 @@ func TestQueueCommandDirect(t *testing.T) {
 type countingHop struct{ n atomic.Int64 }
 
 func (h *countingHop) String() string { return "counting" }
-func (h *countingHop) Send(_ context.Context, _ *queue.Envelope, _ string, rcpts []string, _ io.Reader) ([]queue.Reply, error) {
+func (h *countingHop) Send(_ context.Context, _ *envelope.Envelope, _ string, rcpts []string, _ io.Reader) ([]nexthop.Reply, error) {
 	h.n.Add(1)
-	out := make([]queue.Reply, len(rcpts))
+	out := make([]nexthop.Reply, len(rcpts))
 	for i := range out {
-		out[i] = queue.Reply{Code: 451, Text: "later"}
+		out[i] = nexthop.Reply{Code: 451, Text: "later"}
 	}
 	return out, nil
 }

@@ -23,6 +23,7 @@ import (
 	"mailfwd/config"
 	"mailfwd/deploy"
 	"mailfwd/queue"
+	"mailfwd/queue/nexthop"
 	"mailfwd/relay"
 	"mailfwd/routing"
 )
@@ -153,7 +154,7 @@ func reload(path string, old *config.Config, be *relay.Backend, certs *certStore
 
 // newRouter builds delivery routing from the config: one pooled SMTP hop
 // per server, shared by every route to it.
-func newRouter(c *config.Config) (*queue.TransportRouter, func(), error) {
+func newRouter(c *config.Config) (*nexthop.TransportRouter, func(), error) {
 	d := c.Delivery
 	var roots *x509.CertPool
 	if d.TLSCAFile != "" {
@@ -167,8 +168,8 @@ func newRouter(c *config.Config) (*queue.TransportRouter, func(), error) {
 		}
 	}
 	var mu sync.Mutex
-	hops := map[string]*queue.SMTPHop{}
-	factory := func(addr string, lmtp bool, dest string, passClient bool) queue.Hop {
+	hops := map[string]*nexthop.SMTPHop{}
+	factory := func(addr string, lmtp bool, dest string, passClient bool) nexthop.Hop {
 		policy := d.TLSPolicy
 		if p, ok := d.TLSPolicies[strings.ToLower(dest)]; ok {
 			policy = p
@@ -179,7 +180,7 @@ func newRouter(c *config.Config) (*queue.TransportRouter, func(), error) {
 		if h, ok := hops[key]; ok {
 			return h
 		}
-		h := &queue.SMTPHop{Addr: addr, LocalName: c.Hostname, Timeout: d.ConnectTimeout, LMTP: lmtp, TLSPolicy: policy}
+		h := &nexthop.SMTPHop{Addr: addr, LocalName: c.Hostname, Timeout: d.ConnectTimeout, LMTP: lmtp, TLSPolicy: policy}
 		if !passClient {
 			h.LineLimit = 998 // the Internet's MXes; our next hop takes any line, as we do
 		}
@@ -204,7 +205,7 @@ func newRouter(c *config.Config) (*queue.TransportRouter, func(), error) {
 		return nil, nil, fmt.Errorf("delivery.next_hop: %w", err)
 	}
 	local.PassClient = true
-	tr := &queue.TransportRouter{Local: local, Hops: factory, MXPort: d.MXPort, Transports: map[string]queue.Transport{}}
+	tr := &nexthop.TransportRouter{Local: local, Hops: factory, MXPort: d.MXPort, Transports: map[string]nexthop.Transport{}}
 	if d.ExternalNextHop != "" {
 		sh, err := hostPortTransport(d.ExternalNextHop)
 		if err != nil {
@@ -213,7 +214,7 @@ func newRouter(c *config.Config) (*queue.TransportRouter, func(), error) {
 		tr.Smarthost = &sh
 	}
 	for k, v := range d.Transports {
-		t, err := queue.ParseTransport(v)
+		t, err := nexthop.ParseTransport(v)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -224,12 +225,12 @@ func newRouter(c *config.Config) (*queue.TransportRouter, func(), error) {
 
 // hostPortTransport is the transport of a "host:port" setting: that host,
 // no MX lookup.
-func hostPortTransport(hp string) (queue.Transport, error) {
+func hostPortTransport(hp string) (nexthop.Transport, error) {
 	h, p, err := net.SplitHostPort(hp)
 	if err != nil {
-		return queue.Transport{}, err
+		return nexthop.Transport{}, err
 	}
-	return queue.ParseTransport("smtp:[" + h + "]:" + p)
+	return nexthop.ParseTransport("smtp:[" + h + "]:" + p)
 }
 
 // relayConfig is the front end's policy from a config: what SIGHUP

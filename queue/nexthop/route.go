@@ -1,4 +1,4 @@
-package queue
+package nexthop
 
 import (
 	"fmt"
@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+
+	"mailfwd/queue/envelope"
 )
 
 // Transport is a parsed transport map value, Postfix style:
@@ -106,7 +108,7 @@ type TransportRouter struct {
 }
 
 // Route implements Router.
-func (tr *TransportRouter) Route(r *Recipient) Destination {
+func (tr *TransportRouter) Route(r *envelope.Recipient) Destination {
 	addr := strings.ToLower(r.Addr)
 	domain := addr
 	if i := strings.LastIndexByte(addr, '@'); i >= 0 {

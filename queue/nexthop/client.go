@@ -1,4 +1,4 @@
-package queue
+package nexthop
 
 // A small SMTP/LMTP client (RFC 5321, RFC 2033) on net/textproto: one
 // connection, its EHLO/LHLO extensions, STARTTLS, XCLIENT, pipelined

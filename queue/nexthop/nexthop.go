@@ -1,4 +1,4 @@
-package queue
+package nexthop
 
 import (
 	"context"
@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"mailfwd/queue/envelope"
 )
 
 // Reply is a next hop's answer for one recipient.
@@ -233,7 +235,7 @@ func (h *SMTPHop) connect(ctx context.Context, plain bool) (*smtpConn, error) {
 }
 
 // identity is the XCLIENT identity a message needs ("" none).
-func (h *SMTPHop) identity(env *Envelope) string {
+func (h *SMTPHop) identity(env *envelope.Envelope) string {
 	if !h.XClient || env.ClientAddr == "" {
 		return ""
 	}
@@ -321,7 +323,7 @@ func (h *SMTPHop) Close() {
 // recipients are then to be retried. A pooled connection that turns out
 // to be dead (the server closed it while idle) is replaced by a new one
 // once, as long as no byte of the body was sent.
-func (h *SMTPHop) Send(ctx context.Context, env *Envelope, from string, rcpts []string, body io.Reader) ([]Reply, error) {
+func (h *SMTPHop) Send(ctx context.Context, env *envelope.Envelope, from string, rcpts []string, body io.Reader) ([]Reply, error) {
 	if len(rcpts) == 0 {
 		return []Reply{}, nil
 	}
@@ -371,7 +373,7 @@ func (h *SMTPHop) connectFailure(n int, err error) ([]Reply, error) {
 // use runs a transaction on c under ctx and pools c afterwards, or closes
 // it. Replies and an error together: the replies are definite, but the
 // connection is gone.
-func (h *SMTPHop) use(ctx context.Context, c *smtpConn, env *Envelope, from string, rcpts []string, body io.Reader) ([]Reply, error) {
+func (h *SMTPHop) use(ctx context.Context, c *smtpConn, env *envelope.Envelope, from string, rcpts []string, body io.Reader) ([]Reply, error) {
 	unbind := c.bind(ctx)
 	err := h.prepare(c, env)
 	var replies []Reply
@@ -388,7 +390,7 @@ func (h *SMTPHop) use(ctx context.Context, c *smtpConn, env *Envelope, from stri
 
 // prepare puts c in the message's XCLIENT identity (get gave us a
 // connection in that identity, or one without any).
-func (h *SMTPHop) prepare(c *smtpConn, env *Envelope) error {
+func (h *SMTPHop) prepare(c *smtpConn, env *envelope.Envelope) error {
 	want := h.identity(env)
 	if c.ident == want || !c.has("XCLIENT") || want == "" {
 		return nil
@@ -469,14 +471,14 @@ func all(n int, r Reply) []Reply {
 }
 
 // recipient finds the envelope entry of rcpt in a transaction from from.
-func recipient(env *Envelope, from, rcpt string) *Recipient {
-	var first *Recipient
+func recipient(env *envelope.Envelope, from, rcpt string) *envelope.Recipient {
+	var first *envelope.Recipient
 	for i := range env.Recipients {
 		r := &env.Recipients[i]
 		if r.Addr != rcpt {
 			continue
 		}
-		if r.Status == Pending && r.Sender(env) == from {
+		if r.Status == envelope.Pending && r.Sender(env) == from {
 			return r
 		}
 		if first == nil {
@@ -486,7 +488,7 @@ func recipient(env *Envelope, from, rcpt string) *Recipient {
 	return first
 }
 
-func mailParams(c *smtpConn, env *Envelope) string {
+func mailParams(c *smtpConn, env *envelope.Envelope) string {
 	var b strings.Builder
 	if c.has("SIZE") && env.Size > 0 {
 		fmt.Fprintf(&b, " SIZE=%d", env.Size)
@@ -508,7 +510,7 @@ func mailParams(c *smtpConn, env *Envelope) string {
 	return b.String()
 }
 
-func rcptParams(c *smtpConn, r *Recipient) string {
+func rcptParams(c *smtpConn, r *envelope.Recipient) string {
 	if r == nil || !c.has("DSN") {
 		return ""
 	}
@@ -558,7 +560,7 @@ func badAddr(a string) bool { return strings.ContainsAny(a, "\r\n<>") }
 // non-nil error when the connection is no longer usable: with nil
 // replies, before any recipient got a definite answer; with replies, after
 // (they stand). SMTP refusals come back as Replies.
-func (h *SMTPHop) transaction(c *smtpConn, env *Envelope, from string, rcpts []string, body io.Reader) ([]Reply, error) {
+func (h *SMTPHop) transaction(c *smtpConn, env *envelope.Envelope, from string, rcpts []string, body io.Reader) ([]Reply, error) {
 	n := len(rcpts)
 	replies := make([]Reply, n)
 	switch {

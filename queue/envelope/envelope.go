@@ -1,4 +1,8 @@
-package queue
+// Package envelope is a queued message's envelope: its sender, each final
+// recipient with its delivery state, and what the relay learned about the
+// message when it took it. The spool stores it, the scheduler updates it,
+// next hops and DSNs read it.
+package envelope
 
 import (
 	"encoding/json"
@@ -49,13 +53,14 @@ type Recipient struct {
 	// when the message has one (DMARC-aware forwarding is on for it).
 	RewriteFrom bool `json:"rewrite_from,omitempty"`
 
-	expired bool // failed by expiry in this attempt (not persisted)
+	// Expired: failed by expiry in this attempt (not persisted).
+	Expired bool `json:"-"`
 }
 
-// wants reports whether the client asked for a DSN of this kind
+// Wants reports whether the client asked for a DSN of this kind
 // ("SUCCESS", "FAILURE", "DELAY"). Without NOTIFY, failures and delays are
 // reported (RFC 3461 §4.1).
-func (r *Recipient) wants(kind string) bool {
+func (r *Recipient) Wants(kind string) bool {
 	if r.DSNNotify == "" {
 		return kind != "SUCCESS"
 	}
@@ -124,8 +129,8 @@ type FromRewrite struct {
 	ForwardHeader string `json:"forward_header,omitempty"`
 }
 
-// rewrites reports whether r leaves with env's rewritten From.
-func (r *Recipient) rewrites(env *Envelope) bool {
+// RewritesFrom reports whether r leaves with env's rewritten From.
+func (r *Recipient) RewritesFrom(env *Envelope) bool {
 	return r.External && r.RewriteFrom && env.FromRewrite != nil
 }
 
@@ -140,9 +145,11 @@ func (e *Envelope) Pending() []*Recipient {
 	return out
 }
 
-func (e *Envelope) marshal() ([]byte, error) { return json.MarshalIndent(e, "", "  ") }
+// Marshal is the envelope as the spool stores it.
+func (e *Envelope) Marshal() ([]byte, error) { return json.MarshalIndent(e, "", "  ") }
 
-func unmarshalEnvelope(b []byte) (*Envelope, error) {
+// Unmarshal reads a stored envelope.
+func Unmarshal(b []byte) (*Envelope, error) {
 	var e Envelope
 	if err := json.Unmarshal(b, &e); err != nil {
 		return nil, err

@@ -1,4 +1,4 @@
-package queue
+package nexthop
 
 import (
 	"context"
@@ -14,6 +14,8 @@ import (
 	"testing"
 	"testing/iotest"
 	"time"
+
+	"mailfwd/queue/envelope"
 
 	"github.com/emersion/go-smtp"
 )
@@ -112,7 +114,7 @@ func TestSMTPHopPerRecipientReplies(t *testing.T) {
 	f := &fakeMTA{rcptCode: map[string]int{"bad@x.test": 550, "later@x.test": 451}}
 	hop := &SMTPHop{Addr: startFakeMTA(t, f), LocalName: "relay.test"}
 	defer hop.Close()
-	env := &Envelope{ID: "T1", From: "s@y.test"}
+	env := &envelope.Envelope{ID: "T1", From: "s@y.test"}
 	replies, err := hop.Send(context.Background(), env, env.From, []string{"ok@x.test", "bad@x.test", "later@x.test"}, strings.NewReader("Subject: t\r\n\r\nhi\r\n"))
 	if err != nil {
 		t.Fatal(err)
@@ -129,7 +131,7 @@ func TestSMTPHopDataRefusalAppliesToAccepted(t *testing.T) {
 	f := &fakeMTA{rcptCode: map[string]int{"bad@x.test": 550}, dataCode: 452}
 	hop := &SMTPHop{Addr: startFakeMTA(t, f), LocalName: "relay.test"}
 	defer hop.Close()
-	replies, err := hop.Send(context.Background(), &Envelope{}, "", []string{"a@x.test", "bad@x.test"}, strings.NewReader("x\r\n"))
+	replies, err := hop.Send(context.Background(), &envelope.Envelope{}, "", []string{"a@x.test", "bad@x.test"}, strings.NewReader("x\r\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,7 +146,7 @@ func TestSMTPHopReusesConnections(t *testing.T) {
 	hop := &SMTPHop{Addr: startFakeMTA(t, f), LocalName: "relay.test"}
 	defer hop.Close()
 	for i := range 5 {
-		if _, err := hop.Send(context.Background(), &Envelope{}, "s@y.test", []string{"a@x.test"}, strings.NewReader("m\r\n")); err != nil {
+		if _, err := hop.Send(context.Background(), &envelope.Envelope{}, "s@y.test", []string{"a@x.test"}, strings.NewReader("m\r\n")); err != nil {
 			t.Fatalf("send %d: %v", i, err)
 		}
 	}
@@ -161,7 +163,7 @@ func TestSMTPHopDownIsAnError(t *testing.T) {
 	addr := l.Addr().String()
 	l.Close()
 	hop := &SMTPHop{Addr: addr}
-	if _, err := hop.Send(context.Background(), &Envelope{}, "", []string{"a@x.test"}, strings.NewReader("m\r\n")); err == nil {
+	if _, err := hop.Send(context.Background(), &envelope.Envelope{}, "", []string{"a@x.test"}, strings.NewReader("m\r\n")); err == nil {
 		t.Fatal("no error from a next hop that is down")
 	}
 }
@@ -211,7 +213,7 @@ func TestSMTPHopNoRetry(t *testing.T) {
 		f := &scriptMTA{stall: "MAIL"}
 		hop := &SMTPHop{Addr: f.listen(t), LocalName: "relay.test", Timeout: 200 * time.Millisecond}
 		defer hop.Close()
-		if _, err := hop.Send(context.Background(), &Envelope{}, "", []string{"a@x.test"}, strings.NewReader("x\r\n")); err == nil {
+		if _, err := hop.Send(context.Background(), &envelope.Envelope{}, "", []string{"a@x.test"}, strings.NewReader("x\r\n")); err == nil {
 			t.Fatal("no error")
 		}
 		if n := f.connCount(); n != 1 {
@@ -224,7 +226,7 @@ func TestSMTPHopNoRetry(t *testing.T) {
 		defer hop.Close()
 		send(t, hop, nil, "a@x.test")
 		body := io.MultiReader(strings.NewReader("Subject: partial\r\n"), iotest.ErrReader(errors.New("disk error")))
-		_, err := hop.Send(context.Background(), &Envelope{}, "", []string{"b@x.test"}, body)
+		_, err := hop.Send(context.Background(), &envelope.Envelope{}, "", []string{"b@x.test"}, body)
 		if err == nil || !strings.Contains(err.Error(), "disk error") {
 			t.Fatalf("err %v", err)
 		}
@@ -247,7 +249,7 @@ func TestSMTPHopNoRetry(t *testing.T) {
 		f.mu.Unlock()
 		f.closeAll("")
 		time.Sleep(50 * time.Millisecond)
-		if _, err := hop.Send(context.Background(), &Envelope{}, "", []string{"b@x.test"}, strings.NewReader("x\r\n")); err == nil {
+		if _, err := hop.Send(context.Background(), &envelope.Envelope{}, "", []string{"b@x.test"}, strings.NewReader("x\r\n")); err == nil {
 			t.Fatal("no error")
 		}
 		if n := f.connCount(); n != 2 {
@@ -289,7 +291,7 @@ func TestSMTPHopPoolLimits(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				if _, err := hop.Send(context.Background(), &Envelope{}, "", []string{"a@x.test"}, strings.NewReader("x\r\n")); err != nil {
+				if _, err := hop.Send(context.Background(), &envelope.Envelope{}, "", []string{"a@x.test"}, strings.NewReader("x\r\n")); err != nil {
 					t.Error(err)
 				}
 			}()
@@ -311,8 +313,8 @@ func TestSMTPHopGoSMTPInterop(t *testing.T) {
 		f := &fakeMTA{}
 		hop := &SMTPHop{Addr: startFakeMTA(t, f, func(s *smtp.Server) { s.EnableDSN, s.EnableSMTPUTF8 = true, true }), LocalName: "relay.test"}
 		defer hop.Close()
-		env := &Envelope{ID: "Q1", From: "jösé@y.test", SMTPUTF8: true, Body8Bit: true, DSNRet: "FULL", DSNEnvID: "id+=1 x",
-			Recipients: []Recipient{{Addr: "a@x.test", Status: Pending, DSNNotify: "SUCCESS,DELAY", ORcpt: "rfc822;o+1@x.test"}}}
+		env := &envelope.Envelope{ID: "Q1", From: "jösé@y.test", SMTPUTF8: true, Body8Bit: true, DSNRet: "FULL", DSNEnvID: "id+=1 x",
+			Recipients: []envelope.Recipient{{Addr: "a@x.test", Status: envelope.Pending, DSNNotify: "SUCCESS,DELAY", ORcpt: "rfc822;o+1@x.test"}}}
 		replies, err := hop.Send(context.Background(), env, env.From, []string{"a@x.test"}, strings.NewReader("Subject: é\r\n\r\nü\r\n"))
 		if err != nil || !replies[0].OK() {
 			t.Fatalf("%v %v", replies, err)
@@ -334,7 +336,7 @@ func TestSMTPHopGoSMTPInterop(t *testing.T) {
 		addr := startFakeMTA(t, f, func(s *smtp.Server) { s.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}} })
 		for _, policy := range []string{"", TLSRequire} {
 			hop := &SMTPHop{Addr: addr, LocalName: "relay.test", TLSPolicy: policy, TLSConfig: &tls.Config{RootCAs: roots}}
-			replies, err := hop.Send(context.Background(), &Envelope{}, "s@y.test", []string{"a@x.test"}, strings.NewReader("x\r\n"))
+			replies, err := hop.Send(context.Background(), &envelope.Envelope{}, "s@y.test", []string{"a@x.test"}, strings.NewReader("x\r\n"))
 			hop.Close()
 			if err != nil || !replies[0].OK() {
 				t.Fatalf("%s: %v %v", policy, replies, err)
@@ -348,7 +350,7 @@ func TestSMTPHopGoSMTPInterop(t *testing.T) {
 		f := &fakeMTA{rcptCode: map[string]int{"b@x.test": 550}, lmtpCode: map[string]int{"c@x.test": 452, "d@x.test": 552}}
 		hop := &SMTPHop{Addr: startFakeMTA(t, f, func(s *smtp.Server) { s.LMTP = true }), LocalName: "relay.test", LMTP: true}
 		defer hop.Close()
-		replies, err := hop.Send(context.Background(), &Envelope{}, "s@y.test", []string{"a@x.test", "b@x.test", "c@x.test", "d@x.test"}, strings.NewReader("x\r\n"))
+		replies, err := hop.Send(context.Background(), &envelope.Envelope{}, "s@y.test", []string{"a@x.test", "b@x.test", "c@x.test", "d@x.test"}, strings.NewReader("x\r\n"))
 		if err != nil {
 			t.Fatal(err)
 		}

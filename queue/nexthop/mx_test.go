@@ -1,4 +1,4 @@
-package queue
+package nexthop
 
 import (
 	"context"
@@ -8,6 +8,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"mailfwd/queue/envelope"
 
 	"github.com/emersion/go-smtp"
 )
@@ -118,7 +120,7 @@ func TestMXDelivery(t *testing.T) {
 	factory := hops(func(addr string) *SMTPHop { return &SMTPHop{Addr: addr, LocalName: "relay.test"} })
 	send := func(domain string) ([]Reply, error) {
 		h := &MXHop{Domain: domain, Port: port, Resolver: dns, Hops: factory}
-		return h.Send(context.Background(), &Envelope{ID: "X"}, "a@x.test", []string{"u@" + domain}, strings.NewReader("m\r\n"))
+		return h.Send(context.Background(), &envelope.Envelope{ID: "X"}, "a@x.test", []string{"u@" + domain}, strings.NewReader("m\r\n"))
 	}
 
 	// Primary down: the backup (higher preference value) takes it.
@@ -174,14 +176,14 @@ func TestTransportRouter(t *testing.T) {
 		Hops:       hops(func(addr string) *SMTPHop { return &SMTPHop{Addr: addr} }),
 	}
 	cases := []struct {
-		rcpt     Recipient
+		rcpt     envelope.Recipient
 		key      string
 		external bool
 	}{
-		{Recipient{Addr: "central@company.com"}, "smtp:[127.0.0.1]:10025", false},
-		{Recipient{Addr: "x@gmail.com", External: true}, "smtp:gmail.com:25", true},
-		{Recipient{Addr: "VIP@gmail.com", External: true}, "lmtp:[127.0.0.1]:24", false},
-		{Recipient{Addr: "a@Example.org", External: true}, "smtp:[192.0.2.1]:25", false},
+		{envelope.Recipient{Addr: "central@company.com"}, "smtp:[127.0.0.1]:10025", false},
+		{envelope.Recipient{Addr: "x@gmail.com", External: true}, "smtp:gmail.com:25", true},
+		{envelope.Recipient{Addr: "VIP@gmail.com", External: true}, "lmtp:[127.0.0.1]:24", false},
+		{envelope.Recipient{Addr: "a@Example.org", External: true}, "smtp:[192.0.2.1]:25", false},
 	}
 	for _, c := range cases {
 		d := tr.Route(&c.rcpt)
@@ -190,7 +192,7 @@ func TestTransportRouter(t *testing.T) {
 		}
 	}
 	tr.Smarthost = &sh
-	if d := tr.Route(&Recipient{Addr: "x@gmail.com", External: true}); d.Key != "smtp:[10.0.0.9]:587" {
+	if d := tr.Route(&envelope.Recipient{Addr: "x@gmail.com", External: true}); d.Key != "smtp:[10.0.0.9]:587" {
 		t.Errorf("with a smarthost: %s", d.Key)
 	}
 	for _, bad := range []string{"smtp", "ftp:[x]:1", "smtp:[x", "smtp:[x]:99999", "smtp:[]:25"} {
@@ -213,8 +215,8 @@ func TestLocalAndSmarthostSameAddress(t *testing.T) {
 		},
 	}
 	tr.Smarthost = &Transport{Host: "127.0.0.1", Port: 10025}
-	local := tr.Route(&Recipient{Addr: "central@company.com"})
-	ext := tr.Route(&Recipient{Addr: "x@gmail.com", External: true})
+	local := tr.Route(&envelope.Recipient{Addr: "central@company.com"})
+	ext := tr.Route(&envelope.Recipient{Addr: "x@gmail.com", External: true})
 	if local.Key == ext.Key || local.Hop == ext.Hop {
 		t.Fatalf("one destination for both: %s / %s", local.Key, ext.Key)
 	}

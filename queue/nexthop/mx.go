@@ -1,4 +1,4 @@
-package queue
+package nexthop
 
 import (
 	"context"
@@ -10,6 +10,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"mailfwd/queue/envelope"
 )
 
 // Resolver is the DNS the MX delivery uses; *net.Resolver is one, tests
@@ -77,7 +79,7 @@ func (h *MXHop) hosts(ctx context.Context) ([]string, error) {
 }
 
 // Send implements Hop.
-func (h *MXHop) Send(ctx context.Context, env *Envelope, from string, rcpts []string, body io.Reader) ([]Reply, error) {
+func (h *MXHop) Send(ctx context.Context, env *envelope.Envelope, from string, rcpts []string, body io.Reader) ([]Reply, error) {
 	hosts, err := h.hosts(ctx)
 	switch {
 	case errors.Is(err, errNullMX):

@@ -1,4 +1,4 @@
-package queue
+package nexthop
 
 import (
 	"bufio"
@@ -20,6 +20,8 @@ import (
 	"testing"
 	"testing/iotest"
 	"time"
+
+	"mailfwd/queue/envelope"
 )
 
 // scriptMTA is a scripted SMTP/LMTP server that records the exact bytes it
@@ -331,10 +333,10 @@ func pipeHop(f *scriptMTA) *SMTPHop {
 	return &SMTPHop{Addr: "fake.test:25", LocalName: "relay.test", Timeout: 5 * time.Second, dial: f.dialPipe}
 }
 
-func send(t *testing.T, hop *SMTPHop, env *Envelope, rcpts ...string) []Reply {
+func send(t *testing.T, hop *SMTPHop, env *envelope.Envelope, rcpts ...string) []Reply {
 	t.Helper()
 	if env == nil {
-		env = &Envelope{ID: "Q1", From: "s@y.test"}
+		env = &envelope.Envelope{ID: "Q1", From: "s@y.test"}
 	}
 	replies, err := hop.Send(context.Background(), env, env.From, rcpts, strings.NewReader("Subject: t\r\n\r\nhi\r\n"))
 	if err != nil {
@@ -577,7 +579,7 @@ func TestClientDotStuffing(t *testing.T) {
 			f := &scriptMTA{ext: []string{"PIPELINING"}}
 			hop := pipeHop(f)
 			defer hop.Close()
-			if _, err := hop.Send(context.Background(), &Envelope{}, "", []string{"a@x.test"}, iotest.HalfReader(strings.NewReader(tc.in))); err != nil {
+			if _, err := hop.Send(context.Background(), &envelope.Envelope{}, "", []string{"a@x.test"}, iotest.HalfReader(strings.NewReader(tc.in))); err != nil {
 				t.Fatal(err)
 			}
 			if b := f.bodyList(); len(b) != 1 || b[0] != "1> "+tc.want {
@@ -659,33 +661,33 @@ func TestClientXtext(t *testing.T) {
 // Extensions: what goes on MAIL and RCPT, and what is refused before
 // anything is sent, per what the server announced.
 func TestClientExtensions(t *testing.T) {
-	dsnEnv := &Envelope{ID: "Q1", From: "s@y.test", DSNRet: "hdrs", DSNEnvID: "env id+1", Recipients: []Recipient{
-		{Addr: "a@x.test", Status: Pending, DSNNotify: "SUCCESS,FAILURE", ORcpt: "rfc822;orig+tag@x.test"},
-		{Addr: "b@x.test", Status: Pending, OrigTo: "alias@x.test"},
-		{Addr: "c@x.test", Status: Pending, DSNNotify: "NEVER", ORcpt: "rfc822;dé@x.test"},
+	dsnEnv := &envelope.Envelope{ID: "Q1", From: "s@y.test", DSNRet: "hdrs", DSNEnvID: "env id+1", Recipients: []envelope.Recipient{
+		{Addr: "a@x.test", Status: envelope.Pending, DSNNotify: "SUCCESS,FAILURE", ORcpt: "rfc822;orig+tag@x.test"},
+		{Addr: "b@x.test", Status: envelope.Pending, OrigTo: "alias@x.test"},
+		{Addr: "c@x.test", Status: envelope.Pending, DSNNotify: "NEVER", ORcpt: "rfc822;dé@x.test"},
 	}}
 	for _, tc := range []struct {
 		name      string
 		ext       []string
-		env       *Envelope
+		env       *envelope.Envelope
 		wantCmds  []string // MAIL and RCPTs (nil: nothing sent)
 		wantReply string   // for every recipient ("" the server's 250)
 	}{
-		{"SIZE sent", []string{"SIZE 1000"}, &Envelope{From: "s@y.test", Size: 999},
+		{"SIZE sent", []string{"SIZE 1000"}, &envelope.Envelope{From: "s@y.test", Size: 999},
 			[]string{"MAIL FROM:<s@y.test> SIZE=999", "RCPT TO:<a@x.test>"}, ""},
-		{"SIZE exceeded: 5.3.4, nothing sent", []string{"SIZE 1000"}, &Envelope{From: "s@y.test", Size: 1001},
+		{"SIZE exceeded: 5.3.4, nothing sent", []string{"SIZE 1000"}, &envelope.Envelope{From: "s@y.test", Size: 1001},
 			nil, "552 5.3.4 message size 1001 exceeds size limit 1000 of host smtp:[fake.test:25]"},
-		{"SIZE without a limit", []string{"SIZE"}, &Envelope{From: "s@y.test", Size: 1 << 40},
+		{"SIZE without a limit", []string{"SIZE"}, &envelope.Envelope{From: "s@y.test", Size: 1 << 40},
 			[]string{"MAIL FROM:<s@y.test> SIZE=1099511627776", "RCPT TO:<a@x.test>"}, ""},
-		{"no SIZE: no parameter, no limit", nil, &Envelope{From: "s@y.test", Size: 1 << 40},
+		{"no SIZE: no parameter, no limit", nil, &envelope.Envelope{From: "s@y.test", Size: 1 << 40},
 			[]string{"MAIL FROM:<s@y.test>", "RCPT TO:<a@x.test>"}, ""},
-		{"8BITMIME", []string{"8BITMIME"}, &Envelope{From: "s@y.test", Body8Bit: true},
+		{"8BITMIME", []string{"8BITMIME"}, &envelope.Envelope{From: "s@y.test", Body8Bit: true},
 			[]string{"MAIL FROM:<s@y.test> BODY=8BITMIME", "RCPT TO:<a@x.test>"}, ""},
-		{"8-bit body to a server without 8BITMIME: sent as is", nil, &Envelope{From: "s@y.test", Body8Bit: true},
+		{"8-bit body to a server without 8BITMIME: sent as is", nil, &envelope.Envelope{From: "s@y.test", Body8Bit: true},
 			[]string{"MAIL FROM:<s@y.test>", "RCPT TO:<a@x.test>"}, ""},
-		{"SMTPUTF8", []string{"SMTPUTF8", "8BITMIME"}, &Envelope{From: "jösé@y.test", SMTPUTF8: true, Body8Bit: true},
+		{"SMTPUTF8", []string{"SMTPUTF8", "8BITMIME"}, &envelope.Envelope{From: "jösé@y.test", SMTPUTF8: true, Body8Bit: true},
 			[]string{"MAIL FROM:<jösé@y.test> BODY=8BITMIME SMTPUTF8", "RCPT TO:<a@x.test>"}, ""},
-		{"SMTPUTF8 not offered: 5.6.7, nothing sent", []string{"8BITMIME"}, &Envelope{From: "jösé@y.test", SMTPUTF8: true},
+		{"SMTPUTF8 not offered: 5.6.7, nothing sent", []string{"8BITMIME"}, &envelope.Envelope{From: "jösé@y.test", SMTPUTF8: true},
 			nil, "553 5.6.7 SMTPUTF8 is required, but was not offered by host smtp:[fake.test:25]"},
 		{"DSN", []string{"DSN"}, dsnEnv, []string{
 			"MAIL FROM:<s@y.test> RET=HDRS ENVID=env+20id+2B1",
@@ -730,7 +732,7 @@ func TestClientHELOFallback(t *testing.T) {
 	f := &scriptMTA{ehloReply: "502 5.5.2 Error: command not recognized"}
 	hop := pipeHop(f)
 	defer hop.Close()
-	send(t, hop, &Envelope{From: "s@y.test", Size: 10, Body8Bit: true}, "a@x.test")
+	send(t, hop, &envelope.Envelope{From: "s@y.test", Size: 10, Body8Bit: true}, "a@x.test")
 	got := strings.Join(cmdsOf(f, 1, false)[:4], "\n")
 	if want := "EHLO relay.test\nHELO relay.test\nMAIL FROM:<s@y.test>\nRCPT TO:<a@x.test>"; got != want {
 		t.Fatalf("commands:\n%s\nwant:\n%s", got, want)
@@ -747,8 +749,8 @@ func TestClientXCLIENT(t *testing.T) {
 	hop := pipeHop(f)
 	hop.XClient = true
 	defer hop.Close()
-	env := func(addr, helo string) *Envelope {
-		return &Envelope{ID: "Q1", From: "s@y.test", ClientAddr: addr, ClientHelo: helo}
+	env := func(addr, helo string) *envelope.Envelope {
+		return &envelope.Envelope{ID: "Q1", From: "s@y.test", ClientAddr: addr, ClientHelo: helo}
 	}
 	send(t, hop, env("192.0.2.7", "client.example"), "a@x.test")
 	send(t, hop, env("192.0.2.7", "client.example"), "b@x.test")
@@ -822,8 +824,8 @@ func TestClientXFORWARD(t *testing.T) {
 	hop := pipeHop(f)
 	hop.XForward = true
 	defer hop.Close()
-	send(t, hop, &Envelope{ID: "Q7", From: "s@y.test", ClientAddr: "192.0.2.7", ClientHelo: "client.example"}, "a@x.test")
-	send(t, hop, &Envelope{ID: "Q8", From: "s@y.test"}, "b@x.test")
+	send(t, hop, &envelope.Envelope{ID: "Q7", From: "s@y.test", ClientAddr: "192.0.2.7", ClientHelo: "client.example"}, "a@x.test")
+	send(t, hop, &envelope.Envelope{ID: "Q8", From: "s@y.test"}, "b@x.test")
 	want := []string{
 		"XFORWARD IDENT=Q7 ADDR=192.0.2.7 NAME=[UNAVAILABLE] HELO=client.example PROTO=ESMTP SOURCE=REMOTE",
 		"MAIL FROM:<s@y.test>", "RCPT TO:<a@x.test>", "DATA",
@@ -845,7 +847,7 @@ func TestClientXFORWARD(t *testing.T) {
 	hop = pipeHop(f)
 	hop.XForward = true
 	defer hop.Close()
-	send(t, hop, &Envelope{ID: "Q7", From: "s@y.test", ClientAddr: "192.0.2.7:1234"}, "a@x.test")
+	send(t, hop, &envelope.Envelope{ID: "Q7", From: "s@y.test", ClientAddr: "192.0.2.7:1234"}, "a@x.test")
 	if c := cmdsOf(f, 1, true); c[0] != "XFORWARD ADDR=192.0.2.7" {
 		t.Errorf("XFORWARD line %q", c[0])
 	}
@@ -969,7 +971,7 @@ func TestClientSTARTTLS(t *testing.T) {
 			hop := &SMTPHop{Addr: f.listen(t), LocalName: "relay.test", Timeout: 5 * time.Second}
 			hop.TLSPolicy, hop.TLSConfig, hop.TLSFallbackPlain = tc.policy, tc.cfg, tc.fallback
 			defer hop.Close()
-			replies, err := hop.Send(context.Background(), &Envelope{From: "s@y.test"}, "s@y.test", []string{"a@x.test"}, strings.NewReader("x\r\n"))
+			replies, err := hop.Send(context.Background(), &envelope.Envelope{From: "s@y.test"}, "s@y.test", []string{"a@x.test"}, strings.NewReader("x\r\n"))
 			switch {
 			case tc.wantReply == "error":
 				if err == nil {
@@ -1000,7 +1002,7 @@ func TestClientSTARTTLS(t *testing.T) {
 	t.Run("unknown policy", func(t *testing.T) {
 		hop := pipeHop(&scriptMTA{})
 		hop.TLSPolicy = "sometimes"
-		if _, err := hop.Send(context.Background(), &Envelope{}, "", []string{"a@x.test"}, strings.NewReader("x")); err == nil {
+		if _, err := hop.Send(context.Background(), &envelope.Envelope{}, "", []string{"a@x.test"}, strings.NewReader("x")); err == nil {
 			t.Fatal("no error")
 		}
 	})
@@ -1045,7 +1047,7 @@ func TestClientStallAndTimeouts(t *testing.T) {
 			ctx, cancel := tc.ctx()
 			defer cancel()
 			start := time.Now()
-			_, err := hop.Send(ctx, &Envelope{}, "", []string{"a@x.test"}, strings.NewReader("x\r\n"))
+			_, err := hop.Send(ctx, &envelope.Envelope{}, "", []string{"a@x.test"}, strings.NewReader("x\r\n"))
 			if err == nil {
 				t.Fatal("no error")
 			}

@@ -1,0 +1,70 @@
+package dsn
+
+import (
+	"bytes"
+	"flag"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"mailfwd/queue/envelope"
+)
+
+var updateGolden = flag.Bool("update", false, "rewrite the golden files in testdata/dsn")
+
+// The DSNs we generate, byte for byte (boundary normalised), as golden
+// files: a failed local recipient, a failed forward (the outside address
+// hidden, then revealed), a forward expired, a delayed forward.
+func TestDSNGolden(t *testing.T) {
+	now := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	env := &envelope.Envelope{ID: "6619B0A1B2C3D4E5F60", From: "alice@example.org", Received: now.Add(-2 * time.Hour), DSNEnvID: "env-42"}
+	local := &envelope.Recipient{Addr: "central@company.com", OrigTo: "sales@company.com", Status: envelope.Failed,
+		LastReply: "550 5.1.1 <central@company.com>: Recipient address rejected: User unknown"}
+	fwd := &envelope.Recipient{Addr: "john.private@gmail.example", OrigTo: "john@company.com", External: true, Status: envelope.Failed,
+		LastReply: "550 5.1.1 The email account <john.private@gmail.example> that you tried to reach does not exist"}
+	expired := &envelope.Recipient{Addr: "john.private@gmail.example", OrigTo: "john@company.com", External: true, Status: envelope.Failed,
+		LastReply: "message expired after 120h0m0s in the queue; last error: 451 4.7.1 <john.private@gmail.example> greylisted", Expired: true}
+	delayed := &envelope.Recipient{Addr: "john.private@gmail.example", OrigTo: "john@company.com", External: true, Status: envelope.Pending,
+		LastReply: "421 4.7.0 [192.0.2.9] try again later, john.private@gmail.example"}
+	orig := "Received: from client.example\r\nFrom: Alice <alice@example.org>\r\nTo: john@company.com\r\nSubject: lunch\r\nMessage-ID: <m1@example.org>\r\n\r\nthe body\r\n"
+	for _, c := range []struct {
+		name   string
+		rcpts  []*envelope.Recipient
+		kind   Kind
+		reveal bool
+	}{
+		{"failed-local", []*envelope.Recipient{local}, Failure, false},
+		{"failed-forward", []*envelope.Recipient{fwd}, Failure, false},
+		{"failed-forward-revealed", []*envelope.Recipient{fwd}, Failure, true},
+		{"expired-forward", []*envelope.Recipient{expired}, Failure, false},
+		{"delayed-forward", []*envelope.Recipient{delayed}, Delay, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var b bytes.Buffer
+			if err := Write(&b, Report{ReportingMTA: "mx.company.com", Envelope: env, Recipients: c.rcpts, Kind: c.kind, Original: strings.NewReader(orig), Now: now, RetryUntil: now.Add(118 * time.Hour), Reveal: c.reveal}); err != nil {
+				t.Fatal(err)
+			}
+			got := regexp.MustCompile(`mailfwd-[0-9a-f]{24}`).ReplaceAllString(b.String(), "mailfwd-BOUNDARY")
+			path := filepath.Join("testdata", "dsn", c.name+".eml")
+			if *updateGolden {
+				os.WriteFile(path, []byte(got), 0o644)
+			}
+			want, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatalf("%v (go test ./queue/dsn -run TestDSNGolden -update writes it)", err)
+			}
+			if got != string(want) {
+				t.Errorf("DSN differs from %s:\n%s", path, got)
+			}
+			hidden := !c.reveal && c.rcpts[0].External
+			if leaks := strings.Contains(got, "john.private@gmail.example"); hidden && leaks {
+				t.Errorf("the DSN names the outside address:\n%s", got)
+			} else if !hidden && c.rcpts[0].External && !leaks {
+				t.Errorf("revealed, but the outside address is missing:\n%s", got)
+			}
+		})
+	}
+}
