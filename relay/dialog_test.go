@@ -827,8 +827,8 @@ func TestDialogExtensionParameters(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !env.Body8Bit || env.SMTPUTF8 || env.DSNRet != "HDRS" || env.DSNEnvID != "QQ+314159" {
-		t.Errorf("envelope 8bit=%v utf8=%v ret=%q envid=%q", env.Body8Bit, env.SMTPUTF8, env.DSNRet, env.DSNEnvID)
+	if !env.Body8Bit || env.SMTPUTF8 || !env.UTF8Header || env.DSNRet != "HDRS" || env.DSNEnvID != "QQ+314159" {
+		t.Errorf("envelope 8bit=%v utf8=%v utf8 header=%v ret=%q envid=%q", env.Body8Bit, env.SMTPUTF8, env.UTF8Header, env.DSNRet, env.DSNEnvID)
 	}
 	if rc := env.Recipients; len(rc) != 1 || rc[0].Addr != "central@company.com" || rc[0].DSNNotify != "SUCCESS,FAILURE" || rc[0].ORcpt != "RFC822;info+@company.com" {
 		t.Errorf("recipients %+v", rc)
@@ -842,8 +842,8 @@ func TestDialogExtensionParameters(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !env.SMTPUTF8 || env.From != "j\xc3\xb6rg@example.org" {
-		t.Errorf("envelope utf8=%v from=%q", env.SMTPUTF8, env.From)
+	if !env.SMTPUTF8 || env.UTF8Header || env.From != "j\xc3\xb6rg@example.org" {
+		t.Errorf("envelope utf8=%v utf8 header=%v from=%q", env.SMTPUTF8, env.UTF8Header, env.From)
 	}
 	if b := spoolBody(t, r, id); !strings.Contains(b, " with UTF8SMTP id ") {
 		t.Errorf("Received header without UTF8SMTP: %q", b[:min(200, len(b))])

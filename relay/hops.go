@@ -18,6 +18,9 @@ type hopCounter struct {
 	received int
 	line     []byte // start of the current line (enough to recognise it)
 	inBody   bool
+	// utf8Header: a header byte is not ASCII (the message then needs
+	// SMTPUTF8 if the client asked for it: the next hop must offer it).
+	utf8Header bool
 }
 
 func (h *hopCounter) Write(p []byte) (int, error) {
@@ -29,6 +32,9 @@ func (h *hopCounter) Write(p []byte) (int, error) {
 					break
 				}
 				continue
+			}
+			if c >= 0x80 {
+				h.utf8Header = true
 			}
 			if len(h.line) < 16 {
 				h.line = append(h.line, c)

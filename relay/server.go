@@ -719,6 +719,7 @@ func (s *session) data(r io.Reader) error {
 		ClientAddr:    s.clientIP,
 		ClientHelo:    s.helo,
 		SMTPUTF8:      s.opts.UTF8,
+		UTF8Header:    hops.utf8Header,
 		Body8Bit:      s.opts.Body == smtp.Body8BitMIME,
 		DSNRet:        string(s.opts.Return),
 		DSNEnvID:      s.opts.EnvelopeID,

@@ -154,6 +154,9 @@ func diagnostic(r *envelope.Recipient, reveal bool) string {
 	if r.Expired {
 		return strings.TrimSpace(strings.Join(codes, " ") + " (the message could not be forwarded before it expired)")
 	}
+	if len(codes) == 2 && codes[1] == "5.6.7" { // what it means is no secret
+		return strings.TrimSpace(strings.Join(codes, " ") + " (the message needs SMTPUTF8: a UTF-8 address or header, and the destination this address forwards to does not support it)")
+	}
 	return strings.TrimSpace(strings.Join(codes, " ") + " (the destination this address forwards to did not take the message)")
 }
 

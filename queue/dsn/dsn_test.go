@@ -29,6 +29,8 @@ func TestDSNGolden(t *testing.T) {
 		LastReply: "message expired after 120h0m0s in the queue; last error: 451 4.7.1 <john.private@gmail.example> greylisted", Expired: true}
 	delayed := &envelope.Recipient{Addr: "john.private@gmail.example", OrigTo: "john@company.com", External: true, Status: envelope.Pending,
 		LastReply: "421 4.7.0 [192.0.2.9] try again later, john.private@gmail.example"}
+	utf8 := &envelope.Recipient{Addr: "j\u00f6rg@gmail.example", OrigTo: "john@company.com", External: true, Status: envelope.Failed,
+		LastReply: "553 5.6.7 SMTPUTF8 is required (the recipient address is not ASCII), but was not offered by host smtp:[192.0.2.9:25]"}
 	orig := "Received: from client.example\r\nFrom: Alice <alice@example.org>\r\nTo: john@company.com\r\nSubject: lunch\r\nMessage-ID: <m1@example.org>\r\n\r\nthe body\r\n"
 	for _, c := range []struct {
 		name   string
@@ -41,6 +43,7 @@ func TestDSNGolden(t *testing.T) {
 		{"failed-forward-revealed", []*envelope.Recipient{fwd}, Failure, true},
 		{"expired-forward", []*envelope.Recipient{expired}, Failure, false},
 		{"delayed-forward", []*envelope.Recipient{delayed}, Delay, false},
+		{"failed-forward-smtputf8", []*envelope.Recipient{utf8}, Failure, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			var b bytes.Buffer

@@ -88,8 +88,12 @@ type Envelope struct {
 	Received   time.Time   `json:"received"`
 	ClientAddr string      `json:"client_addr,omitempty"`
 	ClientHelo string      `json:"client_helo,omitempty"`
-	SMTPUTF8   bool        `json:"smtputf8,omitempty"`
-	Body8Bit   bool        `json:"body_8bit,omitempty"`
+	// SMTPUTF8: the client asked for it; UTF8Header: the header carries
+	// non-ASCII bytes (with ASCII addresses, the message can go without
+	// SMTPUTF8 to a server that lacks it).
+	SMTPUTF8   bool `json:"smtputf8,omitempty"`
+	UTF8Header bool `json:"utf8_header,omitempty"`
+	Body8Bit   bool `json:"body_8bit,omitempty"`
 	// DSNRet ("FULL" or "HDRS") and DSNEnvID are the client's MAIL RET= and
 	// ENVID=, honoured in our DSNs and passed on.
 	DSNRet   string `json:"dsn_ret,omitempty"`

@@ -687,8 +687,15 @@ func TestClientExtensions(t *testing.T) {
 			[]string{"MAIL FROM:<s@y.test>", "RCPT TO:<a@x.test>"}, ""},
 		{"SMTPUTF8", []string{"SMTPUTF8", "8BITMIME"}, &envelope.Envelope{From: "jösé@y.test", SMTPUTF8: true, Body8Bit: true},
 			[]string{"MAIL FROM:<jösé@y.test> BODY=8BITMIME SMTPUTF8", "RCPT TO:<a@x.test>"}, ""},
-		{"SMTPUTF8 not offered: 5.6.7, nothing sent", []string{"8BITMIME"}, &envelope.Envelope{From: "jösé@y.test", SMTPUTF8: true},
-			nil, "553 5.6.7 SMTPUTF8 is required, but was not offered by host smtp:[fake.test:25]"},
+		{"SMTPUTF8 not offered, UTF-8 sender: 5.6.7, nothing sent", []string{"8BITMIME"}, &envelope.Envelope{From: "jösé@y.test", SMTPUTF8: true},
+			nil, "553 5.6.7 SMTPUTF8 is required (the sender address is not ASCII), but was not offered by host smtp:[fake.test:25]"},
+		{"SMTPUTF8 not offered, UTF-8 header: 5.6.7", nil, &envelope.Envelope{From: "s@y.test", SMTPUTF8: true, UTF8Header: true},
+			nil, "553 5.6.7 SMTPUTF8 is required (the message header is not ASCII), but was not offered by host smtp:[fake.test:25]"},
+		{"SMTPUTF8 asked for an all-ASCII message, not offered: sent without it", []string{"8BITMIME"},
+			&envelope.Envelope{From: "s@y.test", SMTPUTF8: true, Body8Bit: true},
+			[]string{"MAIL FROM:<s@y.test> BODY=8BITMIME", "RCPT TO:<a@x.test>"}, ""},
+		{"SMTPUTF8 not offered, UTF-8 recipient: 5.6.7", nil, &envelope.Envelope{From: "utf8-rcpt@y.test", SMTPUTF8: true},
+			nil, "553 5.6.7 SMTPUTF8 is required (the recipient address is not ASCII), but was not offered by host smtp:[fake.test:25]"},
 		{"DSN", []string{"DSN"}, dsnEnv, []string{
 			"MAIL FROM:<s@y.test> RET=HDRS ENVID=env+20id+2B1",
 			"RCPT TO:<a@x.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;orig+2Btag@x.test",
@@ -704,6 +711,9 @@ func TestClientExtensions(t *testing.T) {
 			hop := pipeHop(f)
 			defer hop.Close()
 			rcpts := []string{"a@x.test"}
+			if tc.env.From == "utf8-rcpt@y.test" {
+				rcpts = []string{"jösé@x.test"}
+			}
 			if tc.env == dsnEnv {
 				rcpts = []string{"a@x.test", "b@x.test", "c@x.test"}
 			}
@@ -940,26 +950,24 @@ func TestClientSTARTTLS(t *testing.T) {
 		broken    bool
 		refuse    string // the reply to STARTTLS
 		cfg       *tls.Config
-		fallback  bool
 		wantTLS   bool   // the message went over TLS
 		wantReply string // for the recipient, "" 250, "error" Send failed
 		wantConns int
 	}{
-		{"opportunistic, self-signed: not verified", "", true, false, "", nil, false, true, "", 1},
-		{"opportunistic by name", TLSOpportunistic, true, false, "", nil, false, true, "", 1},
-		{"opportunistic, not offered: plaintext", "", false, false, "", nil, false, false, "", 1},
-		{"opportunistic, handshake fails: retry later", "", true, true, "", nil, false, false, "error", 1},
-		{"opportunistic, handshake fails, fallback configured", "", true, true, "", nil, true, false, "", 2},
-		{"opportunistic, no common TLS version: retry later", "", true, false, "", &tls.Config{MaxVersion: tls.VersionTLS12}, false, false, "error", 1},
-		{"opportunistic, STARTTLS refused: plaintext on the same connection", "", true, false, "454 4.7.0 TLS not available due to local problem", nil, false, false, "", 1},
-		{"none: never", TLSNone, true, false, "", nil, false, false, "", 1},
-		{"require, trusted", TLSRequire, true, false, "", &tls.Config{RootCAs: roots}, false, true, "", 1},
-		{"require, untrusted: 4.7.5", TLSRequire, true, false, "", nil, false, false, "451 4.7.5", 1},
-		{"require, untrusted, verification off", TLSRequire, true, false, "", &tls.Config{InsecureSkipVerify: true}, false, true, "", 1},
-		{"require, wrong name: 4.7.5", TLSRequire, true, false, "", &tls.Config{RootCAs: roots, ServerName: "other.test"}, false, false, "451 4.7.5", 1},
-		{"require, not offered: 4.7.4", TLSRequire, false, false, "", &tls.Config{RootCAs: roots}, false, false, "451 4.7.4", 1},
-		{"require, handshake fails: 4.7.5", TLSRequire, true, true, "", &tls.Config{RootCAs: roots}, false, false, "451 4.7.5", 1},
-		{"require, STARTTLS refused: 4.7.5", TLSRequire, true, false, "454 4.7.0 TLS not available due to local problem", &tls.Config{RootCAs: roots}, false, false, "451 4.7.5", 1},
+		{"opportunistic, self-signed: not verified", "", true, false, "", nil, true, "", 1},
+		{"opportunistic by name", TLSOpportunistic, true, false, "", nil, true, "", 1},
+		{"opportunistic, not offered: plaintext", "", false, false, "", nil, false, "", 1},
+		{"opportunistic, handshake fails: plaintext on a new connection", "", true, true, "", nil, false, "", 2},
+		{"opportunistic, no common TLS version: plaintext on a new connection", "", true, false, "", &tls.Config{MaxVersion: tls.VersionTLS12}, false, "", 2},
+		{"opportunistic, STARTTLS refused: plaintext on the same connection", "", true, false, "454 4.7.0 TLS not available due to local problem", nil, false, "", 1},
+		{"none: never", TLSNone, true, false, "", nil, false, "", 1},
+		{"require, trusted", TLSRequire, true, false, "", &tls.Config{RootCAs: roots}, true, "", 1},
+		{"require, untrusted: 4.7.5", TLSRequire, true, false, "", nil, false, "451 4.7.5", 1},
+		{"require, untrusted, verification off", TLSRequire, true, false, "", &tls.Config{InsecureSkipVerify: true}, true, "", 1},
+		{"require, wrong name: 4.7.5", TLSRequire, true, false, "", &tls.Config{RootCAs: roots, ServerName: "other.test"}, false, "451 4.7.5", 1},
+		{"require, not offered: 4.7.4", TLSRequire, false, false, "", &tls.Config{RootCAs: roots}, false, "451 4.7.4", 1},
+		{"require, handshake fails: 4.7.5", TLSRequire, true, true, "", &tls.Config{RootCAs: roots}, false, "451 4.7.5", 1},
+		{"require, STARTTLS refused: 4.7.5", TLSRequire, true, false, "454 4.7.0 TLS not available due to local problem", &tls.Config{RootCAs: roots}, false, "451 4.7.5", 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := &scriptMTA{ext: []string{"PIPELINING"}, tls: srvTLS, tlsBroken: tc.broken, tlsReply: tc.refuse}
@@ -969,7 +977,7 @@ func TestClientSTARTTLS(t *testing.T) {
 			// TCP, not net.Pipe: a failing handshake needs the kernel's
 			// buffers (both sides write at once)
 			hop := &SMTPHop{Addr: f.listen(t), LocalName: "relay.test", Timeout: 5 * time.Second}
-			hop.TLSPolicy, hop.TLSConfig, hop.TLSFallbackPlain = tc.policy, tc.cfg, tc.fallback
+			hop.TLSPolicy, hop.TLSConfig = tc.policy, tc.cfg
 			defer hop.Close()
 			replies, err := hop.Send(context.Background(), &envelope.Envelope{From: "s@y.test"}, "s@y.test", []string{"a@x.test"}, strings.NewReader("x\r\n"))
 			switch {

@@ -51,8 +51,8 @@ const (
 //     got 354. Without it, one command at a time.
 //   - STARTTLS per TLSPolicy (zero value: opportunistic). Opportunistic does
 //     not verify the certificate (the norm between MTAs); a failed handshake
-//     fails that connection (the message waits for the next attempt) unless
-//     TLSFallbackPlain. Require verifies the certificate with TLSConfig (set
+//     is retried at once in plaintext on a new connection (Postfix's "may"
+//     level). Require verifies the certificate with TLSConfig (set
 //     InsecureSkipVerify there to encrypt without verifying) and answers
 //     4.7.4 (not offered) or 4.7.5 (handshake failed) for every recipient, so
 //     the mail waits until TLS works.
@@ -61,8 +61,10 @@ const (
 //   - 8BITMIME: BODY=8BITMIME for an 8-bit body. A server without 8BITMIME
 //     gets the message anyway, without BODY= (no downgrade: nearly every
 //     server passes 8-bit data through, as Postfix's smtp client does).
-//   - SMTPUTF8 (RFC 6531): SMTPUTF8 on MAIL for a message that asked for it;
-//     a server without it gets nothing: 553 5.6.7 for every recipient.
+//   - SMTPUTF8 (RFC 6531): SMTPUTF8 on MAIL for a message that asked for it.
+//     A server without it gets the message without the parameter when
+//     nothing in it needs UTF-8 (needsUTF8: all-ASCII addresses and
+//     header), else nothing: 553 5.6.7 for every recipient, saying why.
 //   - DSN (RFC 3461): RET= and ENVID= on MAIL, NOTIFY= and ORCPT= on RCPT
 //     (ORCPT: the client's, else the address the client gave before
 //     rewriting, as Postfix does). Without DSN, none of them.
@@ -86,12 +88,9 @@ type SMTPHop struct {
 
 	TLSPolicy string      // TLSNone, TLSOpportunistic ("" too) or TLSRequire
 	TLSConfig *tls.Config // RootCAs, ServerName (default: Addr's host), client certificate...
-	// TLSFallbackPlain: with opportunistic TLS, a failed handshake is
-	// retried at once on a new connection without STARTTLS.
-	TLSFallbackPlain bool
-	XClient          bool // send XCLIENT with the message's client (Postfix smtpd_authorized_xclient_hosts)
-	XForward         bool // send XFORWARD per transaction (Postfix smtpd_authorized_xforward_hosts)
-	LMTP             bool // speak LMTP (LHLO, a reply per recipient after DATA)
+	XClient   bool        // send XCLIENT with the message's client (Postfix smtpd_authorized_xclient_hosts)
+	XForward  bool        // send XFORWARD per transaction (Postfix smtpd_authorized_xforward_hosts)
+	LMTP      bool        // speak LMTP (LHLO, a reply per recipient after DATA)
 	// LineLimit: lines longer than this are broken (CRLF SPACE inserted) on
 	// the way out, as Postfix's smtp_line_length_limit (998); 0: as they are.
 	LineLimit int
@@ -173,7 +172,7 @@ type tlsRequired struct{ reply Reply }
 func (e *tlsRequired) Error() string { return e.reply.String() }
 
 // connect dials and greets a new connection: EHLO, STARTTLS per policy,
-// EHLO again. plain skips STARTTLS (TLSFallbackPlain).
+// EHLO again. plain skips STARTTLS (the opportunistic fallback).
 func (h *SMTPHop) connect(ctx context.Context, plain bool) (*smtpConn, error) {
 	policy, err := h.tlsPolicy()
 	if err != nil {
@@ -227,7 +226,10 @@ func (h *SMTPHop) connect(ctx context.Context, plain bool) (*smtpConn, error) {
 		return nil, &tlsRequired{Reply{451, "4.7.5", "Cannot start TLS with host " + h.String() + ": " + err.Error()}}
 	case refused: // opportunistic: the session goes on in plaintext
 		return c, nil
-	case errors.As(err, &hs) && h.TLSFallbackPlain && ctx.Err() == nil:
+	case errors.As(err, &hs) && ctx.Err() == nil:
+		// opportunistic: a failed handshake (a broken TLS stack, no common
+		// version) is retried at once in plaintext on a new connection,
+		// as Postfix's "may" level does; "require" never gets here
 		c.Close()
 		return h.connect(ctx, true)
 	}
@@ -496,7 +498,7 @@ func mailParams(c *smtpConn, env *envelope.Envelope) string {
 	if env.Body8Bit && c.has("8BITMIME") {
 		b.WriteString(" BODY=8BITMIME")
 	}
-	if env.SMTPUTF8 {
+	if env.SMTPUTF8 && c.has("SMTPUTF8") {
 		b.WriteString(" SMTPUTF8")
 	}
 	if c.has("DSN") {
@@ -554,6 +556,32 @@ func isASCIIPrintable(s string) bool {
 	return true
 }
 
+// needsUTF8 says what in a transaction needs SMTPUTF8 ("" nothing): a
+// non-ASCII envelope address, or a header field with UTF-8 in it.
+func needsUTF8(env *envelope.Envelope, from string, rcpts []string) string {
+	if !isASCII(from) {
+		return "the sender address is not ASCII"
+	}
+	for _, r := range rcpts {
+		if !isASCII(r) {
+			return "the recipient address is not ASCII" // not named: it may be a private forward
+		}
+	}
+	if env.UTF8Header {
+		return "the message header is not ASCII"
+	}
+	return ""
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
 func badAddr(a string) bool { return strings.ContainsAny(a, "\r\n<>") }
 
 // transaction runs MAIL, RCPT, DATA and the body on c. It returns a
@@ -567,7 +595,12 @@ func (h *SMTPHop) transaction(c *smtpConn, env *envelope.Envelope, from string, 
 	case badAddr(from):
 		return all(n, Reply{501, "5.1.7", "bad sender address syntax"}), nil
 	case env.SMTPUTF8 && !c.has("SMTPUTF8"):
-		return all(n, Reply{553, "5.6.7", "SMTPUTF8 is required, but was not offered by host " + h.String()}), nil
+		// RFC 6531 §3.4: the client's SMTPUTF8 is a request; the message
+		// needs it only if an address or a header carries UTF-8. Otherwise
+		// it goes without (as Postfix does), else it cannot go at all.
+		if why := needsUTF8(env, from, rcpts); why != "" {
+			return all(n, Reply{553, "5.6.7", "SMTPUTF8 is required (" + why + "), but was not offered by host " + h.String()}), nil
+		}
 	}
 	if lim := c.sizeLimit(); lim > 0 && env.Size > lim {
 		return all(n, Reply{552, "5.3.4", fmt.Sprintf("message size %d exceeds size limit %d of host %s", env.Size, lim, h)}), nil
