@@ -24,6 +24,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -329,6 +330,11 @@ dns:
 	// The relay survived, and serves again once the attack is over.
 	if err := sendFromAddr("127.0.9.1", addr, "alice@example.org", "sales@company.com", "Subject: after\r\n\r\nx\r\n"); err != nil {
 		t.Errorf("after the attack: %v", err)
+		_, fds := procStat(pid)
+		t.Logf("relay holds %d descriptors: %s", fds, fdKinds(pid))
+		m.cmd.Process.Signal(syscall.SIGQUIT) // goroutine dump into its log
+		time.Sleep(time.Second)
+		t.Logf("relay log tail:\n%s", tail(m.logTailAll(), 30000))
 	}
 	select {
 	case err := <-m.done:
@@ -431,6 +437,46 @@ func sendFromAddr(src, addr, from, to, msg string) error {
 	}
 	fmt.Fprintf(c, "QUIT\r\n")
 	return nil
+}
+
+// fdKinds summarises a process's descriptors: sockets by peer port and
+// state, files by directory.
+func fdKinds(pid int) string {
+	ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	inodes := map[string]string{} // socket inode -> "tcp to port N st=S"
+	for _, f := range []string{"tcp", "tcp6", "udp", "udp6"} {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", pid, f))
+		for _, l := range strings.Split(string(b), "\n")[1:] {
+			if x := strings.Fields(l); len(x) > 9 {
+				inodes[x[9]] = f + " to port " + x[2][strings.LastIndex(x[2], ":")+1:] + " st=" + x[3]
+			}
+		}
+	}
+	kinds := map[string]int{}
+	for _, e := range ents {
+		l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, e.Name()))
+		if err != nil {
+			continue
+		}
+		if ino, ok := strings.CutPrefix(l, "socket:["); ok {
+			kinds["socket "+inodes[strings.TrimSuffix(ino, "]")]]++
+			continue
+		}
+		kinds[filepath.Dir(l)]++
+	}
+	var out []string
+	for k, v := range kinds {
+		out = append(out, fmt.Sprintf("%d× %s", v, k))
+	}
+	sort.Strings(out)
+	return strings.Join(out, "; ")
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
 }
 
 func (p *mailfwdProc) logTailAll() string {

@@ -231,3 +231,47 @@ func TestFullListenerKnownSenderDisplacesStranger(t *testing.T) {
 		t.Errorf("the displaced stranger got %q, want 421", l)
 	}
 }
+
+// A connection closing by itself while a newcomer displaces it: neither
+// waits for the other (the displacement once took the slot with a
+// sync.Once under the listener's lock, while the closing connection, in
+// that Once, waited for the lock: every later client hung unanswered).
+func TestFullListenerDisplaceWhileClosing(t *testing.T) {
+	addr := quietRelayListen(t, ListenLimits{Hostname: "relay.test", MaxConns: 1})
+	closing := make(chan struct{}, 1)
+	testHookRelease = func() {
+		select {
+		case closing <- struct{}{}:
+		default:
+		}
+		time.Sleep(300 * time.Millisecond) // the newcomer arrives meanwhile
+	}
+	defer func() { testHookRelease = nil }()
+	dial := func() (string, error) {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			return "", err
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		return bufio.NewReader(c).ReadString('\n')
+	}
+	idle, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idle.SetReadDeadline(time.Now().Add(3 * time.Second))
+	bufio.NewReader(idle).ReadString('\n')
+	time.Sleep(1100 * time.Millisecond) // idle long enough to be displaced
+	idle.Close()
+	<-closing // its session is giving the slot back, slowly
+	if l, err := dial(); err != nil {
+		t.Fatalf("the newcomer got no answer (%v): the listener is stuck", err)
+	} else if !strings.HasPrefix(l, "220") && !strings.HasPrefix(l, "421") {
+		t.Fatalf("the newcomer got %q", l)
+	}
+	time.Sleep(400 * time.Millisecond)
+	if l, err := dial(); err != nil || !strings.HasPrefix(l, "220") {
+		t.Fatalf("after the slot was given back: %q, %v", l, err)
+	}
+}

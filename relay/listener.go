@@ -168,6 +168,7 @@ func (l *limitListener) admitConn(c net.Conn) {
 		return
 	}
 	tc := &trackedConn{Conn: c, key: key}
+	tc.slotHeld.Store(true)
 	tc.idleSince.Store(time.Now().UnixNano())
 	tc.known.Store(l.senders.count(key) > 0)
 	tc.delivered = func() {
@@ -213,7 +214,9 @@ const strangerIdle = time.Second
 // client that passed before is let in), while one that moves mail keeps
 // its slot. Called with l.mu held; the victim's slot is taken from it at
 // once (its later release is a no-op), so that no concurrent newcomer can
-// take it first.
+// take it first. The slot changes hands through slotHeld, not a lock or a
+// sync.Once: a connection closing by itself meanwhile may be waiting for
+// l.mu in its release (with a Once, that was a deadlock).
 func (l *limitListener) idleVictim(known bool) *trackedConn {
 	var oldest *trackedConn
 	var since int64
@@ -230,11 +233,12 @@ func (l *limitListener) idleVictim(known bool) *trackedConn {
 			oldest, since = c, s
 		}
 	}
-	if oldest == nil {
+	if oldest == nil || !oldest.slotHeld.CompareAndSwap(true, false) {
+		// none, or it is closing right now: its release, waiting for
+		// l.mu, gives its slot back
 		return nil
 	}
-	delete(l.live, oldest)
-	oldest.once.Do(func() {}) // its release will not run
+	delete(l.live, oldest) // its release will not run
 	l.total--
 	if l.perIP[oldest.key]--; l.perIP[oldest.key] <= 0 {
 		delete(l.perIP, oldest.key)
@@ -286,7 +290,9 @@ func (l *limitListener) leave(key string) {
 // our handlers; we do not).
 type trackedConn struct {
 	net.Conn
-	once       sync.Once
+	// slotHeld: its connection slot is still counted; whoever clears it
+	// (Close, or a newcomer displacing it) gives the slot back, once.
+	slotHeld   atomic.Bool
 	release    func()
 	closeAfter atomic.Bool
 	// ended: the client's side of the stream ended (EOF or a read error).
@@ -338,7 +344,16 @@ func (c *trackedConn) Write(b []byte) (int, error) {
 	return n, err
 }
 
+// testHookRelease, if set, runs as a closing connection is about to give
+// its slot back (tests: widen the window of a concurrent displacement).
+var testHookRelease func()
+
 func (c *trackedConn) Close() error {
-	c.once.Do(c.release)
+	if c.slotHeld.CompareAndSwap(true, false) {
+		if testHookRelease != nil {
+			testHookRelease()
+		}
+		c.release()
+	}
 	return c.Conn.Close()
 }
