@@ -19,106 +19,126 @@ var ErrNoMessage = errors.New("no such message in the queue")
 // delivered is changed by that attempt's own bookkeeping when it ends, so
 // the two never write the envelope over each other.
 
+// lookup finds a message's record (the recovered messages are indexed
+// first, if Run has not done it yet).
+func (q *Scheduler) lookup(id string) (*entry, error) {
+	q.init()
+	q.indexOnce.Do(q.index)
+	q.mu.Lock()
+	e := q.entries[id]
+	q.mu.Unlock()
+	if e == nil {
+		return nil, fmt.Errorf("%w: %s", ErrNoMessage, id)
+	}
+	return e, nil
+}
+
 // Hold stops delivery of a message until Release.
 func (q *Scheduler) Hold(id string) error {
-	q.init()
-	q.load()
-	if _, err := q.Spool.Load(id); err != nil {
-		return fmt.Errorf("%w: %s", ErrNoMessage, id)
+	e, err := q.lookup(id)
+	if err != nil {
+		return err
 	}
 	q.mu.Lock()
-	q.held[id] = true
-	busy := q.inflight[id]
-	q.removeFromHeap(id)
-	q.mu.Unlock()
-	if busy {
-		return nil // finish persists it
+	switch e.state {
+	case active:
+		e.holdReq = true // its attempt records it when it ends
+		q.mu.Unlock()
+		return nil
+	case held:
+		q.mu.Unlock()
+		return nil
 	}
-	return q.updateFile(id, func(e *envelope.Envelope) { e.Held = true })
+	if e.idx >= 0 {
+		heap.Remove(&q.heaps[e.class], e.idx)
+	}
+	q.holdLocked(e)
+	q.mu.Unlock()
+	return q.updateFile(id, func(env *envelope.Envelope) { env.Held = true })
 }
 
 // Release resumes delivery of a held message, at once.
 func (q *Scheduler) Release(id string) error {
-	q.init()
-	q.load()
-	env, err := q.Spool.Load(id)
+	e, err := q.lookup(id)
 	if err != nil {
-		return fmt.Errorf("%w: %s", ErrNoMessage, id)
-	}
-	q.mu.Lock()
-	delete(q.held, id)
-	busy := q.inflight[id]
-	q.mu.Unlock()
-	if busy {
-		return nil
-	}
-	env.Held = false
-	env.NextAttempt = q.now()
-	if err := q.Spool.Update(env); err != nil {
 		return err
 	}
-	q.schedule(env, q.now())
+	q.mu.Lock()
+	if e.state != held {
+		e.holdReq = false
+		q.mu.Unlock()
+		return nil
+	}
+	q.mu.Unlock()
+	var c class
+	if err := q.updateFile(id, func(env *envelope.Envelope) {
+		env.Held, env.NextAttempt = false, q.now()
+		c = q.classOf(env)
+	}); err != nil {
+		return err
+	}
+	q.mu.Lock()
+	if e.state == held {
+		e.class, e.state, e.flushed, e.due = c, waiting, true, q.now()
+		heap.Push(&q.heaps[c], e)
+		q.kickLocked()
+	}
+	q.mu.Unlock()
 	return nil
 }
 
 // Delete removes a message without delivering or bouncing it.
 func (q *Scheduler) Delete(id string) error {
-	q.init()
-	q.load()
-	if _, err := q.Spool.Load(id); err != nil {
-		return fmt.Errorf("%w: %s", ErrNoMessage, id)
+	e, err := q.lookup(id)
+	if err != nil {
+		return err
 	}
 	q.mu.Lock()
-	busy := q.inflight[id]
-	// A tombstone even when idle: the message may be on its way to a
-	// worker, whose attempt must then not write it back.
-	q.deleted[id] = true
-	q.removeFromHeap(id)
-	q.mu.Unlock()
-	if busy {
-		return nil // finish removes it
+	if e.state == active {
+		e.deleted = true // its attempt removes it when it ends
+		q.mu.Unlock()
+		return nil
 	}
+	q.dropLocked(e)
+	q.mu.Unlock()
 	q.Log.Info("deleted by the administrator", "queue_id", id)
 	return q.Spool.Remove(id)
 }
 
-// Flush makes deferred messages (or one, given its ID) due now.
+// Flush makes deferred messages (or one, given its ID) due now, whatever
+// their recipients' next attempts. Dead destinations of flushed mail get
+// their probe at once: one transaction, not the whole backlog at a
+// destination that may still be down.
 func (q *Scheduler) Flush(id string) error {
+	if id != "" {
+		if _, err := q.lookup(id); err != nil {
+			return err
+		}
+	}
 	q.init()
-	q.load()
+	q.indexOnce.Do(q.index)
 	q.mu.Lock()
-	found := id == ""
+	defer q.mu.Unlock()
 	now := q.now()
-	for i := range q.pending {
-		if id == "" || q.pending[i].env.ID == id {
-			q.pending[i].at = now
-			found = true
+	for _, e := range q.entries {
+		if id != "" && e.id != id {
+			continue
+		}
+		switch e.state {
+		case active:
+			e.flushed = true // its attempt makes it due again at once
+		case waiting:
+			if d := e.parkedOn; d != nil && d.dead {
+				d.deadUntil = now
+				q.wakeAtLocked(d, now)
+				continue
+			}
+			e.flushed, e.due = true, now
+			heap.Fix(&q.heaps[e.class], e.idx)
 		}
 	}
-	heap.Init(&q.pending)
-	for busy := range q.inflight {
-		if id == "" || busy == id {
-			q.flushed[busy] = true
-			found = true
-		}
-	}
-	q.mu.Unlock()
-	if !found {
-		return fmt.Errorf("%w (or held): %s", ErrNoMessage, id)
-	}
-	q.Kick()
+	q.kickLocked()
 	return nil
-}
-
-// removeFromHeap drops a scheduled message (q.mu held).
-func (q *Scheduler) removeFromHeap(id string) {
-	for i := range q.pending {
-		if q.pending[i].env.ID == id {
-			heap.Remove(&q.pending, i)
-			delete(q.queued, id)
-			return
-		}
-	}
 }
 
 func (q *Scheduler) updateFile(id string, f func(*envelope.Envelope)) error {

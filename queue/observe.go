@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sort"
 	"time"
 )
 
@@ -14,12 +15,75 @@ func (q *Scheduler) Stats() (messages int, oldest time.Time) {
 	q.init()
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	for _, t := range q.queued {
-		if oldest.IsZero() || t.Before(oldest) {
-			oldest = t
+	var first int64
+	for _, e := range q.entries {
+		if e.state == held {
+			continue
+		}
+		messages++
+		if e.received > 0 && (first == 0 || e.received < first) {
+			first = e.received
 		}
 	}
-	return len(q.queued), oldest
+	if first > 0 {
+		oldest = time.Unix(0, first)
+	}
+	return messages, oldest
+}
+
+// DestinationState is what `mailfwd queue destinations` shows of one
+// destination, like Postfix's qshape and qmgr's view of it.
+type DestinationState struct {
+	Destination string    `json:"destination"`
+	External    bool      `json:"external,omitempty"`
+	State       string    `json:"state"` // alive, dead, probing, paused
+	Until       time.Time `json:"until,omitzero"`
+	Concurrency float64   `json:"concurrency"`
+	Max         int       `json:"max"`
+	Active      int       `json:"active"`
+	Queued      int       `json:"queued"`  // jobs waiting for a connection
+	Parked      int       `json:"parked"`  // messages waiting for it to come back
+	Backlog     int       `json:"backlog"` // messages whose mail went to it last
+	Sent        int64     `json:"sent"`
+	Deferred    int64     `json:"deferred"`
+	LastError   string    `json:"last_error,omitempty"`
+}
+
+// Destinations is the state of every destination the scheduler knows,
+// the busiest first.
+func (q *Scheduler) Destinations() []DestinationState {
+	q.init()
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	now := q.now()
+	backlog := map[*dest]int{}
+	for _, e := range q.entries {
+		if e.dest != nil && e.state != held {
+			backlog[e.dest]++
+		}
+	}
+	out := make([]DestinationState, 0, len(q.dests))
+	for _, d := range q.dests {
+		st := DestinationState{Destination: d.key, External: d.external, State: "alive", Concurrency: d.window, Max: d.max,
+			Active: d.active, Queued: len(d.queue), Parked: max(d.parkedCount, 0), Backlog: backlog[d],
+			Sent: d.sent, Deferred: d.deferred, LastError: d.lastError}
+		switch {
+		case d.dead:
+			st.State, st.Until = "dead", d.deadUntil
+		case d.probing:
+			st.State = "probing"
+		case d.pausedUntil.After(now):
+			st.State, st.Until = "paused", d.pausedUntil
+		}
+		out = append(out, st)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Backlog != out[j].Backlog {
+			return out[i].Backlog > out[j].Backlog
+		}
+		return out[i].Destination < out[j].Destination
+	})
+	return out
 }
 
 // schedulerStuck is how long Health waits for the scheduler's lock: every

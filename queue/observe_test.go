@@ -153,8 +153,8 @@ func TestSpoolCheckWritable(t *testing.T) {
 	if err := s.CheckWritable(); err != nil {
 		t.Fatal(err)
 	}
-	if ents, _ := os.ReadDir(s.Dir()); len(ents) != 0 {
-		t.Fatalf("check left files behind: %v", ents)
+	if files := spoolFiles(t, s); len(files) != 0 {
+		t.Fatalf("check left files behind: %v", files)
 	}
 	if os.Geteuid() == 0 {
 		// root writes through permissions: make the spool a dangling path instead.

@@ -3,11 +3,13 @@ package queue
 import (
 	"container/heap"
 	"context"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"io"
 	"log/slog"
-	"math/rand/v2"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,6 +18,30 @@ import (
 	"mailfwd/queue/envelope"
 	"mailfwd/queue/nexthop"
 )
+
+// The queue manager, in the spirit of Postfix's qmgr(8):
+//
+//   - Every queued message has a small record (entry) in memory: its ID,
+//     when it is due, and its state. Its envelope is read from the spool
+//     only when it is due, into an active set with a limit per class
+//     (ActiveLimit), so memory does not grow with the backlog, and a
+//     restart indexes the spool from its directory entries alone.
+//   - A due message is split into jobs: its due recipients grouped by
+//     destination, envelope sender and header (at most RecipientLimit in
+//     one). Each destination has its own queue of jobs and its own
+//     concurrency window (destination.go); a worker only ever takes a job
+//     from a destination that may start one now, so no destination holds a
+//     worker it cannot use, and our own next hops (Postfix) and the
+//     Internet have separate workers and active sets: no amount of slow
+//     Internet traffic delays local delivery.
+//   - A destination that keeps failing is marked dead: its mail waits
+//     (parked) without connection attempts, log lines or disk writes, and
+//     one probe goes out when the dead time is over; when it succeeds the
+//     parked mail is due at once.
+//   - Each recipient has its own next attempt, after the backoff of its
+//     class (Retry towards our next hops, ExternalRetry towards the
+//     Internet), so a message's local recipients never wait on the
+//     Internet's backoff.
 
 // DSNSigner signs one DSN as it is written (auth.SignStream is one).
 type DSNSigner interface {
@@ -64,6 +90,15 @@ const (
 	DefaultDelayWarning = 4 * time.Hour
 )
 
+// DestinationLimit overrides the concurrency and pacing of one
+// destination (zero fields: the defaults).
+type DestinationLimit struct {
+	Concurrency int
+	// RateDelay is the least time between the starts of two transactions
+	// to it (Postfix's default_destination_rate_delay).
+	RateDelay time.Duration
+}
+
 // Scheduler is the queue manager: it delivers committed messages now and
 // deferred ones when due, records each recipient's outcome, and bounces
 // (DSN) what fails or expires.
@@ -77,7 +112,8 @@ type Scheduler struct {
 	// Local reports whether a domain is ours; it routes our own DSNs.
 	Local func(domain string) bool
 	// Retry is the backoff towards our own next hops, ExternalRetry towards
-	// the Internet (zero: 5 min doubling to 4 h).
+	// the Internet (zero: 5 min doubling to 4 h). A dead destination stays
+	// dead for the same backoff, per failed probe.
 	Retry         Retry
 	ExternalRetry Retry
 	// Lifetime: pending recipients of an older message fail (DSN).
@@ -85,10 +121,26 @@ type Scheduler struct {
 	// DelayWarning: a delay DSN is sent once for recipients still pending
 	// after this long (0: DefaultDelayWarning; negative: never).
 	DelayWarning time.Duration
-	Workers      int
-	// DestinationConcurrency bounds parallel transactions per destination.
+	// Workers deliver to our own next hops, ExternalWorkers to the
+	// Internet (defaults 16 and 64).
+	Workers         int
+	ExternalWorkers int
+	// DestinationConcurrency is the most parallel transactions to one
+	// destination (20); InitialConcurrency where its window starts (5):
+	// it grows with each success and shrinks with failures and slow-down
+	// replies (destination.go).
 	DestinationConcurrency int
-	Log                    *slog.Logger
+	InitialConcurrency     int
+	// Limits, if set, overrides concurrency and pacing per destination.
+	Limits func(nexthop.Destination) DestinationLimit
+	// RecipientLimit is the most recipients in one transaction (100).
+	RecipientLimit int
+	// ActiveLimit is the most messages of a class (local, external) with
+	// their envelope in memory at once (5000); the rest wait as records.
+	ActiveLimit int
+	// DeadAfter consecutive failed connections mark a destination dead (3).
+	DeadAfter int
+	Log       *slog.Logger
 	// Hostname names us in DSNs.
 	Hostname string
 	// SignDSN, if set, returns a writer that sees each DSN we generate and
@@ -106,65 +158,119 @@ type Scheduler struct {
 	// failure or delay). It must not block.
 	Observe func(event, result string)
 
-	running atomic.Bool // Run is delivering (Health)
+	running   atomic.Bool // Run is delivering (Health)
+	initOnce  sync.Once
+	indexOnce sync.Once // the recovered messages have records
+
 	mu      sync.Mutex
-	pending timeHeap
-	queued  map[string]time.Time // in the heap or being delivered: arrival time (Stats)
+	entries map[string]*entry
+	peak    int // most entries since the map was last rebuilt
+	heaps   [3]entryHeap
+	active  [3]int
+	dests   map[string]*dest
+	timers  destTimers
+	ready   [2]readyList
+	cond    [2]*sync.Cond
+	stopped bool
 	wake    chan struct{}
-	work    chan *envelope.Envelope
-	slots   map[string]chan struct{} // per-destination concurrency
-	// Administrator's operations (control.go).
-	held     map[string]bool
-	deleted  map[string]bool
-	inflight map[string]bool
-	flushed  map[string]bool // flushed while in flight: retry at once
-	loadOnce sync.Once
+	loads   chan *entry
+}
+
+// class is which workers and which active set a message uses.
+type class int8
+
+const (
+	classLocal    class = iota // some recipient goes to one of our next hops
+	classExternal              // all go to the Internet
+	classUnknown               // recovered, envelope not read yet
+)
+
+type entryState int8
+
+const (
+	waiting entryState = iota // in its class heap, due at due
+	active                    // envelope read, being planned or delivered
+	held                      // mailfwd queue hold: neither
+)
+
+// entry is the scheduler's record of one queued message: all of its state
+// is here (and, while active, in its envelope).
+type entry struct {
+	id       string
+	received int64 // unix nanoseconds (Stats)
+	due      time.Time
+	idx      int // in heaps[class]; -1 when in none
+	class    class
+	state    entryState
+	statted  bool // its due time is known (recovered: read from the spool)
+	env      *envelope.Envelope
+	jobs     int  // outstanding jobs of the current attempt
+	flushed  bool // due now, whatever its recipients' next attempts
+	deleted  bool // mailfwd queue delete during an attempt
+	holdReq  bool // mailfwd queue hold during an attempt
+	parkedOn *dest
+	dest     *dest // where its mail went last (Destinations)
 }
 
 func (q *Scheduler) init() {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if q.queued != nil {
-		return
-	}
-	if q.Workers <= 0 {
-		q.Workers = 16
-	}
-	if q.Retry.Min <= 0 {
-		q.Retry.Min = 10 * time.Second
-	}
-	if q.Retry.Max < q.Retry.Min {
-		q.Retry.Max = 5 * time.Minute
-	}
-	if q.ExternalRetry.Min <= 0 {
-		q.ExternalRetry.Min = 5 * time.Minute
-	}
-	if q.ExternalRetry.Max < q.ExternalRetry.Min {
-		q.ExternalRetry.Max = 4 * time.Hour
-	}
-	if q.Lifetime <= 0 {
-		q.Lifetime = DefaultLifetime
-	}
-	if q.DelayWarning == 0 {
-		q.DelayWarning = DefaultDelayWarning
-	}
-	if q.DestinationConcurrency <= 0 {
-		q.DestinationConcurrency = 20
-	}
-	if q.Log == nil {
-		q.Log = slog.Default()
-	}
-	if q.Clock == nil {
-		q.Clock = realClock{}
-	}
-	if q.Router == nil {
-		q.Router = hopRouter{local: q.Hop, external: q.ExternalHop}
-	}
-	q.queued = map[string]time.Time{}
-	q.wake = make(chan struct{}, 1)
-	q.work = make(chan *envelope.Envelope, q.Workers)
-	q.slots = map[string]chan struct{}{}
-	q.held, q.deleted, q.inflight, q.flushed = map[string]bool{}, map[string]bool{}, map[string]bool{}, map[string]bool{}
+	q.initOnce.Do(func() {
+		if q.Workers <= 0 {
+			q.Workers = 16
+		}
+		if q.ExternalWorkers <= 0 {
+			q.ExternalWorkers = 64
+		}
+		if q.Retry.Min <= 0 {
+			q.Retry.Min = 10 * time.Second
+		}
+		if q.Retry.Max < q.Retry.Min {
+			q.Retry.Max = 5 * time.Minute
+		}
+		if q.ExternalRetry.Min <= 0 {
+			q.ExternalRetry.Min = 5 * time.Minute
+		}
+		if q.ExternalRetry.Max < q.ExternalRetry.Min {
+			q.ExternalRetry.Max = 4 * time.Hour
+		}
+		if q.Lifetime <= 0 {
+			q.Lifetime = DefaultLifetime
+		}
+		if q.DelayWarning == 0 {
+			q.DelayWarning = DefaultDelayWarning
+		}
+		if q.DestinationConcurrency <= 0 {
+			q.DestinationConcurrency = 20
+		}
+		if q.InitialConcurrency <= 0 {
+			q.InitialConcurrency = 5
+		}
+		q.InitialConcurrency = min(q.InitialConcurrency, q.DestinationConcurrency)
+		if q.RecipientLimit <= 0 {
+			q.RecipientLimit = 100
+		}
+		if q.ActiveLimit <= 0 {
+			q.ActiveLimit = 5000
+		}
+		if q.DeadAfter <= 0 {
+			q.DeadAfter = 3
+		}
+		if q.Log == nil {
+			q.Log = slog.Default()
+		}
+		if q.Clock == nil {
+			q.Clock = realClock{}
+		}
+		if q.Router == nil {
+			q.Router = hopRouter{local: q.Hop, external: q.ExternalHop}
+		}
+		q.entries = map[string]*entry{}
+		q.dests = map[string]*dest{}
+		q.wake = make(chan struct{}, 1)
+		q.loads = make(chan *entry, 256)
+		for c := range q.cond {
+			q.cond[c] = sync.NewCond(&q.mu)
+		}
+	})
 }
 
 // hopRouter sends our domains' mail to one hop and external forwards to
@@ -173,7 +279,7 @@ type hopRouter struct{ local, external nexthop.Hop }
 
 func (r hopRouter) Route(rc *envelope.Recipient) nexthop.Destination {
 	if rc.External && r.external != nil {
-		return nexthop.Destination{Key: r.external.String(), Hop: r.external}
+		return nexthop.Destination{Key: r.external.String(), Hop: r.external, External: true}
 	}
 	return nexthop.Destination{Key: r.local.String(), Hop: r.local}
 }
@@ -183,8 +289,37 @@ func (q *Scheduler) now() time.Time { return q.Clock.Now() }
 // Submit schedules a just-committed message for immediate delivery.
 func (q *Scheduler) Submit(env *envelope.Envelope) {
 	q.init()
-	q.load()
-	q.schedule(env, q.now())
+	q.mu.Lock()
+	if _, ok := q.entries[env.ID]; ok {
+		q.mu.Unlock()
+		return
+	}
+	c := q.classOf(env)
+	e := &entry{id: env.ID, received: env.Received.UnixNano(), due: q.now(), idx: -1, class: c, statted: true}
+	if q.active[c] < q.ActiveLimit {
+		e.env = env // its first attempt needs no read
+	}
+	q.addLocked(e)
+	q.mu.Unlock()
+	q.Kick()
+}
+
+// addLocked records a new entry and puts it in its heap.
+func (q *Scheduler) addLocked(e *entry) {
+	q.entries[e.id] = e
+	q.peak = max(q.peak, len(q.entries))
+	heap.Push(&q.heaps[e.class], e)
+}
+
+// classOf is a message's class: local if any pending recipient goes to
+// one of our own next hops.
+func (q *Scheduler) classOf(env *envelope.Envelope) class {
+	for _, r := range env.Pending() {
+		if !q.Router.Route(r).External {
+			return classLocal
+		}
+	}
+	return classExternal
 }
 
 // Kick makes the scheduler look at its timers again (after a fake clock
@@ -197,105 +332,141 @@ func (q *Scheduler) Kick() {
 	}
 }
 
-func (q *Scheduler) schedule(env *envelope.Envelope, at time.Time) {
-	q.mu.Lock()
-	if _, ok := q.queued[env.ID]; ok {
-		q.mu.Unlock()
-		return
-	}
-	q.queued[env.ID] = env.Received
-	heap.Push(&q.pending, timedEnv{at, env})
-	q.mu.Unlock()
-	q.Kick()
-}
-
 // Run delivers until ctx ends, starting with what the spool held when it
 // was opened.
 func (q *Scheduler) Run(ctx context.Context) error {
 	q.init()
-	q.load()
+	q.indexOnce.Do(q.index)
 	q.running.Store(true)
 	defer q.running.Store(false)
 	var wg sync.WaitGroup
-	for range q.Workers {
+	for range 4 { // envelope readers: disk I/O off the dispatcher
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for {
 				select {
-				case env := <-q.work:
-					q.attempt(ctx, env)
+				case e := <-q.loads:
+					q.start(ctx, e)
 				case <-ctx.Done():
 					return
 				}
 			}
 		}()
 	}
+	for c, n := range map[class]int{classLocal: q.Workers, classExternal: q.ExternalWorkers} {
+		for range n {
+			wg.Add(1)
+			go func() { defer wg.Done(); q.work(ctx, c) }()
+		}
+	}
+	go func() {
+		<-ctx.Done()
+		q.mu.Lock()
+		q.stopped = true
+		for _, c := range q.cond {
+			c.Broadcast()
+		}
+		q.mu.Unlock()
+	}()
 	q.dispatch(ctx)
 	wg.Wait()
 	return nil
 }
 
-// load schedules the messages the spool held when it was opened, once,
-// before anything else touches the queue. They are spread over the first
-// seconds (jitter), so a restart after an outage does not hit the next hop
-// all at once.
-func (q *Scheduler) load() {
-	q.loadOnce.Do(q.loadRecovered)
-}
-
-func (q *Scheduler) loadRecovered() {
-	envs := q.Spool.TakeRecovered()
-	now := q.now()
-	spread := time.Duration(len(envs)) * time.Millisecond
-	if spread > 5*time.Second {
-		spread = 5 * time.Second
-	}
-	for _, env := range envs {
-		if env.Held {
-			q.mu.Lock()
-			q.held[env.ID] = true
-			q.mu.Unlock()
+// index gives every message the spool held when it was opened a record,
+// once. It reads no envelope: each one's class is learnt when it is first
+// due, and its due time from its envelope file's modification time.
+func (q *Scheduler) index() {
+	recovered := q.Spool.TakeRecovered()
+	q.mu.Lock()
+	for _, r := range recovered {
+		if _, ok := q.entries[r.ID]; ok {
 			continue
 		}
-		at := env.NextAttempt
-		if at.Before(now) {
-			at = now
-		}
-		if spread > 0 {
-			at = at.Add(time.Duration(rand.Int64N(int64(spread))))
-		}
-		q.schedule(env, at)
+		q.addLocked(&entry{id: r.ID, received: idTime(r.ID), idx: -1, class: classUnknown, statted: !r.Updated, due: time.Time{}})
 	}
-	if len(envs) > 0 {
-		q.Log.Info("spool loaded", "messages", len(envs))
+	q.mu.Unlock()
+	if len(recovered) > 0 {
+		q.Log.Info("spool indexed", "messages", len(recovered))
 	}
 }
 
-// dispatch moves due messages to the workers.
+// idTime is the arrival time a queue ID from NewID encodes (unix
+// nanoseconds; 0 for other IDs).
+func idTime(id string) int64 {
+	if len(id) < 13 {
+		return 0
+	}
+	us, err := strconv.ParseInt(id[:13], 16, 64)
+	if err != nil {
+		return 0
+	}
+	return us * 1e3
+}
+
+// limit is how many messages of class c may be active.
+func (q *Scheduler) limit(c class) int {
+	if c == classUnknown {
+		return max(100, q.ActiveLimit/4)
+	}
+	return q.ActiveLimit
+}
+
+// dispatch moves due messages to the envelope readers, and wakes
+// destinations whose dead, paused or pacing time is over.
 func (q *Scheduler) dispatch(ctx context.Context) {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
+	lastTidy := time.Now()
 	for {
 		q.mu.Lock()
-		var next *envelope.Envelope
+		now := q.now()
+		q.fireTimersLocked(now)
+		var batch []*entry
 		wait := time.Hour
-		if len(q.pending) > 0 {
-			top := q.pending[0]
-			if d := top.at.Sub(q.now()); d <= 0 {
-				heap.Pop(&q.pending)
-				next = top.env
-			} else {
-				wait = d
+		for c := range q.heaps {
+			h := &q.heaps[c]
+			for h.Len() > 0 && len(batch) < 64 {
+				if q.active[c] >= q.limit(class(c)) {
+					break
+				}
+				top := (*h)[0]
+				if d := top.due.Sub(now); d > 0 {
+					wait = min(wait, d)
+					break
+				}
+				heap.Pop(h)
+				if !top.statted {
+					top.statted = true
+					if due := q.Spool.DueTime(top.id); due.After(now) {
+						top.due = due
+						heap.Push(h, top)
+						continue
+					}
+				}
+				top.state = active
+				q.unparkLocked(top)
+				q.active[c]++
+				batch = append(batch, top)
 			}
 		}
+		if len(q.timers) > 0 {
+			wait = min(wait, max(q.timers[0].at.Sub(now), 0))
+		}
+		if time.Since(lastTidy) > time.Minute {
+			q.tidyLocked(now)
+			lastTidy = time.Now()
+		}
 		q.mu.Unlock()
-		if next != nil {
+		for _, e := range batch {
 			select {
-			case q.work <- next:
+			case q.loads <- e:
 			case <-ctx.Done():
 				return
 			}
+		}
+		if len(batch) > 0 {
 			continue
 		}
 		timer.Reset(wait)
@@ -314,181 +485,193 @@ func (q *Scheduler) dispatch(ctx context.Context) {
 	}
 }
 
-// route is one transaction of an attempt: a destination and a sender.
-type route struct {
-	dest nexthop.Destination
-	from string
+// start reads a due message's envelope (unless it is in memory already)
+// and plans its attempt.
+func (q *Scheduler) start(ctx context.Context, e *entry) {
+	env := e.env
+	if env == nil {
+		var err error
+		env, err = q.Spool.LoadQueued(e.id)
+		switch {
+		case errors.Is(err, ErrGone) || errors.Is(err, os.ErrNotExist):
+			q.mu.Lock()
+			q.dropLocked(e)
+			q.mu.Unlock()
+			return
+		case err != nil:
+			q.Log.Error("cannot read queued message; will retry", "queue_id", e.id, "err", err)
+			q.mu.Lock()
+			q.requeueLocked(e, q.now().Add(q.Retry.Min))
+			q.mu.Unlock()
+			return
+		}
+		e.received = env.Received.UnixNano()
+	}
+	q.plan(ctx, e, env)
 }
 
-// attempt delivers one message's pending recipients and records the
-// outcome of each before the message is touched again.
-func (q *Scheduler) attempt(ctx context.Context, env *envelope.Envelope) {
-	log := q.Log.With("queue_id", env.ID)
-	done := func() {
-		q.mu.Lock()
-		delete(q.queued, env.ID)
-		delete(q.inflight, env.ID)
-		q.mu.Unlock()
-	}
+// job is one transaction of an attempt: recipients of one message for one
+// destination, sender and header.
+type job struct {
+	e       *entry
+	env     *envelope.Envelope
+	d       *dest
+	from    string
+	rewrite bool
+	rcpts   []*envelope.Recipient
+}
+
+// plan splits a message's due recipients into jobs on their destinations'
+// queues; a message with nothing to try now (its destinations dead, or its
+// recipients not due) waits again without a write.
+func (q *Scheduler) plan(ctx context.Context, e *entry, env *envelope.Envelope) {
+	now := q.now()
 	q.mu.Lock()
-	skip := q.held[env.ID] || q.deleted[env.ID]
-	delete(q.deleted, env.ID)
-	q.inflight[env.ID] = true
-	q.mu.Unlock()
-	if skip {
-		done()
+	switch {
+	case e.deleted:
+		q.mu.Unlock()
+		q.Log.Info("deleted by the administrator", "queue_id", e.id)
+		q.Spool.Remove(e.id)
+		q.mu.Lock()
+		q.dropLocked(e)
+		q.mu.Unlock()
+		return
+	case env.Held || e.holdReq:
+		q.mu.Unlock()
+		if !env.Held {
+			env.Held = true
+			if err := q.Spool.Update(env); err != nil {
+				q.Log.Error("cannot record hold", "queue_id", e.id, "err", err)
+			}
+		}
+		q.mu.Lock()
+		q.holdLocked(e)
+		q.mu.Unlock()
 		return
 	}
+	flushed := e.flushed
+	e.flushed = false
+	q.moveClassLocked(e, q.classOf(env))
+	if now.Sub(env.Received) >= q.Lifetime {
+		e.env = env
+		q.mu.Unlock()
+		q.finish(e) // expires what is pending
+		return
+	}
+	var jobs []*job
+	byKey := map[string]*job{}
+	var deadOn *dest
+	for _, r := range env.Pending() {
+		dd := q.Router.Route(r)
+		d := q.destLocked(dd)
+		if e.dest == nil {
+			e.dest = d
+		}
+		if !flushed && !r.NextAttempt.IsZero() && r.NextAttempt.After(now) {
+			continue
+		}
+		if d.blocked(now) {
+			if deadOn == nil {
+				deadOn = d
+			}
+			continue
+		}
+		k := fmt.Sprint(dd.Key, "\x00", r.Sender(env), "\x00", r.RewritesFrom(env))
+		j := byKey[k]
+		if j == nil || len(j.rcpts) >= q.RecipientLimit {
+			j = &job{e: e, env: env, d: d, from: r.Sender(env), rewrite: r.RewritesFrom(env)}
+			byKey[k] = j
+			jobs = append(jobs, j)
+		}
+		j.rcpts = append(j.rcpts, r)
+	}
+	if len(jobs) == 0 {
+		if deadOn != nil {
+			q.parkLocked(e, env, deadOn, now)
+		} else {
+			q.requeueLocked(e, q.nextDue(env, now))
+		}
+		q.mu.Unlock()
+		return
+	}
+	q.mu.Unlock()
 	// Persist when the attempt after this one is due before trying, so a
 	// crash in the middle of it cannot make a restart retry at once, again
-	// and again. The first attempt needs no write: Commit stored a next
-	// attempt time already.
+	// and again. The first attempt needs no write: a restart finds the
+	// message never updated, and tries it once more.
 	env.Attempts++
+	for _, j := range jobs {
+		for _, r := range j.rcpts {
+			r.NextAttempt = now.Add(q.retryOf(j.d).Delay(r.Attempts+1, env.ID))
+		}
+	}
+	env.NextAttempt = q.nextDue(env, now)
 	if env.Attempts > 1 {
-		env.NextAttempt = q.nextAttempt(env)
 		if err := q.Spool.Update(env); err != nil {
-			log.Error("cannot record attempt; will retry", "err", err)
-			done()
-			q.schedule(env, q.now().Add(q.Retry.Min))
+			q.Log.Error("cannot record attempt; will retry", "queue_id", e.id, "err", err)
+			q.mu.Lock()
+			q.requeueLocked(e, now.Add(q.Retry.Min))
+			q.mu.Unlock()
 			return
 		}
 	}
-	// One transaction per destination, envelope sender and header: an
-	// external forward leaves with its SRS sender (and maybe our From),
-	// local mail with the original.
-	var order []string
-	groups := map[string]*struct {
-		route
-		rewrite bool
-		rcpts   []*envelope.Recipient
-	}{}
+	q.mu.Lock()
+	e.env, e.jobs = env, len(jobs)
+	for _, j := range jobs {
+		j.d.queue = append(j.d.queue, j)
+		q.readyLocked(j.d, now)
+	}
+	q.mu.Unlock()
+}
+
+// retryOf is the backoff of a destination's class.
+func (q *Scheduler) retryOf(d *dest) Retry {
+	if d.external {
+		return q.ExternalRetry
+	}
+	return q.Retry
+}
+
+// nextDue is when a message is next due: its earliest pending recipient's
+// next attempt, not before a moment from now, never after its expiry.
+func (q *Scheduler) nextDue(env *envelope.Envelope, now time.Time) time.Time {
+	var at time.Time
 	for _, r := range env.Pending() {
-		d := q.Router.Route(r)
-		k := fmt.Sprint(d.Key, "\x00", r.Sender(env), "\x00", r.RewritesFrom(env))
-		g, ok := groups[k]
-		if !ok {
-			g = &struct {
-				route
-				rewrite bool
-				rcpts   []*envelope.Recipient
-			}{route: route{d, r.Sender(env)}, rewrite: r.RewritesFrom(env)}
-			groups[k] = g
-			order = append(order, k)
+		t := r.NextAttempt
+		if t.IsZero() {
+			t = now.Add(q.Retry.Min)
 		}
-		g.rcpts = append(g.rcpts, r)
-	}
-	for _, k := range order {
-		g := groups[k]
-		if !q.acquire(ctx, g.dest.Key) {
-			break // shutting down: the recipients stay pending
-		}
-		q.deliver(ctx, log, env, g.dest.Hop, g.from, g.rcpts, g.rewrite)
-		q.release(g.dest.Key)
-	}
-	q.finish(log, env, done)
-}
-
-func (q *Scheduler) acquire(ctx context.Context, key string) bool {
-	q.mu.Lock()
-	s, ok := q.slots[key]
-	if !ok {
-		s = make(chan struct{}, q.DestinationConcurrency)
-		q.slots[key] = s
-	}
-	q.mu.Unlock()
-	select {
-	case s <- struct{}{}:
-		return true
-	case <-ctx.Done():
-		return false
-	}
-}
-
-func (q *Scheduler) release(key string) {
-	q.mu.Lock()
-	s := q.slots[key]
-	q.mu.Unlock()
-	<-s
-}
-
-// nextAttempt is when a message that just failed is tried again: after the
-// backoff of the slowest class among its pending recipients, but never
-// after its expiry (so it expires on time).
-func (q *Scheduler) nextAttempt(env *envelope.Envelope) time.Time {
-	r := q.Retry
-	for _, rc := range env.Pending() {
-		if q.Router.Route(rc).External {
-			r = q.ExternalRetry
-			break
+		if at.IsZero() || t.Before(at) {
+			at = t
 		}
 	}
-	at := q.now().Add(r.Delay(env.Attempts, env.ID))
+	if at.IsZero() {
+		at = now.Add(q.Retry.Min)
+	}
 	if exp := env.Received.Add(q.Lifetime); at.After(exp) {
 		at = exp
 	}
 	return at
 }
 
-// deliver sends to the pending recipients and records each one's outcome
-// in env (in memory; finish persists it).
-func (q *Scheduler) deliver(ctx context.Context, log *slog.Logger, env *envelope.Envelope, hop nexthop.Hop, from string, rcpts []*envelope.Recipient, rewrite bool) {
-	addrs := make([]string, len(rcpts))
-	for i, r := range rcpts {
-		addrs[i] = r.Addr
-	}
-	start := time.Now()
-	external := false
-	for _, r := range rcpts {
-		external = external || r.External
-	}
-	replies, err := q.send(ctx, hop, env, from, addrs, external, rewrite)
-	delay := q.now().Sub(env.Received).Round(time.Millisecond)
-	for i, r := range rcpts {
-		var reply nexthop.Reply
-		if err != nil {
-			reply = nexthop.Reply{Code: 451, Enhanced: "4.4.1", Text: err.Error()}
-		} else {
-			reply = replies[i]
-		}
-		r.LastReply = reply.String()
-		r.Attempts++
-		status := "deferred"
-		switch {
-		case reply.OK():
-			r.Status, status = envelope.Sent, "sent"
-		case reply.Permanent():
-			r.Status, status = envelope.Failed, "bounced"
-		}
-		q.observe("delivery", status)
-		// One line per recipient and attempt, as Postfix's smtp(8) logs it,
-		// so that admins' greps and log tools keep working.
-		dsn := reply.Enhanced
-		if dsn == "" {
-			dsn = fmt.Sprintf("%d.0.0", reply.Code/100)
-		}
-		log.Info(fmt.Sprintf("to=<%s>, orig_to=<%s>, relay=%s, delay=%.2f, delays=%.2f, dsn=%s, status=%s (%s)",
-			r.Addr, r.OrigTo, hop.String(), delay.Seconds(), time.Since(start).Seconds(), dsn, status, oneLine(reply.String())),
-			"from", from, "status", status)
-	}
-}
-
-// finish expires and warns about old pending recipients, then removes a
-// message with none left pending (bouncing the failed ones first), or
-// persists its state and schedules the next attempt.
-func (q *Scheduler) finish(log *slog.Logger, env *envelope.Envelope, done func()) {
+// finish ends an attempt once all of its jobs are done: it expires and
+// warns about old pending recipients, bounces failed ones, then removes a
+// message with none left pending, or persists its state and makes it wait.
+func (q *Scheduler) finish(e *entry) {
+	env := e.env
+	log := q.Log.With("queue_id", e.id)
 	now := q.now()
 	q.mu.Lock()
-	held, deleted, flushed := q.held[env.ID], q.deleted[env.ID], q.flushed[env.ID]
-	delete(q.deleted, env.ID)
-	delete(q.flushed, env.ID)
+	deleted := e.deleted
 	q.mu.Unlock()
 	if deleted {
 		log.Info("deleted by the administrator")
-		q.Spool.Remove(env.ID)
-		done()
+		q.Spool.Remove(e.id)
+		q.mu.Lock()
+		q.dropLocked(e)
+		q.mu.Unlock()
 		return
 	}
-	env.Held = held
 	if age := now.Sub(env.Received); age >= q.Lifetime {
 		for _, r := range env.Pending() {
 			r.Status = envelope.Failed
@@ -514,173 +697,220 @@ func (q *Scheduler) finish(log *slog.Logger, env *envelope.Envelope, done func()
 		}
 		env.NextAttempt = now.Add(q.Retry.Min)
 		q.Spool.Update(env)
-		done()
-		q.schedule(env, env.NextAttempt)
+		q.mu.Lock()
+		q.requeueLocked(e, env.NextAttempt)
+		q.mu.Unlock()
 		return
 	}
 	if len(env.Pending()) == 0 {
-		if err := q.Spool.Remove(env.ID); err != nil {
+		if err := q.Spool.Remove(e.id); err != nil {
 			log.Error("removing delivered message", "err", err)
 		} else {
 			log.Info("removed")
 		}
-		done()
+		q.mu.Lock()
+		q.dropLocked(e)
+		q.mu.Unlock()
 		return
 	}
-	env.NextAttempt = q.nextAttempt(env)
+	q.mu.Lock()
+	flushed, hold := e.flushed, e.holdReq
+	q.mu.Unlock()
+	env.NextAttempt = q.nextDue(env, now)
 	if flushed {
 		env.NextAttempt = now
 	}
+	env.Held = env.Held || hold
 	if err := q.Spool.Update(env); err != nil {
 		log.Error("cannot record delivery outcome; will retry pending recipients", "err", err)
 	}
-	q.requeue(env, held)
-}
-
-// requeue ends an attempt and puts the message back on the timer heap in
-// one step, so that a queue operation never finds it in neither place.
-func (q *Scheduler) requeue(env *envelope.Envelope, held bool) {
 	q.mu.Lock()
-	if q.held[env.ID] && !env.Held {
-		// Held while this attempt was finishing: Hold left the writing to
-		// us (the message is still in flight), so record it now.
-		q.mu.Unlock()
-		env.Held = true
-		if err := q.Spool.Update(env); err != nil {
-			q.Log.Error("cannot record hold", "queue_id", env.ID, "err", err)
+	defer q.mu.Unlock()
+	if env.Held || e.holdReq {
+		if !env.Held { // held while we wrote: record it
+			env.Held = true
+			q.mu.Unlock()
+			q.Spool.Update(env)
+			q.mu.Lock()
 		}
-		q.mu.Lock()
-	}
-	delete(q.inflight, env.ID)
-	at := env.NextAttempt
-	if q.flushed[env.ID] { // flushed after finish looked
-		delete(q.flushed, env.ID)
-		at = q.now()
-	}
-	if held || q.held[env.ID] {
-		delete(q.queued, env.ID)
-		q.mu.Unlock()
+		q.holdLocked(e)
 		return
 	}
-	heap.Push(&q.pending, timedEnv{at, env}) // still marked queued
-	q.mu.Unlock()
-	q.Kick()
+	q.moveClassLocked(e, q.classOf(env))
+	if e.flushed {
+		e.flushed = false
+		q.requeueLocked(e, now)
+		return
+	}
+	// All that is pending waits for dead destinations: park it there.
+	var deadOn *dest
+	for _, r := range env.Pending() {
+		d := q.destLocked(q.Router.Route(r))
+		if !d.dead {
+			deadOn = nil
+			break
+		}
+		if deadOn == nil {
+			deadOn = d
+		}
+	}
+	if deadOn != nil {
+		q.parkLocked(e, env, deadOn, now)
+		return
+	}
+	q.requeueLocked(e, env.NextAttempt)
 }
 
-func (q *Scheduler) send(ctx context.Context, hop nexthop.Hop, env *envelope.Envelope, from string, rcpts []string, external, rewrite bool) ([]nexthop.Reply, error) {
-	f, err := q.Spool.OpenBody(env)
-	if err != nil {
-		return nil, fmt.Errorf("opening body: %w", err)
-	}
-	defer f.Close()
-	prefix := env.AuthHeader
-	if external {
-		prefix = env.ForwardHeader + prefix
-	}
-	body := &prefixedBody{prefix: prefix, f: f}
-	if rw := env.FromRewrite; rewrite && rw != nil && rw.Offset >= 0 && rw.Offset+rw.Length <= env.Size {
-		body.prefix = rw.ForwardHeader + env.AuthHeader
-		body.cut, body.with = rw, rw.Fields
-	}
-	sized := *env // SIZE= and size checks must count what we add
-	sized.Size += body.added()
-	body.Seek(0, io.SeekStart)
-	replies, err := hop.Send(ctx, &sized, from, rcpts, body)
-	if err == nil && len(replies) != len(rcpts) {
-		err = fmt.Errorf("next hop returned %d replies for %d recipients", len(replies), len(rcpts))
-	}
-	if err != nil {
-		return nil, fmt.Errorf("%s: %s", hop, strings.TrimSpace(err.Error()))
-	}
-	return replies, nil
+// requeueLocked ends an attempt (or a plan without one): the envelope
+// leaves memory and the message waits in its heap until at.
+func (q *Scheduler) requeueLocked(e *entry, at time.Time) {
+	q.deactivateLocked(e)
+	e.due = at
+	e.state = waiting
+	heap.Push(&q.heaps[e.class], e)
+	q.kickLocked()
 }
 
-// prefixedBody is the message as delivered: our headers, then the spooled
-// body file, in which a From field may be replaced (cut). It can be
-// rewound (MX delivery tries the next host).
-type prefixedBody struct {
-	prefix string
-	f      io.ReadSeeker
-	r      io.Reader
-	cut    *envelope.FromRewrite
-	with   string
+// parkLocked makes a message whose due mail all goes to dead destinations
+// wait on d: without a timer of its own, but for its expiry or delay
+// warning, until d comes back.
+func (q *Scheduler) parkLocked(e *entry, env *envelope.Envelope, d *dest, now time.Time) {
+	at := env.Received.Add(q.Lifetime)
+	if q.DelayWarning > 0 {
+		for _, r := range env.Pending() {
+			if !r.DelayNotified && r.Wants("DELAY") && env.From != "" {
+				if w := env.Received.Add(q.DelayWarning); w.Before(at) {
+					at = w
+				}
+				break
+			}
+		}
+	}
+	q.deactivateLocked(e)
+	e.parkedOn = d
+	d.parked = append(d.parked, e)
+	d.parkedCount++
+	e.due = maxTime(at, now.Add(time.Second))
+	e.state = waiting
+	heap.Push(&q.heaps[e.class], e)
 }
 
-// added is how many bytes the delivered message has beyond the file.
-func (p *prefixedBody) added() int64 {
-	n := int64(len(p.prefix))
-	if p.cut != nil {
-		n += int64(len(p.with)) - p.cut.Length
-	}
-	return n
+// holdLocked ends an attempt of a held message: it leaves the heaps.
+func (q *Scheduler) holdLocked(e *entry) {
+	q.deactivateLocked(e)
+	e.state = held
+	e.holdReq = false
 }
 
-func (p *prefixedBody) Read(b []byte) (int, error) { return p.r.Read(b) }
-
-func (p *prefixedBody) Seek(offset int64, whence int) (int64, error) {
-	if offset != 0 || whence != io.SeekStart {
-		return 0, fmt.Errorf("prefixedBody: only rewinding is supported")
+// deactivateLocked gives back the active slot of e, if it has one.
+func (q *Scheduler) deactivateLocked(e *entry) {
+	if e.state == active {
+		q.active[e.class]--
 	}
-	if _, err := p.f.Seek(0, io.SeekStart); err != nil {
-		return 0, err
-	}
-	if p.cut == nil {
-		p.r = io.MultiReader(strings.NewReader(p.prefix), p.f)
-		return 0, nil
-	}
-	// the file up to the From field, its replacement, the rest after it
-	p.r = io.MultiReader(strings.NewReader(p.prefix), io.LimitReader(p.f, p.cut.Offset),
-		strings.NewReader(p.with), &skipReader{r: p.f, skip: p.cut.Length})
-	return 0, nil
+	e.env = nil
+	e.jobs = 0
+	q.unparkLocked(e)
 }
 
-type timedEnv struct {
-	at  time.Time
-	env *envelope.Envelope
+// unparkLocked takes e off the destination it waits on (its entry in the
+// destination's list goes stale, and is skipped).
+func (q *Scheduler) unparkLocked(e *entry) {
+	if e.parkedOn != nil {
+		e.parkedOn.parkedCount--
+		e.parkedOn = nil
+	}
 }
 
-type timeHeap []timedEnv
+// moveClassLocked counts an active message under its class once known.
+func (q *Scheduler) moveClassLocked(e *entry, c class) {
+	if e.class == c {
+		return
+	}
+	if e.state == active {
+		q.active[e.class]--
+		q.active[c]++
+	}
+	e.class = c
+}
 
-func (h timeHeap) Len() int           { return len(h) }
-func (h timeHeap) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
-func (h timeHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *timeHeap) Push(x any)        { *h = append(*h, x.(timedEnv)) }
-func (h *timeHeap) Pop() any {
+// dropLocked forgets a message that left the spool.
+func (q *Scheduler) dropLocked(e *entry) {
+	q.deactivateLocked(e)
+	if e.idx >= 0 {
+		heap.Remove(&q.heaps[e.class], e.idx)
+	}
+	delete(q.entries, e.id)
+	e.state = held // no longer scheduled
+	q.shrinkLocked()
+}
+
+// shrinkLocked gives memory back after a backlog drained: Go maps never
+// shrink, so the map is rebuilt once it holds a quarter of its peak, and
+// the heaps' arrays are trimmed likewise.
+func (q *Scheduler) shrinkLocked() {
+	if q.peak < 1024 || len(q.entries) > q.peak/4 {
+		return
+	}
+	m := make(map[string]*entry, len(q.entries))
+	for k, v := range q.entries {
+		m[k] = v
+	}
+	q.entries, q.peak = m, len(m)
+	for c := range q.heaps {
+		if h := q.heaps[c]; cap(h) > 4*len(h)+64 {
+			q.heaps[c] = append(make(entryHeap, 0, len(h)*2), h...)
+		}
+	}
+}
+
+func (q *Scheduler) kickLocked() {
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// entryHeap orders waiting messages by due time.
+type entryHeap []*entry
+
+func (h entryHeap) Len() int           { return len(h) }
+func (h entryHeap) Less(i, j int) bool { return h[i].due.Before(h[j].due) }
+func (h entryHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].idx, h[j].idx = i, j
+}
+func (h *entryHeap) Push(x any) {
+	e := x.(*entry)
+	e.idx = len(*h)
+	*h = append(*h, e)
+}
+func (h *entryHeap) Pop() any {
 	old := *h
-	x := old[len(old)-1]
+	e := old[len(old)-1]
+	old[len(old)-1] = nil // the popped entry must not stay reachable from here
+	e.idx = -1
 	*h = old[:len(old)-1]
-	return x
+	return e
 }
 
 // idle reports whether nothing is being delivered and nothing is due now
 // (for tests that drive a fake clock).
 func (q *Scheduler) idle() bool {
+	q.init()
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if len(q.work) > 0 {
-		return false
-	}
-	busy := len(q.queued) - len(q.pending)
-	if busy > 0 {
-		return false
-	}
-	return len(q.pending) == 0 || q.pending[0].at.After(q.now())
-}
-
-// skipReader drops the first skip bytes of r.
-type skipReader struct {
-	r    io.Reader
-	skip int64
-}
-
-func (s *skipReader) Read(b []byte) (int, error) {
-	if s.skip > 0 {
-		if _, err := io.CopyN(io.Discard, s.r, s.skip); err != nil {
-			return 0, err
+	now := q.now()
+	for c := range q.heaps {
+		if q.active[c] > 0 || q.heaps[c].Len() > 0 && !q.heaps[c][0].due.After(now) {
+			return false
 		}
-		s.skip = 0
 	}
-	return s.r.Read(b)
+	for _, t := range q.timers {
+		if !t.at.After(now) {
+			return false
+		}
+	}
+	return len(q.loads) == 0
 }
 
 // oneLine folds a reply onto one log line.

@@ -35,8 +35,17 @@ var ErrSpoolFull = errors.New("spool cannot store the message")
 // One file per message, as Postfix has, because creating and deleting
 // inodes is much of a small message's cost. Envelope changes after the
 // commit (delivery state, next attempt) go to ID.env, which then takes
-// precedence over the one in the queue file. Spools of the earlier format
-// (ID.body + ID.env) are converted when opened.
+// precedence over the one in the queue file; its modification time is the
+// message's next attempt, so a restart learns when each message is due
+// from the directory alone (Postfix does the same with its deferred
+// queue files), without reading any envelope.
+//
+// Files are spread over 256 subdirectories named by the last two hex
+// digits of the ID (random ones: Postfix's hash_queue_depth idea), so that
+// no directory grows huge with a backlog: ext4 never shrinks a directory,
+// and listing, recovery and lookups stay fast at any backlog. Spools of
+// earlier layouts (one flat directory; ID.body + ID.env) are converted
+// when opened.
 const (
 	msgSuffix  = ".msg"
 	envSuffix  = ".env"
@@ -47,22 +56,33 @@ const (
 	footerLen    = len(footerPrefix) + 16 + 1 // prefix, %016x length, "\n"
 )
 
-// Spool is the on-disk queue directory. All files live in one directory so
-// that a rename and the directory fsync after it are all a commit needs.
+// Spool is the on-disk queue directory. A commit is a rename and one
+// filesystem sync (syncfs), whatever subdirectory the file is in.
 type Spool struct {
 	dir       string
 	log       *slog.Logger
 	syncer    *dirSyncer
 	corrupt   string
 	mu        sync.Mutex
-	recovered []*envelope.Envelope
+	recovered []Queued
 	unlock    func()
 }
 
-// OpenSpool creates dir if needed, recovers from a crash (see recover) and
-// starts its directory syncer. Recovery runs here, before the spool can
-// accept anything, because it deletes temp files: run later it would delete
-// the files of messages being received.
+// Queued is a message found in the spool when it was opened: its ID, and
+// whether it was ever updated (then its due time is its envelope file's
+// modification time; else it is due at once).
+type Queued struct {
+	ID      string
+	Updated bool
+}
+
+// OpenSpool creates dir if needed, cleans up after a crash and indexes
+// the queued messages (see recover), and starts its directory syncer.
+// Recovery runs here, before the spool can accept anything, because it
+// deletes temp files: run later it would delete the files of messages
+// being received. It reads directory entries only, so it takes a moment
+// even with a large backlog; each envelope is checked when the scheduler
+// first loads it (Spool.LoadQueued).
 func OpenSpool(dir string, log *slog.Logger) (*Spool, error) {
 	if log == nil {
 		log = slog.Default()
@@ -79,6 +99,12 @@ func OpenSpool(dir string, log *slog.Logger) (*Spool, error) {
 		return nil, fmt.Errorf("%w (%s): %v", ErrSpoolLocked, dir, err)
 	}
 	s.unlock = unlock
+	for i := range 256 {
+		if err := os.Mkdir(filepath.Join(msgDir, fmt.Sprintf("%02X", i)), 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+			unlock()
+			return nil, fmt.Errorf("spool: %w", err)
+		}
+	}
 	if s.syncer, err = newDirSyncer(msgDir); err != nil {
 		unlock()
 		return nil, fmt.Errorf("spool: %w", err)
@@ -90,21 +116,32 @@ func OpenSpool(dir string, log *slog.Logger) (*Spool, error) {
 	return s, nil
 }
 
-// ReadSpool gives read-only access (List, Load, OpenBody) to a spool that a
-// running daemon may be writing: files only ever appear by rename, so a
-// reader sees whole files.
+// ReadSpool gives read-only access (List, Walk, Load, OpenBody) to a spool
+// that a running daemon may be writing: files only ever appear by rename,
+// so a reader sees whole files.
 func ReadSpool(dir string) *Spool {
 	return &Spool{dir: filepath.Join(dir, "msg"), log: slog.Default()}
 }
 
 // TakeRecovered returns, once, the messages found in the spool when it was
-// opened: the scheduler's starting work.
-func (s *Spool) TakeRecovered() []*envelope.Envelope {
+// opened, oldest first: the scheduler's starting work.
+func (s *Spool) TakeRecovered() []Queued {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	r := s.recovered
 	s.recovered = nil
 	return r
+}
+
+// DueTime is when a message recovered with Updated is due: the
+// modification time of its envelope file (Update sets it to the next
+// attempt). Zero when it cannot be told: due at once.
+func (s *Spool) DueTime(id string) time.Time {
+	st, err := os.Stat(s.path(id, envSuffix))
+	if err != nil {
+		return time.Time{}
+	}
+	return st.ModTime()
 }
 
 // Close stops the directory syncer and releases the lock.
@@ -120,7 +157,7 @@ func (s *Spool) Close() error {
 	return err
 }
 
-// Dir is where message files live.
+// Dir is where message files live (in subdirectories).
 func (s *Spool) Dir() string { return s.dir }
 
 // NewID returns a queue ID: time-ordered hex, unique across restarts.
@@ -181,6 +218,9 @@ func (w *Writer) Commit(env *envelope.Envelope) error {
 	}
 	env.ID = w.id
 	env.Size = w.n
+	if env.Received.IsZero() {
+		env.Received = time.Now()
+	}
 	b, err := env.Marshal()
 	if err != nil {
 		w.Abort()
@@ -219,12 +259,37 @@ func (w *Writer) Abort() {
 	os.Remove(w.s.path(w.id, tmpSuffix))
 }
 
-func (s *Spool) path(id, suffix string) string { return filepath.Join(s.dir, id+suffix) }
+// hashDir is the subdirectory of a message: the last two characters of
+// its ID (random hex digits in IDs from NewID).
+func hashDir(id string) string {
+	if len(id) < 2 {
+		return "00"
+	}
+	return strings.ToUpper(id[len(id)-2:])
+}
+
+func (s *Spool) path(id, suffix string) string {
+	return filepath.Join(s.dir, hashDir(id), id+suffix)
+}
+
+// validID: a queue ID as an administrator may type it, never a path.
+func validID(id string) bool {
+	if id == "" || len(id) > 64 {
+		return false
+	}
+	for _, c := range id {
+		if !(c >= '0' && c <= '9' || c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z') {
+			return false
+		}
+	}
+	return true
+}
 
 // Update durably replaces a message's envelope (recipient states, next
 // attempt time) with ID.env, which then takes precedence over the one in
-// the queue file. The new file is fsynced before it replaces the old one,
-// so a crash leaves one of the two whole, never an empty envelope.
+// the queue file, and whose modification time is the next attempt. The
+// new file is fsynced before it replaces the old one, so a crash leaves
+// one of the two whole, never an empty envelope.
 func (s *Spool) Update(env *envelope.Envelope) error {
 	b, err := env.Marshal()
 	if err != nil {
@@ -236,6 +301,10 @@ func (s *Spool) Update(env *envelope.Envelope) error {
 		return classify(err)
 	}
 	_, err = f.Write(b)
+	if err == nil && !env.NextAttempt.IsZero() {
+		// the due time, for a restart to read without the envelope
+		err = os.Chtimes(tmp, time.Now(), env.NextAttempt)
+	}
 	if err == nil {
 		err = f.Sync()
 	}
@@ -289,6 +358,9 @@ func (s *Spool) OpenBody(env *envelope.Envelope) (*Body, error) {
 // Load reads one envelope: ID.env if the message was updated since its
 // commit, else the one in its queue file.
 func (s *Spool) Load(id string) (*envelope.Envelope, error) {
+	if !validID(id) {
+		return nil, fmt.Errorf("%w: %q", ErrNoMessage, id)
+	}
 	b, err := os.ReadFile(s.path(id, envSuffix))
 	if err == nil {
 		return envelope.Unmarshal(b)
@@ -344,97 +416,187 @@ func (s *Spool) loadQueueFile(id string) (*envelope.Envelope, error) {
 
 // List returns every committed message, oldest first, changing nothing.
 func (s *Spool) List() ([]*envelope.Envelope, error) {
-	ents, err := os.ReadDir(s.dir)
-	if err != nil {
-		return nil, err
-	}
 	var out []*envelope.Envelope
-	for _, e := range ents {
-		if id, ok := strings.CutSuffix(e.Name(), msgSuffix); ok {
-			if env, err := s.Load(id); err == nil {
-				out = append(out, env)
-			}
-		}
-	}
-	return out, nil
+	err := s.Walk(func(env *envelope.Envelope) error {
+		out = append(out, env)
+		return nil
+	})
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out, err
 }
 
-// recover returns every committed message, oldest first, after cleaning up
-// what a crash can leave: temp files, queue files whose commit never
-// finished (no 250 was given for them), envelopes whose queue file is gone
-// (a removal cut short). An envelope that does not parse is moved aside
-// with its message, never deleted. Messages of the earlier two-file format
-// are converted in place: the body becomes the queue file, and its ID.env
-// stays the envelope.
-func (s *Spool) recover() ([]*envelope.Envelope, error) {
-	ents, err := os.ReadDir(s.dir)
+// Walk calls fn with each committed message's envelope, one subdirectory
+// at a time (memory does not grow with the backlog), changing nothing; it
+// stops at fn's first error. Messages whose envelope cannot be read are
+// skipped.
+func (s *Spool) Walk(fn func(*envelope.Envelope) error) error {
+	subs, err := os.ReadDir(s.dir)
+	if err != nil {
+		return err
+	}
+	for _, sub := range subs {
+		if !sub.IsDir() {
+			continue
+		}
+		ents, err := os.ReadDir(filepath.Join(s.dir, sub.Name()))
+		if err != nil {
+			continue // removed or unreadable: nothing to list
+		}
+		for _, e := range ents {
+			if id, ok := strings.CutSuffix(e.Name(), msgSuffix); ok {
+				if env, err := s.Load(id); err == nil {
+					if err := fn(env); err != nil {
+						return err
+					}
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// ErrGone: a message found at recovery was not whole after all (its
+// commit was cut short by a crash, before any 250) and was removed, or its
+// envelope was unreadable and it was moved aside.
+var ErrGone = errors.New("queue file removed at recovery")
+
+// LoadQueued reads a recovered message's envelope for delivery, finishing
+// the crash cleanup that recovery left to the first read: a queue file
+// without a valid footer, an empty envelope of the earlier format or a
+// body shorter than recorded is a commit cut short before its 250, and is
+// removed; an envelope that does not parse is moved aside with its
+// message, never deleted. Either way ErrGone.
+func (s *Spool) LoadQueued(id string) (*envelope.Envelope, error) {
+	env, err := s.Load(id)
+	switch {
+	case errors.Is(err, errNoFooter):
+		s.log.Warn("spool: queue file incomplete (commit interrupted before 250), removing", "queue_id", id)
+		s.Remove(id)
+		return nil, ErrGone
+	case errors.Is(err, os.ErrNotExist):
+		return nil, err
+	case err != nil:
+		if st, serr := os.Stat(s.path(id, envSuffix)); serr == nil && st.Size() == 0 {
+			// the earlier format renamed envelopes unsynced
+			s.log.Warn("spool: empty envelope (commit interrupted before 250), removing", "queue_id", id)
+			s.Remove(id)
+			return nil, ErrGone
+		}
+		s.log.Error("spool: unreadable envelope, moving aside", "queue_id", id, "err", err)
+		s.quarantine(id)
+		return nil, ErrGone
+	}
+	if st, serr := os.Stat(s.path(id, msgSuffix)); serr != nil || st.Size() < env.Size {
+		s.log.Warn("spool: body shorter than recorded (commit interrupted before 250), removing", "queue_id", id)
+		s.Remove(id)
+		return nil, ErrGone
+	}
+	return env, nil
+}
+
+// recover indexes the queued messages, oldest first, after cleaning up
+// what a crash can leave that needs no reading: temp files, envelopes
+// whose queue file is gone (a removal cut short). Files of earlier layouts
+// are moved into their subdirectories, and messages of the earlier
+// two-file format converted in place: the body becomes the queue file, and
+// its ID.env stays the envelope. What needs the envelope read is left to
+// LoadQueued.
+func (s *Spool) recover() ([]Queued, error) {
+	moved, err := s.rehash()
 	if err != nil {
 		return nil, err
 	}
-	msgs, envs, bodies := map[string]bool{}, map[string]bool{}, map[string]bool{}
-	for _, e := range ents {
-		name := e.Name()
-		switch {
-		case strings.HasSuffix(name, tmpSuffix):
-			s.log.Info("spool: removing partial file from an interrupted write", "file", name)
-			os.Remove(filepath.Join(s.dir, name))
-		case strings.HasSuffix(name, msgSuffix):
-			msgs[strings.TrimSuffix(name, msgSuffix)] = true
-		case strings.HasSuffix(name, envSuffix):
-			envs[strings.TrimSuffix(name, envSuffix)] = true
-		case strings.HasSuffix(name, bodySuffix):
-			bodies[strings.TrimSuffix(name, bodySuffix)] = true
-		}
+	var out []Queued
+	subs, err := os.ReadDir(s.dir)
+	if err != nil {
+		return nil, err
 	}
-	for id := range bodies {
-		if !envs[id] || msgs[id] {
-			s.log.Info("spool: removing body without envelope", "queue_id", id)
-			os.Remove(s.path(id, bodySuffix))
+	for _, sub := range subs {
+		if !sub.IsDir() {
 			continue
 		}
-		if err := os.Rename(s.path(id, bodySuffix), s.path(id, msgSuffix)); err != nil {
-			return nil, fmt.Errorf("converting %s to a queue file: %w", id, err)
+		d := filepath.Join(s.dir, sub.Name())
+		ents, err := os.ReadDir(d)
+		if err != nil {
+			return nil, err
 		}
-		s.log.Info("spool: message of the earlier format converted", "queue_id", id)
-		msgs[id] = true
-	}
-	ids := make([]string, 0, len(msgs))
-	for id := range msgs {
-		ids = append(ids, id)
-	}
-	sort.Strings(ids)
-	var out []*envelope.Envelope
-	for _, id := range ids {
-		delete(envs, id)
-		env, err := s.Load(id)
-		switch {
-		case errors.Is(err, errNoFooter):
-			s.log.Warn("spool: queue file incomplete (commit interrupted before 250), removing", "queue_id", id)
-			s.Remove(id)
-			continue
-		case err != nil:
-			if st, serr := os.Stat(s.path(id, envSuffix)); serr == nil && st.Size() == 0 {
-				// the earlier format renamed envelopes unsynced
-				s.log.Warn("spool: empty envelope (commit interrupted before 250), removing", "queue_id", id)
-				s.Remove(id)
+		msgs, envs, bodies := map[string]bool{}, map[string]bool{}, map[string]bool{}
+		for _, e := range ents {
+			name := e.Name()
+			switch {
+			case strings.HasSuffix(name, tmpSuffix):
+				s.log.Info("spool: removing partial file from an interrupted write", "file", name)
+				os.Remove(filepath.Join(d, name))
+			case strings.HasSuffix(name, msgSuffix):
+				msgs[strings.TrimSuffix(name, msgSuffix)] = true
+			case strings.HasSuffix(name, envSuffix):
+				envs[strings.TrimSuffix(name, envSuffix)] = true
+			case strings.HasSuffix(name, bodySuffix):
+				bodies[strings.TrimSuffix(name, bodySuffix)] = true
+			}
+		}
+		for id := range bodies {
+			if !envs[id] || msgs[id] {
+				s.log.Info("spool: removing body without envelope", "queue_id", id)
+				os.Remove(s.path(id, bodySuffix))
 				continue
 			}
-			s.log.Error("spool: unreadable envelope, moving aside", "queue_id", id, "err", err)
-			s.quarantine(id)
-			continue
+			if err := os.Rename(s.path(id, bodySuffix), s.path(id, msgSuffix)); err != nil {
+				return nil, fmt.Errorf("converting %s to a queue file: %w", id, err)
+			}
+			s.log.Info("spool: message of the earlier format converted", "queue_id", id)
+			msgs[id] = true
 		}
-		if st, serr := os.Stat(s.path(id, msgSuffix)); serr != nil || st.Size() < env.Size {
-			s.log.Warn("spool: body shorter than recorded (commit interrupted before 250), removing", "queue_id", id)
-			s.Remove(id)
-			continue
+		for id := range msgs {
+			out = append(out, Queued{ID: id, Updated: envs[id]})
+			delete(envs, id)
 		}
-		out = append(out, env)
+		for id := range envs {
+			s.log.Info("spool: removing envelope without queue file", "queue_id", id)
+			os.Remove(s.path(id, envSuffix))
+		}
 	}
-	for id := range envs {
-		s.log.Info("spool: removing envelope without queue file", "queue_id", id)
-		os.Remove(s.path(id, envSuffix))
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	if moved > 0 {
+		s.log.Info("spool: files moved into hashed subdirectories", "files", moved)
 	}
 	return out, s.syncer.sync()
+}
+
+// rehash moves the files of a flat spool (the earlier layout) into their
+// subdirectories. A crash in the middle leaves some in each place: the
+// next open goes on. Temp files at the top are leftovers: removed.
+func (s *Spool) rehash() (int, error) {
+	ents, err := os.ReadDir(s.dir)
+	if err != nil {
+		return 0, err
+	}
+	moved := 0
+	for _, e := range ents {
+		name := e.Name()
+		if e.IsDir() {
+			continue
+		}
+		if strings.HasSuffix(name, tmpSuffix) {
+			os.Remove(filepath.Join(s.dir, name))
+			continue
+		}
+		id := name
+		for _, suf := range []string{msgSuffix, envSuffix, bodySuffix} {
+			id = strings.TrimSuffix(id, suf)
+		}
+		if id == name || !validID(id) {
+			continue // not ours
+		}
+		if err := os.MkdirAll(filepath.Join(s.dir, hashDir(id)), 0o700); err != nil {
+			return moved, err
+		}
+		if err := os.Rename(filepath.Join(s.dir, name), filepath.Join(s.dir, hashDir(id), name)); err != nil {
+			return moved, fmt.Errorf("moving %s into its subdirectory: %w", name, err)
+		}
+		moved++
+	}
+	return moved, nil
 }
 
 func (s *Spool) quarantine(id string) {

@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -71,11 +72,27 @@ func TestSpoolCommitScan(t *testing.T) {
 		t.Fatalf("body = %q", b)
 	}
 	// Nothing but the queue file is left in the directory.
-	names := dirNames(t, s.Dir())
-	want := []string{env.ID + ".msg"}
+	names := spoolFiles(t, s)
+	want := []string{hashDir(env.ID) + "/" + env.ID + ".msg"}
 	if strings.Join(names, " ") != strings.Join(want, " ") {
 		t.Fatalf("spool holds %v, want %v", names, want)
 	}
+}
+
+// spoolFiles lists every file under the spool's message directory, as
+// "subdir/name" (or "name" at the top).
+func spoolFiles(t *testing.T, s *Spool) []string {
+	t.Helper()
+	var out []string
+	filepath.WalkDir(s.Dir(), func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			rel, _ := filepath.Rel(s.Dir(), p)
+			out = append(out, filepath.ToSlash(rel))
+		}
+		return nil
+	})
+	sort.Strings(out)
+	return out
 }
 
 func dirNames(t *testing.T, dir string) []string {
@@ -104,7 +121,7 @@ func TestSpoolRecoveryCleansCrashLeftovers(t *testing.T) {
 	if err := s.Update(updated); err != nil {
 		t.Fatal(err)
 	}
-	write := func(name, content string) {
+	write := func(name, content string) { // at the top: the flat layout of earlier versions
 		if err := os.WriteFile(filepath.Join(s.Dir(), name), []byte(content), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -131,7 +148,22 @@ func TestSpoolRecoveryCleansCrashLeftovers(t *testing.T) {
 	s.Close()
 
 	s = openSpoolAt(t, dir)
-	got := s.TakeRecovered()
+	// Opening reads directory entries only; the first read of each
+	// message (the scheduler's, when it is due) finishes the cleanup.
+	var got []*envelope.Envelope
+	for _, r := range s.TakeRecovered() {
+		env, err := s.LoadQueued(r.ID)
+		if err != nil {
+			if !errors.Is(err, ErrGone) {
+				t.Errorf("%s: %v", r.ID, err)
+			}
+			continue
+		}
+		if r.Updated != (r.ID == updated.ID || r.ID == "00HHH") {
+			t.Errorf("%s: recovered as updated=%v", r.ID, r.Updated)
+		}
+		got = append(got, env)
+	}
 	var ids []string
 	for _, e := range got {
 		ids = append(ids, e.ID)
@@ -156,8 +188,12 @@ func TestSpoolRecoveryCleansCrashLeftovers(t *testing.T) {
 			t.Errorf("%s: body %q, want %q", e.ID, b, want)
 		}
 	}
-	names := dirNames(t, s.Dir())
-	want := []string{"00HHH.env", "00HHH.msg", keep.ID + ".msg", updated.ID + ".env", updated.ID + ".msg"}
+	names := spoolFiles(t, s)
+	var want []string
+	for _, f := range []string{"00HHH.env", "00HHH.msg", keep.ID + ".msg", updated.ID + ".env", updated.ID + ".msg"} {
+		id := strings.TrimSuffix(strings.TrimSuffix(f, ".env"), ".msg")
+		want = append(want, hashDir(id)+"/"+f)
+	}
 	sort.Strings(want)
 	if strings.Join(names, " ") != strings.Join(want, " ") {
 		t.Fatalf("after recovery the spool holds %v, want %v", names, want)
@@ -178,8 +214,9 @@ func FuzzQueueFile(f *testing.F) {
 	f.Add([]byte("x"))
 	dir := f.TempDir()
 	s := &Spool{dir: dir}
+	os.MkdirAll(filepath.Dir(s.path("Q", msgSuffix)), 0o700)
 	f.Fuzz(func(t *testing.T, b []byte) {
-		if err := os.WriteFile(filepath.Join(dir, "Q.msg"), b, 0o600); err != nil {
+		if err := os.WriteFile(s.path("Q", msgSuffix), b, 0o600); err != nil {
 			t.Fatal(err)
 		}
 		env, err := s.loadQueueFile("Q")
@@ -200,7 +237,7 @@ func TestSpoolAbortLeavesNothing(t *testing.T) {
 	}
 	io.WriteString(w, "half a message")
 	w.Abort()
-	if n := dirNames(t, s.Dir()); len(n) != 0 {
+	if n := spoolFiles(t, s); len(n) != 0 {
 		t.Fatalf("abort left %v", n)
 	}
 }
@@ -223,7 +260,7 @@ func TestSpoolUpdateAndRemove(t *testing.T) {
 	if err := s.Remove(env.ID); err != nil {
 		t.Fatal(err)
 	}
-	if n := dirNames(t, s.Dir()); len(n) != 0 {
+	if n := spoolFiles(t, s); len(n) != 0 {
 		t.Fatalf("remove left %v", n)
 	}
 }
@@ -268,10 +305,9 @@ func TestSpoolGroupCommit(t *testing.T) {
 	var mu sync.Mutex
 	var renamedBeforeSync []int // how many commits had renamed when each fsync began
 	s.syncer.fsync = func() error {
-		ents, _ := os.ReadDir(s.Dir())
 		n := 0
-		for _, e := range ents {
-			if strings.HasSuffix(e.Name(), msgSuffix) {
+		for _, f := range spoolFiles(t, s) {
+			if strings.HasSuffix(f, msgSuffix) {
 				n++
 			}
 		}
@@ -292,7 +328,7 @@ func TestSpoolGroupCommit(t *testing.T) {
 			// Durable when Commit returned: an fsync began after our rename.
 			mu.Lock()
 			defer mu.Unlock()
-			if _, err := os.Stat(filepath.Join(s.Dir(), env.ID+msgSuffix)); err != nil {
+			if _, err := os.Stat(s.path(env.ID, msgSuffix)); err != nil {
 				t.Errorf("committed queue file missing: %v", err)
 			}
 		}()

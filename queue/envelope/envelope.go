@@ -43,8 +43,11 @@ type Recipient struct {
 	// ORcpt is the client's RCPT ORCPT= ("rfc822;addr"), passed on and
 	// reported in DSNs.
 	ORcpt string `json:"orcpt,omitempty"`
-	// Attempts and FirstFailure track this recipient's deferrals.
-	Attempts int `json:"attempts,omitempty"`
+	// Attempts counts this recipient's delivery attempts; NextAttempt is
+	// when it is due again (after the backoff of its destination's class:
+	// a message's local recipients do not wait on the Internet's).
+	Attempts    int       `json:"attempts,omitempty"`
+	NextAttempt time.Time `json:"next_attempt,omitzero"`
 	// DelayNotified: a delay DSN went out for this recipient already.
 	DelayNotified bool `json:"delay_notified,omitempty"`
 	// Bounced: its failure was reported (DSN queued, or not wanted).

@@ -42,6 +42,17 @@ func (e *replyError) Error() string {
 	return e.Cmd + ": " + e.Reply.String()
 }
 
+// ReplyOf is the server reply that made a Send fail, if one did: a
+// greeting or command answered 421, a refused EHLO or STARTTLS. The
+// scheduler reads "slow down" in it.
+func ReplyOf(err error) (Reply, bool) {
+	var re *replyError
+	if errors.As(err, &re) {
+		return re.Reply, true
+	}
+	return Reply{}, false
+}
+
 // smtpConn is one client connection to an SMTP or LMTP server.
 type smtpConn struct {
 	nc   net.Conn // the current transport (a *tls.Conn after STARTTLS)
