@@ -34,6 +34,7 @@ func (c *fakeClock) Advance(d time.Duration) {
 // clockHop answers by the fake time: code(now) for every recipient, and
 // records each transaction.
 type clockHop struct {
+	name  string // default "clock"
 	clock *fakeClock
 	code  func(now time.Time, rcpt string) int
 	mu    sync.Mutex
@@ -47,7 +48,12 @@ type clockTxn struct {
 	body  string
 }
 
-func (h *clockHop) String() string { return "clock" }
+func (h *clockHop) String() string {
+	if h.name != "" {
+		return h.name
+	}
+	return "clock"
+}
 func (h *clockHop) Send(_ context.Context, _ *envelope.Envelope, from string, rcpts []string, body io.Reader) ([]nexthop.Reply, error) {
 	b, _ := io.ReadAll(body)
 	now := h.clock.Now()

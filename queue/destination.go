@@ -51,11 +51,9 @@ type dest struct {
 	deferred  int64
 }
 
-// Slow-down pauses: doubling from pauseMin while the replies go on.
-const (
-	pauseMin = time.Second
-	pauseMax = 10 * time.Minute
-)
+// pauseMax caps a destination's slow-down pause (doubling from
+// Scheduler.SlowDownPause while such replies go on).
+const pauseMax = 10 * time.Minute
 
 // destLocked is the state of a destination, made on first use.
 func (q *Scheduler) destLocked(dd nexthop.Destination) *dest {
@@ -71,10 +69,17 @@ func (q *Scheduler) destLocked(dd nexthop.Destination) *dest {
 		l := q.Limits(dd)
 		if l.Concurrency > 0 {
 			d.max = l.Concurrency
-			d.window = min(d.window, float64(d.max))
 		}
 		d.rateDelay = l.RateDelay
 	}
+	// One destination never takes every worker of its class: the others
+	// must get theirs (Postfix: 20 per destination of 100 processes).
+	workers := q.Workers
+	if dd.External {
+		workers = q.ExternalWorkers
+	}
+	d.max = max(1, min(d.max, workers-1))
+	d.window = min(d.window, float64(d.max))
 	q.dests[dd.Key] = d
 	return d
 }
@@ -169,7 +174,7 @@ func (q *Scheduler) feedbackLocked(d *dest, out outcome, errText string, now tim
 			q.reviveLocked(d, now) // it answers: alive, if busy
 		}
 		d.window = max(1, d.window/2)
-		d.pauseFor = min(max(2*d.pauseFor, pauseMin), pauseMax)
+		d.pauseFor = min(max(2*d.pauseFor, q.SlowDownPause), pauseMax)
 		d.pausedUntil = now.Add(d.pauseFor)
 		q.Log.Info("destination asks us to slow down", "destination", d.key, "concurrency", int(d.window),
 			"pause", d.pauseFor, "reply", errText)

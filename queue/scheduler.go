@@ -122,7 +122,8 @@ type Scheduler struct {
 	// after this long (0: DefaultDelayWarning; negative: never).
 	DelayWarning time.Duration
 	// Workers deliver to our own next hops, ExternalWorkers to the
-	// Internet (defaults 16 and 64).
+	// Internet (defaults 16 and 100: more than one destination's
+	// concurrency, so one slow MX cannot hold them all).
 	Workers         int
 	ExternalWorkers int
 	// DestinationConcurrency is the most parallel transactions to one
@@ -140,6 +141,9 @@ type Scheduler struct {
 	ActiveLimit int
 	// DeadAfter consecutive failed connections mark a destination dead (3).
 	DeadAfter int
+	// SlowDownPause is how long a destination that asked us to slow down
+	// gets no new transaction (1 s, doubling while it goes on asking).
+	SlowDownPause time.Duration
 	Log       *slog.Logger
 	// Hostname names us in DSNs.
 	Hostname string
@@ -167,6 +171,7 @@ type Scheduler struct {
 	peak    int // most entries since the map was last rebuilt
 	heaps   [3]entryHeap
 	active  [3]int
+	cached  int // waiting messages whose envelope Submit kept in memory
 	dests   map[string]*dest
 	timers  destTimers
 	ready   [2]readyList
@@ -218,7 +223,7 @@ func (q *Scheduler) init() {
 			q.Workers = 16
 		}
 		if q.ExternalWorkers <= 0 {
-			q.ExternalWorkers = 64
+			q.ExternalWorkers = 100
 		}
 		if q.Retry.Min <= 0 {
 			q.Retry.Min = 10 * time.Second
@@ -253,6 +258,9 @@ func (q *Scheduler) init() {
 		}
 		if q.DeadAfter <= 0 {
 			q.DeadAfter = 3
+		}
+		if q.SlowDownPause <= 0 {
+			q.SlowDownPause = time.Second
 		}
 		if q.Log == nil {
 			q.Log = slog.Default()
@@ -296,8 +304,9 @@ func (q *Scheduler) Submit(env *envelope.Envelope) {
 	}
 	c := q.classOf(env)
 	e := &entry{id: env.ID, received: env.Received.UnixNano(), due: q.now(), idx: -1, class: c, statted: true}
-	if q.active[c] < q.ActiveLimit {
+	if q.cached < q.ActiveLimit {
 		e.env = env // its first attempt needs no read
+		q.cached++
 	}
 	q.addLocked(e)
 	q.mu.Unlock()
@@ -445,6 +454,9 @@ func (q *Scheduler) dispatch(ctx context.Context) {
 						continue
 					}
 				}
+				if top.env != nil {
+					q.cached-- // counted as active now
+				}
 				top.state = active
 				q.unparkLocked(top)
 				q.active[c]++
@@ -505,7 +517,9 @@ func (q *Scheduler) start(ctx context.Context, e *entry) {
 			q.mu.Unlock()
 			return
 		}
+		q.mu.Lock()
 		e.received = env.Received.UnixNano()
+		q.mu.Unlock()
 	}
 	q.plan(ctx, e, env)
 }
@@ -806,6 +820,9 @@ func (q *Scheduler) holdLocked(e *entry) {
 func (q *Scheduler) deactivateLocked(e *entry) {
 	if e.state == active {
 		q.active[e.class]--
+		q.kickLocked() // room for the next due message
+	} else if e.env != nil {
+		q.cached--
 	}
 	e.env = nil
 	e.jobs = 0
