@@ -117,7 +117,7 @@ func TestNoHeadOfLineBlocking(t *testing.T) {
 	local, fast := &timedHop{}, &timedHop{}
 	q := &Scheduler{Spool: s, Workers: 4, ExternalWorkers: 8, DestinationConcurrency: 20, InitialConcurrency: 20,
 		Router: domainRouter{"tarpit.test": {slow, true}, "company.com": {local, false}, "fast.test": {fast, true}},
-		Retry: Retry{Min: time.Hour, Max: time.Hour}, ExternalRetry: Retry{Min: time.Hour, Max: time.Hour}}
+		Retry:  Retry{Min: time.Hour, Max: time.Hour}, ExternalRetry: Retry{Min: time.Hour, Max: time.Hour}}
 	runQ(t, q)
 	for i := range 40 {
 		commitTo(t, s, q, fmt.Sprintf("u%d@tarpit.test", i), true)

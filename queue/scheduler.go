@@ -144,7 +144,7 @@ type Scheduler struct {
 	// SlowDownPause is how long a destination that asked us to slow down
 	// gets no new transaction (1 s, doubling while it goes on asking).
 	SlowDownPause time.Duration
-	Log       *slog.Logger
+	Log           *slog.Logger
 	// Hostname names us in DSNs.
 	Hostname string
 	// SignDSN, if set, returns a writer that sees each DSN we generate and
