@@ -272,6 +272,12 @@ type LDAP struct {
 	SizeLimit        int           `yaml:"size_limit"`
 }
 
+// DestinationPolicy tunes delivery to one destination.
+type DestinationPolicy struct {
+	Concurrency int           `yaml:"concurrency"`
+	RateDelay   time.Duration `yaml:"rate_delay"`
+}
+
 // Delivery is the queue manager and next hop.
 type Delivery struct {
 	// NextHop is the SMTP server (Postfix) that takes mail for our domains.
@@ -283,8 +289,28 @@ type Delivery struct {
 	// "smtp:host" for its MX hosts, "lmtp:[host]:port"), before all else.
 	Transports map[string]string `yaml:"transports"`
 	// MXPort is the port MX hosts are dialled on (25).
-	MXPort  int `yaml:"mx_port"`
-	Workers int `yaml:"workers"`
+	MXPort int `yaml:"mx_port"`
+	// Workers deliver to our own next hops, ExternalWorkers to the
+	// Internet: separate, so slow outside MXes never delay local mail.
+	Workers         int `yaml:"workers"`
+	ExternalWorkers int `yaml:"external_workers"`
+	// ActiveLimit: messages per class with their envelope in memory (the
+	// rest of a backlog waits as small records: Postfix's
+	// qmgr_message_active_limit).
+	ActiveLimit int `yaml:"active_limit"`
+	// InitialConcurrency: where a destination's concurrency window starts
+	// (it grows to DestinationConcurrency with successes).
+	InitialConcurrency int `yaml:"initial_concurrency"`
+	// RecipientLimit: recipients per transaction.
+	RecipientLimit int `yaml:"recipient_limit"`
+	// DeadAfter: failed connections in a row that mark a destination dead.
+	DeadAfter int `yaml:"dead_after"`
+	// DestinationRateDelay: least time between two transactions to one
+	// destination (0: none). Destinations overrides it and the
+	// concurrency per destination: a recipient domain (MX delivery) or a
+	// next hop's host.
+	DestinationRateDelay time.Duration                `yaml:"destination_rate_delay"`
+	Destinations         map[string]DestinationPolicy `yaml:"destinations"`
 	// RetryMin/RetryMax: backoff towards our own next hops (seconds to
 	// minutes); ExternalRetryMin/Max towards the Internet's MXes.
 	RetryMin         time.Duration `yaml:"retry_min"`
@@ -588,6 +614,21 @@ func (c *Config) setDefaults() {
 	if d.DestinationConcurrency == 0 {
 		d.DestinationConcurrency = 20
 	}
+	if d.ExternalWorkers == 0 {
+		d.ExternalWorkers = 100
+	}
+	if d.ActiveLimit == 0 {
+		d.ActiveLimit = 5000
+	}
+	if d.InitialConcurrency == 0 {
+		d.InitialConcurrency = 5
+	}
+	if d.RecipientLimit == 0 {
+		d.RecipientLimit = 100
+	}
+	if d.DeadAfter == 0 {
+		d.DeadAfter = 3
+	}
 	if d.ForwardDSN == "" {
 		d.ForwardDSN = "authenticated"
 	}
@@ -815,6 +856,22 @@ func (c *Config) validate() error {
 	}
 	if c.Delivery.RetryMax < c.Delivery.RetryMin {
 		bad("delivery.retry_max (%s) is below retry_min (%s)", c.Delivery.RetryMax, c.Delivery.RetryMin)
+	}
+	for name, v := range map[string]int{"workers": c.Delivery.Workers, "external_workers": c.Delivery.ExternalWorkers,
+		"active_limit": c.Delivery.ActiveLimit, "initial_concurrency": c.Delivery.InitialConcurrency,
+		"recipient_limit": c.Delivery.RecipientLimit, "dead_after": c.Delivery.DeadAfter,
+		"destination_concurrency": c.Delivery.DestinationConcurrency} {
+		if v < 0 {
+			bad("delivery.%s must be positive", name)
+		}
+	}
+	if c.Delivery.DestinationRateDelay < 0 {
+		bad("delivery.destination_rate_delay must not be negative")
+	}
+	for dest, p := range c.Delivery.Destinations {
+		if p.Concurrency < 0 || p.RateDelay < 0 {
+			bad("delivery.destinations[%s]: concurrency and rate_delay must not be negative", dest)
+		}
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

@@ -219,7 +219,8 @@ log:
 		{"delivery", c.Delivery, Delivery{NextHop: "[::1]:25", Workers: 4, RetryMin: time.Second, RetryMax: time.Second, ConnectTimeout: 4 * time.Second,
 			// defaults
 			MXPort: 25, ExternalRetryMin: 5 * time.Minute, ExternalRetryMax: 4 * time.Hour, Lifetime: 120 * time.Hour,
-			DelayWarning: 4 * time.Hour, DestinationConcurrency: 20, TLSPolicy: "opportunistic", ForwardDSN: "authenticated"}},
+			DelayWarning: 4 * time.Hour, DestinationConcurrency: 20, TLSPolicy: "opportunistic", ForwardDSN: "authenticated",
+			ExternalWorkers: 100, ActiveLimit: 5000, InitialConcurrency: 5, RecipientLimit: 100, DeadAfter: 3}},
 		{"log", c.Log, Log{Level: "debug", Format: "json"}},
 	}
 	for _, ch := range checks {

@@ -79,7 +79,7 @@ func (q *Scheduler) Release(id string) error {
 	}
 	q.mu.Lock()
 	if e.state == held {
-		e.class, e.state, e.flushed, e.due = c, waiting, true, q.now()
+		e.class, e.state, e.flushed, e.statted, e.due = c, waiting, true, true, q.now()
 		heap.Push(&q.heaps[c], e)
 		q.kickLocked()
 	}
@@ -133,7 +133,8 @@ func (q *Scheduler) Flush(id string) error {
 				q.wakeAtLocked(d, now)
 				continue
 			}
-			e.flushed, e.due = true, now
+			// statted: its file's time must not undo the flush.
+			e.flushed, e.statted, e.due = true, true, now
 			heap.Fix(&q.heaps[e.class], e.idx)
 		}
 	}

@@ -35,9 +35,8 @@ func (r domainRouter) Route(rc *envelope.Recipient) nexthop.Destination {
 
 // slowHop holds each transaction until released (a tarpitting MX).
 type slowHop struct {
-	release  chan struct{}
-	cur, n   atomic.Int64
-	sendsDue atomic.Int64
+	release chan struct{}
+	cur, n  atomic.Int64
 }
 
 func (h *slowHop) String() string { return "slow" }
@@ -263,7 +262,6 @@ type throttleHop struct {
 	throttle           bool
 	mu                 sync.Mutex
 	n, cur, peak, sent int
-	codes              map[int]int
 }
 
 func (h *throttleHop) String() string { return "throttle" }

@@ -404,3 +404,27 @@ func repeatReply(n int, r nexthop.Reply) []nexthop.Reply {
 	}
 	return out
 }
+
+// A message recovered from the spool with its next attempt an hour away
+// is tried at once when flushed: the due time its file gives it must not
+// undo the flush (it did, when the flush came before the first look at
+// the file).
+func TestFlushRecoveredMessage(t *testing.T) {
+	s := openTestSpool(t)
+	env := commit(t, s, "m\r\n", "a@x.test")
+	env.Attempts = 1
+	env.NextAttempt = time.Now().Add(time.Hour)
+	env.Recipients[0].NextAttempt = env.NextAttempt
+	if err := s.Update(env); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s = openSpoolAt(t, filepath.Dir(s.Dir()))
+	hop := newScriptHop(nil)
+	q, stop := runScheduler(t, s, hop)
+	defer stop()
+	if err := q.Flush(""); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "delivery after flush", spoolEmpty(s))
+}

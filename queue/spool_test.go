@@ -95,20 +95,6 @@ func spoolFiles(t *testing.T, s *Spool) []string {
 	return out
 }
 
-func dirNames(t *testing.T, dir string) []string {
-	t.Helper()
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	for _, e := range ents {
-		out = append(out, e.Name())
-	}
-	sort.Strings(out)
-	return out
-}
-
 // What a crash can leave behind is cleaned up when the spool is opened
 // again, nothing that was committed is touched, and messages of the earlier
 // two-file format are converted.

@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"sort"
 	"strings"
 	"time"
 
@@ -26,7 +25,8 @@ type controlRequest struct {
 }
 
 type controlReply struct {
-	Error string `json:"error,omitempty"`
+	Error        string                   `json:"error,omitempty"`
+	Destinations []queue.DestinationState `json:"destinations,omitempty"`
 }
 
 // queueOps is what the control socket drives: the running scheduler.
@@ -35,10 +35,13 @@ type queueOps interface {
 	Hold(id string) error
 	Release(id string) error
 	Delete(id string) error
+	Destinations() []queue.DestinationState
 }
 
 func applyOp(ops queueOps, r controlRequest) error {
 	switch r.Op {
+	case "destinations":
+		return nil // answered with the state (serveControl)
 	case "flush":
 		return ops.Flush(r.ID)
 	case "hold":
@@ -78,6 +81,8 @@ func serveControl(ctx context.Context, path string, ops queueOps, log *slog.Logg
 				rep := controlReply{}
 				if err := applyOp(ops, req); err != nil {
 					rep.Error = err.Error()
+				} else if req.Op == "destinations" {
+					rep.Destinations = ops.Destinations()
 				}
 				log.Info("queue command", "op", req.Op, "queue_id", req.ID, "error", rep.Error)
 				json.NewEncoder(c).Encode(rep)
@@ -117,6 +122,8 @@ func (d directOps) Hold(id string) error {
 func (d directOps) Release(id string) error {
 	return d.update(id, func(e *envelope.Envelope) { e.Held, e.NextAttempt = false, time.Now() })
 }
+func (d directOps) Destinations() []queue.DestinationState { return nil }
+
 func (d directOps) Delete(id string) error {
 	if _, err := d.s.Load(id); err != nil {
 		return fmt.Errorf("%w: %s", queue.ErrNoMessage, id)
@@ -131,7 +138,7 @@ func queueCommand(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("queue", flag.ContinueOnError)
 	cfgPath := fs.String("config", "", "config file (default: the embedded default)")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: mailfwd queue [-config FILE] list | show ID | flush [ID] | hold ID | release ID | delete ID\n")
+		fmt.Fprintf(fs.Output(), "usage: mailfwd queue [-config FILE] list | show ID | destinations | flush [ID] | hold ID | release ID | delete ID\n")
 	}
 	if err := fs.Parse(args); err != nil {
 		return errExit{2, err.Error()}
@@ -162,13 +169,16 @@ func queueCommand(args []string, stdout io.Writer) error {
 		return listQueue(queue.ReadSpool(dir), stdout)
 	case "show":
 		return showMessage(queue.ReadSpool(dir), id, stdout)
-	case "flush", "hold", "release", "delete":
+	case "flush", "hold", "release", "delete", "destinations":
 	default:
 		return errExit{2, fmt.Sprintf("unknown operation %q", op)}
 	}
 	req := controlRequest{Op: op, ID: id}
 	if s, err := queue.OpenSpool(dir, slog.New(slog.NewTextHandler(io.Discard, nil))); err == nil {
 		defer s.Close()
+		if op == "destinations" {
+			return errExit{1, "no mailfwd is running on this spool: destination state lives in the running relay"}
+		}
 		if err := applyOp(directOps{s}, req); err != nil {
 			return err
 		}
@@ -193,25 +203,48 @@ func queueCommand(args []string, stdout io.Writer) error {
 	if rep.Error != "" {
 		return errors.New(rep.Error)
 	}
+	if op == "destinations" {
+		printDestinations(rep.Destinations, stdout)
+		return nil
+	}
 	fmt.Fprintf(stdout, "%s %s: done\n", op, id)
 	return nil
 }
 
+// printDestinations shows the scheduler's view of each destination, like
+// qshape and qmgr's: its window, what waits for it, whether it is alive.
+func printDestinations(ds []queue.DestinationState, w io.Writer) {
+	if len(ds) == 0 {
+		fmt.Fprintln(w, "No destination used yet")
+		return
+	}
+	fmt.Fprintf(w, "%-40s %-8s %9s %6s %7s %7s %8s %8s %8s  %s\n",
+		"-Destination-", "-State-", "-Window-", "Active", "Queued", "Parked", "Backlog", "Sent", "Deferred", "-Last error / until-")
+	for _, d := range ds {
+		note := oneLineReply(d.LastError)
+		if !d.Until.IsZero() {
+			note = d.Until.Local().Format("15:04:05") + " " + note
+		}
+		fmt.Fprintf(w, "%-40s %-8s %5.1f/%-3d %6d %7d %7d %8d %8d %8d  %s\n",
+			d.Destination, d.State, d.Concurrency, d.Max, d.Active, d.Queued, d.Parked, d.Backlog, d.Sent, d.Deferred, note)
+	}
+}
+
 // listQueue prints the queue like postqueue -p: ID ('!' when held), size,
-// arrival, sender, then each pending or failed recipient with its last reply.
+// arrival, sender, then each pending or failed recipient with its last
+// reply. It streams, one spool subdirectory at a time (in queue-directory
+// order, as postqueue does), so it starts at once and holds nothing of
+// the backlog.
 func listQueue(s *queue.Spool, w io.Writer) error {
-	envs, err := s.List()
-	if err != nil {
-		return err
-	}
-	if len(envs) == 0 {
-		fmt.Fprintln(w, "Mail queue is empty")
-		return nil
-	}
-	sort.Slice(envs, func(i, j int) bool { return envs[i].Received.Before(envs[j].Received) })
-	fmt.Fprintf(w, "%-22s %8s %-20s %s\n", "-Queue ID-", "--Size--", "----Arrival Time----", "-Sender/Recipient-------")
+	bw := bufio.NewWriterSize(w, 64<<10)
+	defer bw.Flush()
 	var total int64
-	for _, e := range envs {
+	n := 0
+	err := s.Walk(func(e *envelope.Envelope) error {
+		if n == 0 {
+			fmt.Fprintf(bw, "%-22s %8s %-20s %s\n", "-Queue ID-", "--Size--", "----Arrival Time----", "-Sender/Recipient-------")
+		}
+		n++
 		id := e.ID
 		if e.Held {
 			id += "!"
@@ -220,20 +253,28 @@ func listQueue(s *queue.Spool, w io.Writer) error {
 		if from == "" {
 			from = "MAILER-DAEMON"
 		}
-		fmt.Fprintf(w, "%-22s %8d %-20s %s\n", id, e.Size, e.Received.Local().Format("Mon Jan _2 15:04:05"), from)
+		fmt.Fprintf(bw, "%-22s %8d %-20s %s\n", id, e.Size, e.Received.Local().Format("Mon Jan _2 15:04:05"), from)
 		for _, r := range e.Recipients {
 			if r.Status == envelope.Sent {
 				continue
 			}
 			if r.LastReply != "" {
-				fmt.Fprintf(w, "%53s(%s: %s)\n", "", r.Status, oneLineReply(r.LastReply))
+				fmt.Fprintf(bw, "%53s(%s: %s)\n", "", r.Status, oneLineReply(r.LastReply))
 			}
-			fmt.Fprintf(w, "%53s%s\n", "", r.Addr)
+			fmt.Fprintf(bw, "%53s%s\n", "", r.Addr)
 		}
-		fmt.Fprintln(w)
+		fmt.Fprintln(bw)
 		total += e.Size
+		return nil
+	})
+	if err != nil {
+		return err
 	}
-	fmt.Fprintf(w, "-- %d Kbytes in %d Request%s.\n", (total+1023)/1024, len(envs), map[bool]string{true: "s"}[len(envs) != 1])
+	if n == 0 {
+		fmt.Fprintln(bw, "Mail queue is empty")
+		return nil
+	}
+	fmt.Fprintf(bw, "-- %d Kbytes in %d Request%s.\n", (total+1023)/1024, n, map[bool]string{true: "s"}[n != 1])
 	return nil
 }
 

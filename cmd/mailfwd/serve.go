@@ -281,6 +281,26 @@ func relayConfig(c *config.Config, certs *certStore, srsRT *srsRuntime) (relay.C
 	return rc, nil
 }
 
+// destinationLimits applies delivery.destination_rate_delay and the
+// per-destination policies (matched by recipient domain for MX delivery,
+// else by the next hop's host).
+func destinationLimits(d config.Delivery) func(nexthop.Destination) queue.DestinationLimit {
+	policies := map[string]config.DestinationPolicy{}
+	for k, v := range d.Destinations {
+		policies[strings.ToLower(strings.TrimSuffix(k, "."))] = v
+	}
+	return func(dest nexthop.Destination) queue.DestinationLimit {
+		l := queue.DestinationLimit{RateDelay: d.DestinationRateDelay}
+		if p, ok := policies[strings.ToLower(dest.Name)]; ok {
+			l.Concurrency = p.Concurrency
+			if p.RateDelay > 0 {
+				l.RateDelay = p.RateDelay
+			}
+		}
+		return l
+	}
+}
+
 // fdReserve is what the relay keeps of its file descriptors for itself:
 // spool files, directory and next-hop connections, listeners, logs.
 const fdReserve = 100
@@ -360,10 +380,12 @@ func serve(args []string) error {
 	defer closeHops()
 	d := c.Delivery
 	sched := &queue.Scheduler{
-		Spool: spool, Router: router, Workers: d.Workers, Log: log, Hostname: c.Hostname,
+		Spool: spool, Router: router, Workers: d.Workers, ExternalWorkers: d.ExternalWorkers, Log: log, Hostname: c.Hostname,
 		Retry:         queue.Retry{Min: d.RetryMin, Max: d.RetryMax},
 		ExternalRetry: queue.Retry{Min: d.ExternalRetryMin, Max: d.ExternalRetryMax},
 		Lifetime:      d.Lifetime, DelayWarning: d.DelayWarning, DestinationConcurrency: d.DestinationConcurrency,
+		InitialConcurrency: d.InitialConcurrency, RecipientLimit: d.RecipientLimit, ActiveLimit: d.ActiveLimit, DeadAfter: d.DeadAfter,
+		Limits:     destinationLimits(d),
 		ForwardDSN: queue.ForwardDSN(d.ForwardDSN), RevealForward: d.DSNRevealForward,
 	}
 	if d.ForwardDSN == "authenticated" && c.Auth == nil {

@@ -23,7 +23,10 @@ type Destination struct {
 	// transaction, for its concurrency window and its dead/alive state
 	// ("smtp:[127.0.0.1]:10025", "smtp:gmail.com:25").
 	Key string
-	Hop Hop
+	// Name is what a per-destination policy matches: the recipient domain
+	// for MX delivery, else the next hop's host.
+	Name string
+	Hop  Hop
 	// External destinations (the Internet's MXes) back off slowly; our own
 	// next hops (Postfix, a smarthost) are retried soon.
 	External bool

@@ -146,9 +146,9 @@ func (tr *TransportRouter) destination(t Transport, _ string) Destination {
 	}
 	var d Destination
 	if t.MX {
-		d = Destination{Key: key, External: true, Hop: &MXHop{Domain: t.Host, Port: t.Port, Resolver: tr.Resolver, Hops: tr.Hops}}
+		d = Destination{Key: key, Name: t.Host, External: true, Hop: &MXHop{Domain: t.Host, Port: t.Port, Resolver: tr.Resolver, Hops: tr.Hops}}
 	} else {
-		d = Destination{Key: key, Hop: tr.Hops(net.JoinHostPort(t.Host, strconv.Itoa(t.Port)), t.LMTP, t.Host, t.PassClient)}
+		d = Destination{Key: key, Name: t.Host, Hop: tr.Hops(net.JoinHostPort(t.Host, strconv.Itoa(t.Port)), t.LMTP, t.Host, t.PassClient)}
 	}
 	tr.dest[key] = d
 	return d
