@@ -53,6 +53,7 @@ type runResult struct {
 type options struct {
 	repo, work, out, logLevel, only string
 	pairs, conc, portBase, warm     int
+	backlog                         int
 	share, scale                    float64
 	keep, quick                     bool
 }
@@ -69,6 +70,7 @@ func main() {
 	flag.StringVar(&o.out, "out", "docs/benchmarks.md", "markdown report (\"\": stdout only)")
 	flag.StringVar(&o.logLevel, "log-level", "warn", "mailfwd log.level")
 	flag.StringVar(&o.only, "scenarios", "", "comma-separated scenario ids (default all: rewrite-1k,srs-1k,rewrite-100k,rewrite-10m)")
+	flag.IntVar(&o.backlog, "backlog", 0, "also run the backlog scenario with this many messages (next hop down, restart, drain; e.g. 200000); -scenarios none runs it alone")
 	flag.BoolVar(&o.keep, "keep", false, "leave 389-DS and the Postfix tree in place at the end (and reuse a kept 389-DS at the start)")
 	flag.BoolVar(&o.quick, "quick", false, "development run: N/10, 1 pair, report to stdout unless -out is given")
 	flag.Parse()
@@ -325,16 +327,51 @@ log:
 			logf("  %-8s %7.1f/s %s", res.relay, res.e2e, res.err)
 		}
 	}
+	var backlog string
+	if o.backlog > 0 {
+		t0 := time.Now()
+		var rs []backlogResult
+		logf("scenario backlog: %d × 1 KiB with the next hop down, restart, drain", o.backlog)
+		for _, r := range []relay{e.pf, e.mf} {
+			rs = append(rs, e.measureBacklog(r, o.backlog))
+			if err := rs[len(rs)-1].err; err != "" {
+				logf("  %-8s %s", r.name(), err)
+			}
+		}
+		backlog = e.backlogSection(o.backlog, rs, time.Since(t0))
+	}
+	if len(order) == 0 { // the backlog alone: the rest of the report stays
+		if o.out == "" || backlog == "" {
+			fmt.Print(backlog)
+			return nil
+		}
+		logf("writing the backlog section of %s", o.out)
+		return writeBacklog(o.out, backlog)
+	}
 	md := e.report(order, results, lats, time.Since(start))
 	if o.out == "" {
-		fmt.Print(md)
+		fmt.Print(md + backlog)
 		return nil
 	}
 	if extra, err := os.ReadFile(filepath.Join(o.repo, "bench/analysis.md")); err == nil {
 		md += "\n" + string(extra)
 	}
+	if backlog == "" { // keep the section of an earlier backlog run
+		if old, err := os.ReadFile(o.out); err == nil {
+			s := string(old)
+			if i, j := strings.Index(s, backlogBegin), strings.Index(s, backlogEnd); i >= 0 && j > i {
+				backlog = s[i:j+len(backlogEnd)] + "\n"
+			}
+		}
+	}
 	logf("writing %s", o.out)
-	return os.WriteFile(o.out, []byte(md), 0o644)
+	if err := os.WriteFile(o.out, []byte(md), 0o644); err != nil {
+		return err
+	}
+	if backlog != "" {
+		return writeBacklog(o.out, backlog)
+	}
+	return nil
 }
 
 // measure does one run of scenario s through relay r: fresh sink and relay,

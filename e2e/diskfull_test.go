@@ -215,14 +215,14 @@ const junkName = "junk-fill"
 // spoolFiles lists everything in the message directory but the junk.
 func spoolFiles(t *testing.T, dir string) []string {
 	t.Helper()
-	ents, err := os.ReadDir(dir)
+	files, err := listSpool(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var names []string
-	for _, e := range ents {
-		if e.Name() != junkName {
-			names = append(names, e.Name())
+	for _, f := range files {
+		if f != junkName {
+			names = append(names, f)
 		}
 	}
 	return names

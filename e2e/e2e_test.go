@@ -298,11 +298,40 @@ func (p *mailfwdProc) stop() {
 // spooled counts committed messages in the relay's spool.
 func (p *mailfwdProc) spooled(t *testing.T) int {
 	t.Helper()
-	m, err := filepath.Glob(filepath.Join(p.spool, "*.msg"))
+	return len(spoolGlob(p.spool, "*.msg"))
+}
+
+// spoolGlob matches pattern against the names of the files of a spool's
+// msg directory (in its hashed subdirectories, and at the top, where
+// nothing of ours should be), and returns their paths.
+func spoolGlob(msgDir, pattern string) []string {
+	top, _ := filepath.Glob(filepath.Join(msgDir, pattern))
+	sub, _ := filepath.Glob(filepath.Join(msgDir, "*", pattern))
+	return append(top, sub...)
+}
+
+// listSpool lists a spool's msg directory: each file's path relative to
+// it ("3F/ID.msg"), subdirectories descended into.
+func listSpool(msgDir string) ([]string, error) {
+	ents, err := os.ReadDir(msgDir)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	return len(m)
+	var out []string
+	for _, e := range ents {
+		if !e.IsDir() {
+			out = append(out, e.Name())
+			continue
+		}
+		sub, err := os.ReadDir(filepath.Join(msgDir, e.Name()))
+		if err != nil {
+			return nil, err
+		}
+		for _, f := range sub {
+			out = append(out, e.Name()+"/"+f.Name())
+		}
+	}
+	return out, nil
 }
 
 func (p *mailfwdProc) logTail(t *testing.T) string {

@@ -66,8 +66,7 @@ func (in *haInstance) start(t *testing.T) {
 }
 
 func (in *haInstance) spooled() int {
-	m, _ := filepath.Glob(filepath.Join(in.dir, "spool", "msg", "*.msg"))
-	return len(m)
+	return len(spoolGlob(filepath.Join(in.dir, "spool", "msg"), "*.msg"))
 }
 
 // newHAInstance writes an instance's config: like startMailfwd's, plus

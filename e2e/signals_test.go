@@ -180,11 +180,11 @@ delivery:
 	}
 	// The spool is consistent: no temp files; the message is there or was
 	// delivered before the exit.
-	tmps, _ := filepath.Glob(filepath.Join(dir, "spool", "msg", "*.tmp"))
+	tmps := spoolGlob(filepath.Join(dir, "spool", "msg"), "*.tmp")
 	if len(tmps) > 0 {
 		t.Fatalf("temp files left after a clean exit: %v", tmps)
 	}
-	envs, _ := filepath.Glob(filepath.Join(dir, "spool", "msg", "*.msg"))
+	envs := spoolGlob(filepath.Join(dir, "spool", "msg"), "*.msg")
 	if len(envs) == 0 {
 		arrived(t, tok, map[string]int{"central@company.com": 1}, 10*time.Second)
 	}

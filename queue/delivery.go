@@ -63,6 +63,9 @@ func (q *Scheduler) work(ctx context.Context, c class) {
 				d.sent++
 			case r.Status == envelope.Pending:
 				d.deferred++
+				if r.LastReply != "" {
+					d.lastError = r.LastReply // why it defers, for queue destinations
+				}
 				if out == outcomeSlow {
 					r.NextAttempt = d.pausedUntil // not the message's backoff
 				}

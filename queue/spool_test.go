@@ -329,3 +329,77 @@ func TestSpoolGroupCommit(t *testing.T) {
 	}
 	t.Logf("%d commits, %d directory fsyncs", n, syncs)
 }
+
+// A spool of the flat layout (every file in msg/) is moved into hashed
+// subdirectories when opened, messages intact; TakeRecovered says which
+// were updated, and DueTime gives an updated one its next attempt from the
+// envelope file alone.
+func TestSpoolRehashAndDueTime(t *testing.T) {
+	root := t.TempDir()
+	s := openSpoolAt(t, root)
+	fresh := commit(t, s, "m1\r\n", "a@x.test")
+	later := commit(t, s, "m2\r\n", "b@x.test")
+	next := time.Now().Add(90 * time.Minute).Truncate(time.Second)
+	later.NextAttempt = next
+	if err := s.Update(later); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	// Flatten, as an older mailfwd left it.
+	for _, id := range []string{fresh.ID, later.ID} {
+		files, _ := filepath.Glob(filepath.Join(s.Dir(), hashDir(id), id+".*"))
+		for _, f := range files {
+			if err := os.Rename(f, filepath.Join(s.Dir(), filepath.Base(f))); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	os.WriteFile(filepath.Join(s.Dir(), "README"), []byte("not ours"), 0o600)
+
+	s = openSpoolAt(t, root)
+	for _, id := range []string{fresh.ID, later.ID} {
+		if _, err := os.Stat(filepath.Join(s.Dir(), hashDir(id), id+".msg")); err != nil {
+			t.Fatalf("not moved into its subdirectory: %v", err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(s.Dir(), "README")); err != nil {
+		t.Fatalf("a file that is not a queue file was touched: %v", err)
+	}
+	rec := s.TakeRecovered()
+	if len(rec) != 2 || rec[0].ID != fresh.ID || rec[0].Updated || rec[1].ID != later.ID || !rec[1].Updated {
+		t.Fatalf("recovered %+v", rec)
+	}
+	if again := s.TakeRecovered(); len(again) != 0 {
+		t.Fatalf("TakeRecovered gave %d twice", len(again))
+	}
+	if got := s.DueTime(later.ID); !got.Equal(next) {
+		t.Fatalf("DueTime = %v, want %v", got, next)
+	}
+	if got := s.DueTime(fresh.ID); !got.IsZero() {
+		t.Fatalf("DueTime of a message never updated = %v, want zero (due now)", got)
+	}
+	env, err := s.LoadQueued(later.ID)
+	if err != nil || len(env.Recipients) != 1 || env.Recipients[0].Addr != "b@x.test" {
+		t.Fatalf("LoadQueued after the move: %+v, %v", env, err)
+	}
+	body, err := s.OpenBody(fresh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(body)
+	body.Close()
+	if string(b) != "m1\r\n" {
+		t.Fatalf("body after the move: %q", b)
+	}
+}
+
+func TestValidID(t *testing.T) {
+	for id, want := range map[string]bool{
+		NewID(): true, "6619DC953900D53AC52": true,
+		"": false, "../../etc/passwd": false, "a/b": false, "..": false, "ID with space": false,
+	} {
+		if got := validID(id); got != want {
+			t.Errorf("validID(%q) = %v, want %v", id, got, want)
+		}
+	}
+}

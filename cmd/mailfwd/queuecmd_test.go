@@ -166,6 +166,20 @@ func TestQueueCommandThroughDaemon(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitUntil(t, func() bool { env, _ := s.Load(a); return env != nil && !env.Held && env.Attempts >= 2 }) // flushed once, then released
+	// Like qshape: the destination, its window, its counts and why it
+	// defers.
+	out, err := runQueue(t, "-config", cfg, "destinations")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 2 || !strings.HasPrefix(lines[0], "-Destination-") {
+		t.Fatalf("queue destinations:\n%s", out)
+	}
+	f := strings.Fields(lines[1])
+	if len(f) < 11 || f[1] != "alive" || f[8] == "0" || !strings.HasSuffix(lines[1], "451 later") {
+		t.Fatalf("queue destinations row (want alive, deferrals, the last reply):\n%s", out)
+	}
 	if _, err := runQueue(t, "-config", cfg, "hold", "NOSUCH"); err == nil || !strings.Contains(err.Error(), "no such message") {
 		t.Fatalf("hold of a missing ID through the daemon: %v", err)
 	}

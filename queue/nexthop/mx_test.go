@@ -192,8 +192,14 @@ func TestTransportRouter(t *testing.T) {
 		}
 	}
 	tr.Smarthost = &sh
-	if d := tr.Route(&envelope.Recipient{Addr: "x@gmail.com", External: true}); d.Key != "smtp:[10.0.0.9]:587" {
-		t.Errorf("with a smarthost: %s", d.Key)
+	// The smarthost carries Internet mail: the external class, even when
+	// it is the local next hop too.
+	if d := tr.Route(&envelope.Recipient{Addr: "x@gmail.com", External: true}); d.Key != "smtp:[10.0.0.9]:587 (external)" || !d.External {
+		t.Errorf("with a smarthost: %s external=%v", d.Key, d.External)
+	}
+	tr.Smarthost = &tr.Local
+	if d := tr.Route(&envelope.Recipient{Addr: "x@gmail.com", External: true}); d.Key == tr.Route(&envelope.Recipient{Addr: "central@company.com"}).Key || !d.External {
+		t.Errorf("smarthost = next hop: one destination for both classes (%s)", d.Key)
 	}
 	for _, bad := range []string{"smtp", "ftp:[x]:1", "smtp:[x", "smtp:[x]:99999", "smtp:[]:25"} {
 		if _, err := ParseTransport(bad); err == nil {

@@ -114,28 +114,36 @@ func (tr *TransportRouter) Route(r *envelope.Recipient) Destination {
 	if i := strings.LastIndexByte(addr, '@'); i >= 0 {
 		domain = addr[i+1:]
 	}
+	// A transport the administrator names is a host of ours (the local
+	// class), unless it says MX.
 	if t, ok := tr.Transports[addr]; ok {
-		return tr.destination(t, domain)
+		return tr.destination(t, false)
 	}
 	if t, ok := tr.Transports[domain]; ok {
-		return tr.destination(t, domain)
+		return tr.destination(t, false)
 	}
 	if !r.External {
-		return tr.destination(tr.Local, domain)
+		return tr.destination(tr.Local, false)
 	}
 	if tr.Smarthost != nil {
-		return tr.destination(*tr.Smarthost, domain)
+		return tr.destination(*tr.Smarthost, true)
 	}
 	port := tr.MXPort
 	if port == 0 {
 		port = 25
 	}
-	return tr.destination(Transport{Host: domain, Port: port, MX: true}, domain)
+	return tr.destination(Transport{Host: domain, Port: port, MX: true}, true)
 }
 
-// destination returns the (shared) destination of a transport.
-func (tr *TransportRouter) destination(t Transport, _ string) Destination {
+// destination returns the (shared) destination of a transport. Mail for
+// the Internet is of the external class whatever its hop (an MX, or a
+// smarthost): a slow Internet must never hold up local delivery, so a
+// host that is both our next hop and the smarthost is two destinations.
+func (tr *TransportRouter) destination(t Transport, external bool) Destination {
 	key := t.String()
+	if external && !t.MX {
+		key += " (external)"
+	}
 	tr.mu.Lock()
 	defer tr.mu.Unlock()
 	if d, ok := tr.dest[key]; ok {
@@ -148,7 +156,7 @@ func (tr *TransportRouter) destination(t Transport, _ string) Destination {
 	if t.MX {
 		d = Destination{Key: key, Name: t.Host, External: true, Hop: &MXHop{Domain: t.Host, Port: t.Port, Resolver: tr.Resolver, Hops: tr.Hops}}
 	} else {
-		d = Destination{Key: key, Name: t.Host, Hop: tr.Hops(net.JoinHostPort(t.Host, strconv.Itoa(t.Port)), t.LMTP, t.Host, t.PassClient)}
+		d = Destination{Key: key, Name: t.Host, External: external, Hop: tr.Hops(net.JoinHostPort(t.Host, strconv.Itoa(t.Port)), t.LMTP, t.Host, t.PassClient)}
 	}
 	tr.dest[key] = d
 	return d
