@@ -152,7 +152,7 @@ delivery:
 
 // localLatencies sends n messages for a local user, one every gap, and
 // returns each one's time from the 250 after DATA to its arrival at the
-// sink through Postfix, sorted.
+// sink through Postfix.
 func localLatencies(t *testing.T, addr string, n int, gap time.Duration) []time.Duration {
 	t.Helper()
 	sent := map[string]time.Time{}
@@ -187,7 +187,6 @@ func localLatencies(t *testing.T, addr string, n int, gap time.Duration) []time.
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	return lat
 }
 
@@ -195,10 +194,11 @@ func pct(s []time.Duration, p float64) time.Duration { return s[min(len(s)-1, in
 
 // With hundreds of external forwards stuck on an outside MX that tarpits
 // or drops SYNs, local mail keeps its normal latency: its p99 stays within
-// 2x of the same relay's with the outside quiet. (The first scheduler let
-// one slow destination hold all 16 workers: local mail waited ~160 s.)
+// 2x of a twin relay's whose outside is quiet, measured in alternating
+// blocks so that the machine's noise falls on both. (The first scheduler
+// let one slow destination hold all 16 workers: local mail waited ~160 s.)
 func TestLocalLatencyBehindStuckInternet(t *testing.T) {
-	const externals, locals = 300, 100
+	const externals, rounds, perRound = 300, 4, 50 // 200 messages each
 	for _, tc := range []struct {
 		name string
 		mx   func(t *testing.T) (addr string, conns func() int64)
@@ -213,8 +213,11 @@ func TestLocalLatencyBehindStuckInternet(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			mx, conns := tc.mx(t)
-			p := qmgrRelay(t, servers["PF_SMTP"], mx, "")
-			base := localLatencies(t, p.addr, locals, 20*time.Millisecond)
+			quiet := qmgrRelay(t, servers["PF_SMTP"], servers["SINK_ADDR"], "")
+			stuck := qmgrRelay(t, servers["PF_SMTP"], mx, "")
+			for _, p := range []*mailfwdProc{quiet, stuck} {
+				localLatencies(t, p.addr, 5, 0) // warm: Postfix's connection open, caches filled
+			}
 
 			// Hundreds of forwards for the outside, sent in parallel.
 			var wg sync.WaitGroup
@@ -225,7 +228,7 @@ func TestLocalLatencyBehindStuckInternet(t *testing.T) {
 				go func() {
 					defer wg.Done()
 					for range work {
-						if err := sendGo(p.addr, token(t), []string{"internal.user@company.com"}); err != nil {
+						if err := sendGo(stuck.addr, token(t), []string{"internal.user@company.com"}); err != nil {
 							failed.Add(1)
 						}
 					}
@@ -240,20 +243,53 @@ func TestLocalLatencyBehindStuckInternet(t *testing.T) {
 				t.Fatalf("%d external forwards refused", failed.Load())
 			}
 			time.Sleep(2 * time.Second) // every worker the outside may have is stuck now
-			stuck := localLatencies(t, p.addr, locals, 20*time.Millisecond)
-			t.Logf("local latency, outside quiet: p50 %v p99 %v; outside stuck (%s): p50 %v p99 %v",
-				pct(base, .5), pct(base, .99), tc.name, pct(stuck, .5), pct(stuck, .99))
-			if n := p.spooled(t); n < externals {
+
+			if n := stuck.spooled(t); n < externals {
 				t.Fatalf("only %d messages in the spool: the outside was not stuck", n)
 			}
 			if conns != nil && conns() == 0 {
 				t.Fatal("no connection reached the tarpit")
 			}
-			if pct(stuck, .99) > 2*pct(base, .99) {
-				t.Fatalf("local p99 %v with the outside stuck, more than 2x its %v with the outside quiet", pct(stuck, .99), pct(base, .99))
+			// A single 20-30 ms hiccup of this shared machine's disk is a
+			// p99 of 200; head-of-line blocking is seconds, in every try.
+			// So up to three tries, each of which must pass on its own.
+			for try := 1; ; try++ {
+				base, slow := quietVsStuck(t, quiet, stuck, rounds, perRound)
+				t.Logf("try %d: local latency, outside quiet: p50 %v p99 %v; outside stuck (%s): p50 %v p99 %v; slowest %v / %v",
+					try, pct(base, .5), pct(base, .99), tc.name, pct(slow, .5), pct(slow, .99), base[len(base)-3:], slow[len(slow)-3:])
+				if pct(slow, .99) <= 2*pct(base, .99) {
+					break
+				}
+				if try == 3 {
+					t.Fatalf("local p99 %v with the outside stuck, more than 2x its %v with the outside quiet (3 tries)", pct(slow, .99), pct(base, .99))
+				}
 			}
 		})
 	}
+}
+
+// quietVsStuck measures local latency through both relays in alternating
+// blocks (ABBA, with a pause between blocks: a block that follows another
+// is slower, Postfix still finishing the last), sorted.
+func quietVsStuck(t *testing.T, quiet, stuck *mailfwdProc, rounds, perRound int) (base, slow []time.Duration) {
+	for r := 0; r < rounds; r++ {
+		order := []*mailfwdProc{quiet, stuck}
+		if r%2 == 1 {
+			order = []*mailfwdProc{stuck, quiet}
+		}
+		for _, p := range order {
+			time.Sleep(500 * time.Millisecond)
+			lat := localLatencies(t, p.addr, perRound, 20*time.Millisecond)
+			if p == quiet {
+				base = append(base, lat...)
+			} else {
+				slow = append(slow, lat...)
+			}
+		}
+	}
+	sort.Slice(base, func(i, j int) bool { return base[i] < base[j] })
+	sort.Slice(slow, func(i, j int) bool { return slow[i] < slow[j] })
+	return base, slow
 }
 
 // procCPU is a process's user+system CPU time so far.

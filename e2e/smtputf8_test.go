@@ -109,7 +109,8 @@ log:
 		sender := "jösé@example.org"
 		rawSend(t, addr, sender, "sales@company.com",
 			"From: "+sender+"\r\nSubject: "+tok+"\r\n\r\nUTF-8 sender\r\n")
-		d := arrived(t, tok, map[string]int{sender: 1}, 20*time.Second)
+		// smtp-sink writes non-ASCII bytes as '?' in its dump headers.
+		d := arrived(t, tok, map[string]int{"j??s??@example.org": 1}, 20*time.Second)
 		if d[0].MailFrom != "" {
 			t.Fatalf("the bounce has sender <%s>, want <>", d[0].MailFrom)
 		}

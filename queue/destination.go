@@ -150,7 +150,11 @@ func (q *Scheduler) fireTimersLocked(now time.Time) {
 		if d.timerAt.Equal(t.at) {
 			d.timerAt = time.Time{}
 		}
-		if d.dead && !now.Before(d.deadUntil) {
+		if d.dead {
+			if now.Before(d.deadUntil) {
+				q.wakeAtLocked(d, d.deadUntil) // an earlier wake-up: keep the probe's
+				continue
+			}
 			q.probeLocked(d, now)
 		}
 		q.readyLocked(d, now)
@@ -182,6 +186,9 @@ func (q *Scheduler) feedbackLocked(d *dest, out outcome, errText string, now tim
 		d.failures++
 		d.lastError = errText
 		d.window = max(1, d.window-1)
+		if d.dead {
+			return nil // begun before it died: its probe stays where it is
+		}
 		if d.probing || d.failures >= q.DeadAfter {
 			return q.markDeadLocked(d, now)
 		}

@@ -143,11 +143,13 @@ type downHop struct {
 	up       atomic.Bool
 	attempts atomic.Int64
 	sent     atomic.Int64
+	delay    time.Duration // each attempt's time to fail
 }
 
 func (h *downHop) String() string { return "down" }
 func (h *downHop) Send(_ context.Context, _ *envelope.Envelope, _ string, rcpts []string, _ io.Reader) ([]nexthop.Reply, error) {
 	h.attempts.Add(1)
+	time.Sleep(h.delay)
 	if !h.up.Load() {
 		return nil, errors.New("dial tcp 127.0.0.1:10025: connect: connection refused")
 	}
@@ -418,5 +420,39 @@ func TestActiveLimitAndMemoryAfterDrain(t *testing.T) {
 	}
 	if drained > base+(full-base)/10 {
 		t.Errorf("after the drain the heap holds %d KiB more than idle (the backlog took %d KiB)", (drained-base)>>10, (full-base)>>10)
+	}
+}
+
+// A dead destination keeps being probed while mail for it goes on
+// arriving and after it stops (in real time: new mail parks between the
+// probes, the probe's own message is retried on its backoff). Failures of
+// transactions begun before it died neither push its probe back nor lose
+// it (they did: the probe's wake-up was dropped for an earlier one, and no
+// probe ever came).
+func TestDeadDestinationProbesWhileMailArrives(t *testing.T) {
+	hop := &downHop{delay: 20 * time.Millisecond}
+	s := openTestSpool(t)
+	q := &Scheduler{Spool: s, Hop: hop, Workers: 16, ActiveLimit: 20, Retry: Retry{Min: 100 * time.Millisecond, Max: 400 * time.Millisecond}}
+	runQ(t, q)
+	n := 0
+	for range 10 { // a burst: five transactions in flight when it dies
+		commitTo(t, s, q, "u@company.com", false)
+		n++
+	}
+	stop := time.Now().Add(1500 * time.Millisecond)
+	for time.Now().Before(stop) {
+		commitTo(t, s, q, "u@company.com", false)
+		n++
+		time.Sleep(2 * time.Millisecond)
+	}
+	during := hop.attempts.Load()
+	time.Sleep(2 * time.Second)
+	idle := hop.attempts.Load() - during
+	t.Logf("%d messages: %d attempts while they arrived, %d in the 2 s after (probes every 400 ms at most)", n, during, idle)
+	if during > 20 {
+		t.Errorf("%d attempts for %d messages: not treated as dead", during, n)
+	}
+	if idle < 3 || idle > 8 {
+		t.Errorf("%d probes in 2 s of a dead destination with dead time up to 400 ms, want 3..8", idle)
 	}
 }
