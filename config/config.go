@@ -46,6 +46,7 @@ type Config struct {
 	// SpoolDir holds the queue. Relative paths are relative to the config
 	// file's directory (or the working directory for the embedded default).
 	SpoolDir string `yaml:"spool_dir"`
+	Spool    Spool  `yaml:"spool"`
 	// LookupTimeout bounds the directory work for one RCPT.
 	LookupTimeout  time.Duration `yaml:"lookup_timeout"`
 	MaxMessageSize int64         `yaml:"max_message_size"`
@@ -502,6 +503,10 @@ func (c *Config) setDefaults() {
 	if c.MaxMessageSize == 0 {
 		c.MaxMessageSize = 50 << 20
 	}
+	if c.Spool.MinFree == nil {
+		mf := c.MaxMessageSize * 3 / 2
+		c.Spool.MinFree = &mf
+	}
 	if c.MaxRecipients == 0 {
 		c.MaxRecipients = 1000
 	}
@@ -649,8 +654,23 @@ func (c *Config) setDefaults() {
 	}
 }
 
+// Spool is how the queue directory is kept.
+type Spool struct {
+	// MinFree is the free space new mail may not take: below it MAIL gets
+	// 452 4.3.1 while delivery goes on (Postfix's queue_minfree). Default
+	// 1.5 x max_message_size; 0: no reserve.
+	MinFree *int64 `yaml:"min_free"`
+	// UnsafeFilesystem lets the spool live on a filesystem whose syncs do
+	// not reach stable storage (tmpfs, a volatile overlay, FUSE): every
+	// message there is lost with the power, or the machine.
+	UnsafeFilesystem bool `yaml:"unsafe_filesystem"`
+}
+
 func (c *Config) validate() error {
 	var errs []error
+	if c.Spool.MinFree != nil && *c.Spool.MinFree < 0 {
+		errs = append(errs, fmt.Errorf("spool.min_free: %d is negative", *c.Spool.MinFree))
+	}
 	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
 	for _, l := range c.Listen {
 		if _, _, err := net.SplitHostPort(l); err != nil {

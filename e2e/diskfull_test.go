@@ -29,7 +29,7 @@ func TestDiskFull(t *testing.T) {
 	// open for writing would make the read-only remount below fail (EBUSY).
 	mnt, unmount := mountSpoolTmpfs(t, dir, "2m")
 	defer unmount()
-	p, err := startMailfwd(dir)
+	p, err := startMailfwdExtra(dir, unsafeSpool)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -295,4 +295,45 @@ func mountSpoolTmpfs(t *testing.T, dir, size string) (mnt string, unmount func()
 			exec.Command("umount", "-l", mnt).Run()
 		}
 	}
+}
+
+// A spool on tmpfs is refused at start, saying why and what to set; with
+// spool.unsafe_filesystem the relay starts, and says what it risks.
+func TestSpoolOnTmpfsRefused(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "tmpfs-spool")
+	_, unmount := mountSpoolTmpfs(t, dir, "4m")
+	defer unmount()
+	addr, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := relayConfig(dir, "tmpfs.e2e.test", addr, "", servers["PF_SMTP"], "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfgPath := filepath.Join(dir, "mailfwd.yaml")
+	os.WriteFile(cfgPath, []byte(cfg), 0o600)
+	cmd := exec.Command(binary, "serve", "-config", cfgPath)
+	done := make(chan struct{})
+	var out []byte
+	go func() { out, err = cmd.CombinedOutput(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		cmd.Process.Kill()
+		<-done
+		t.Fatalf("serve with its spool on tmpfs is still running after 20 s:\n%s", out)
+	}
+	if err == nil || !strings.Contains(string(out), "tmpfs") || !strings.Contains(string(out), "spool.unsafe_filesystem") {
+		t.Fatalf("serve on tmpfs: %v, want a refusal naming tmpfs and spool.unsafe_filesystem:\n%s", err, out)
+	}
+	t.Logf("refused: %s", strings.TrimSpace(string(out)))
+
+	os.WriteFile(cfgPath, []byte(cfg+unsafeSpool), 0o600)
+	p, err := startRelayConfig(dir, cfgPath, addr, "")
+	if err != nil {
+		t.Fatalf("with spool.unsafe_filesystem: %v", err)
+	}
+	defer p.stop()
+	logHas(t, p, 5*time.Second, "spool on an unsafe filesystem")
 }

@@ -250,7 +250,15 @@ delivery:
 // startMailfwd writes a config for the real directory and Postfix into dir
 // and starts the binary on a free port. The same dir (spool) can be started
 // again after a kill.
-func startMailfwd(dir string) (*mailfwdProc, error) {
+func startMailfwd(dir string) (*mailfwdProc, error) { return startMailfwdExtra(dir, "") }
+
+// unsafeSpool is the config of relays whose spool a test puts on a small
+// tmpfs (to fill it, or make it read-only): serve refuses tmpfs otherwise,
+// and the default free-space reserve is bigger than the whole tmpfs.
+const unsafeSpool = "spool: {unsafe_filesystem: true, min_free: 0}\n"
+
+// startMailfwdExtra is startMailfwd with extra top-level config.
+func startMailfwdExtra(dir, extra string) (*mailfwdProc, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -262,7 +270,7 @@ func startMailfwd(dir string) (*mailfwdProc, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := relayConfig(dir, "mailfwd.e2e.test", addr, adminAddr, servers["PF_SMTP"], "log:\n  level: debug\n")
+	cfg, err := relayConfig(dir, "mailfwd.e2e.test", addr, adminAddr, servers["PF_SMTP"], "log:\n  level: debug\n"+extra)
 	if err != nil {
 		return nil, err
 	}

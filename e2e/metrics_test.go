@@ -131,7 +131,7 @@ func TestMetricsHealthzSpool(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "healthz")
 	mnt, unmount := mountSpoolTmpfs(t, dir, "1m")
 	defer unmount()
-	p, err := startMailfwd(dir)
+	p, err := startMailfwdExtra(dir, unsafeSpool)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -455,4 +457,30 @@ func TestDeadDestinationProbesWhileMailArrives(t *testing.T) {
 	if idle < 3 || idle > 8 {
 		t.Errorf("%d probes in 2 s of a dead destination with dead time up to 400 ms, want 3..8", idle)
 	}
+}
+
+// A spool that cannot take an envelope write (full) still drains once the
+// next hop is back: delivery is attempted without the record (a retry
+// first wrote the envelope, and on ENOSPC retried nothing, ever).
+func TestFullSpoolDrains(t *testing.T) {
+	hop := &downHop{}
+	s := openTestSpool(t)
+	q := &Scheduler{Spool: s, Hop: hop, Workers: 4, Retry: Retry{Min: 50 * time.Millisecond, Max: 100 * time.Millisecond}}
+	const n = 20
+	for range n {
+		commitTo(t, s, q, "u@company.com", false)
+	}
+	s.dataSync = func(*os.File) error { return &os.PathError{Op: "write", Path: "x", Err: syscall.ENOSPC} }
+	runQ(t, q)
+	waitFor(t, "first attempts", func() bool { return hop.attempts.Load() >= 3 })
+	hop.up.Store(true)
+	q.Flush("")
+	deadline := time.Now().Add(10 * time.Second)
+	for hop.sent.Load() < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d delivered from a full spool once the next hop was back", hop.sent.Load(), n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	waitFor(t, "spool to empty", spoolEmpty(s))
 }

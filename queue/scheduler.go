@@ -621,12 +621,11 @@ func (q *Scheduler) plan(ctx context.Context, e *entry, env *envelope.Envelope) 
 	}
 	env.NextAttempt = q.nextDue(env, now)
 	if env.Attempts > 1 {
+		// A full or failing disk must not freeze the queue: delivery is
+		// what frees space. Without the record a crash during this attempt
+		// makes a restart retry it at once (a duplicate at worst).
 		if err := q.Spool.Update(env); err != nil {
-			q.Log.Error("cannot record attempt; will retry", "queue_id", e.id, "err", err)
-			q.mu.Lock()
-			q.requeueLocked(e, now.Add(q.Retry.Min))
-			q.mu.Unlock()
-			return
+			q.Log.Error("cannot record attempt; delivering anyway", "queue_id", e.id, "err", err)
 		}
 	}
 	q.mu.Lock()
@@ -751,8 +750,7 @@ func (q *Scheduler) finish(e *entry) {
 		return
 	}
 	q.moveClassLocked(e, q.classOf(env))
-	if e.flushed {
-		e.flushed = false
+	if e.flushed { // flushed during the attempt: plan sees the flag, and ignores the backoff
 		q.requeueLocked(e, now)
 		return
 	}

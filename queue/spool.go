@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"log/slog"
 	"os"
@@ -56,12 +57,19 @@ const (
 	footerLen    = len(footerPrefix) + 16 + 1 // prefix, %016x length, "\n"
 )
 
-// Spool is the on-disk queue directory. A commit is a rename and one
-// filesystem sync (syncfs), whatever subdirectory the file is in.
+// Spool is the on-disk queue directory. A commit is an fdatasync of the
+// queue file, a rename and a directory fsync shared by concurrent commits.
 type Spool struct {
-	dir       string
-	log       *slog.Logger
-	syncer    *dirSyncer
+	// MinFree is the free-space reserve new mail may not take (Room).
+	MinFree int64
+
+	dir      string
+	log      *slog.Logger
+	syncer   *dirSyncer
+	readOnly bool // ReadSpool: never moves a file
+	// dataSync makes a file's data durable through its own descriptor
+	// (fdatasync; a hook for tests).
+	dataSync  func(*os.File) error
 	corrupt   string
 	mu        sync.Mutex
 	recovered []Queued
@@ -91,7 +99,7 @@ func OpenSpool(dir string, log *slog.Logger) (*Spool, error) {
 	if err := os.MkdirAll(msgDir, 0o700); err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
 	}
-	s := &Spool{dir: msgDir, log: log, corrupt: filepath.Join(dir, "corrupt")}
+	s := &Spool{dir: msgDir, log: log, corrupt: filepath.Join(dir, "corrupt"), dataSync: fdatasync}
 	// The lock comes first: recovery deletes temp files, which must never
 	// happen under a process that is writing them.
 	unlock, err := s.Lock()
@@ -116,11 +124,29 @@ func OpenSpool(dir string, log *slog.Logger) (*Spool, error) {
 	return s, nil
 }
 
+// Room reports whether a message of size bytes (0: not declared) may be
+// accepted: the filesystem keeps MinFree bytes free beside it (Postfix's
+// queue_minfree), for delivery to go on when new mail cannot come in.
+func (s *Spool) Room(size int64) error {
+	if s.MinFree <= 0 {
+		return nil
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(s.dir, &st); err != nil {
+		return classify(err)
+	}
+	free := int64(st.Bavail) * int64(st.Bsize)
+	if free < s.MinFree+size {
+		return fmt.Errorf("%w: %d bytes free, the reserve is %d (message: %d)", ErrSpoolFull, free, s.MinFree, size)
+	}
+	return nil
+}
+
 // ReadSpool gives read-only access (List, Walk, Load, OpenBody) to a spool
 // that a running daemon may be writing: files only ever appear by rename,
 // so a reader sees whole files.
 func ReadSpool(dir string) *Spool {
-	return &Spool{dir: filepath.Join(dir, "msg"), log: slog.Default()}
+	return &Spool{dir: filepath.Join(dir, "msg"), log: slog.Default(), readOnly: true, corrupt: filepath.Join(dir, "corrupt")}
 }
 
 // TakeRecovered returns, once, the messages found in the spool when it was
@@ -175,6 +201,7 @@ type Writer struct {
 	f    *os.File
 	bw   *bufio.Writer
 	n    int64
+	crc  uint32
 	done bool
 }
 
@@ -197,27 +224,31 @@ func (w *Writer) Size() int64 { return w.n }
 func (w *Writer) Write(p []byte) (int, error) {
 	n, err := w.bw.Write(p)
 	w.n += int64(n)
+	w.crc = crc32.Update(w.crc, castagnoli, p[:n])
 	if err != nil {
 		return n, classify(err)
 	}
 	return n, nil
 }
 
-// Commit makes the message durable: the envelope and footer are appended
-// to the body, the queue file is renamed into place, then one syncfs(2) of
-// the spool's filesystem, shared with every commit that renamed before it
-// began (group commit), covers the file's data and its directory entry at
-// once. Only when Commit returns nil may the client be told 250.
+// Commit makes the message durable: the envelope (with the body's
+// CRC-32C) and footer are appended to the body, the file is fdatasynced
+// through its own descriptor (so a writeback error of its pages is
+// reported to this commit, not to whichever sync runs first), renamed
+// into place, and its directory fsynced: one directory fsync per
+// subdirectory, shared with every commit that renamed before it began
+// (group commit). Only when Commit returns nil may the client be told 250.
 //
-// A crash before that sync may leave the file renamed but empty or cut
-// short. The client never got a 250 for such a message, and recovery
-// discards it: its footer is missing or does not match.
+// When a sync fails the file is removed before the error returns: the
+// client gets a 4xx and sends again, and no copy of this attempt may be
+// delivered beside its retry.
 func (w *Writer) Commit(env *envelope.Envelope) error {
 	if w.done {
 		return errors.New("spool: message already committed or aborted")
 	}
 	env.ID = w.id
 	env.Size = w.n
+	env.BodyCRC, env.HasCRC = w.crc, true
 	if env.Received.IsZero() {
 		env.Received = time.Now()
 	}
@@ -229,21 +260,27 @@ func (w *Writer) Commit(env *envelope.Envelope) error {
 	w.bw.Write(b)
 	fmt.Fprintf(w.bw, "%s%016x\n", footerPrefix, len(b))
 	err = w.bw.Flush()
+	if err == nil {
+		err = w.s.dataSync(w.f)
+	}
 	if cerr := w.f.Close(); err == nil {
 		err = cerr
 	}
 	w.done = true
 	s := w.s
+	tmp, final := s.path(w.id, tmpSuffix), s.path(w.id, msgSuffix)
 	if err == nil {
-		err = os.Rename(s.path(w.id, tmpSuffix), s.path(w.id, msgSuffix))
+		err = os.Rename(tmp, final)
 	}
 	if err != nil {
-		os.Remove(s.path(w.id, tmpSuffix))
+		os.Remove(tmp)
 		return classify(err)
 	}
-	if err := s.syncer.sync(); err != nil {
-		// The file may or may not be durable; without a 250 the client
-		// retries, and a duplicate is better than a loss.
+	if err := s.syncer.sync(filepath.Dir(final)); err != nil {
+		// The rename may be durable, or become so: remove the file, and
+		// sync that if we can, so that a restart does not deliver it.
+		os.Remove(final)
+		s.syncer.sync(filepath.Dir(final))
 		return classify(err)
 	}
 	return nil
@@ -295,8 +332,12 @@ func (s *Spool) Update(env *envelope.Envelope) error {
 	if err != nil {
 		return err
 	}
-	tmp := s.path(env.ID, envSuffix+tmpSuffix)
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	// A name of its own: two updates of one message at once must not
+	// write into the same temp file (the last rename wins, whole).
+	var r [4]byte
+	rand.Read(r[:])
+	tmp := s.path(env.ID, envSuffix+"."+hex.EncodeToString(r[:])+tmpSuffix)
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return classify(err)
 	}
@@ -306,7 +347,7 @@ func (s *Spool) Update(env *envelope.Envelope) error {
 		err = os.Chtimes(tmp, time.Now(), env.NextAttempt)
 	}
 	if err == nil {
-		err = f.Sync()
+		err = s.dataSync(f)
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
@@ -315,11 +356,12 @@ func (s *Spool) Update(env *envelope.Envelope) error {
 		os.Remove(tmp)
 		return classify(err)
 	}
-	if err := os.Rename(tmp, s.path(env.ID, envSuffix)); err != nil {
+	final := s.path(env.ID, envSuffix)
+	if err := os.Rename(tmp, final); err != nil {
 		os.Remove(tmp)
 		return classify(err)
 	}
-	return classify(s.syncer.sync())
+	return classify(s.syncer.sync(filepath.Dir(final)))
 }
 
 // Remove deletes a finished message: the queue file first, so a crash in
@@ -363,7 +405,23 @@ func (s *Spool) Load(id string) (*envelope.Envelope, error) {
 	}
 	b, err := os.ReadFile(s.path(id, envSuffix))
 	if err == nil {
-		return envelope.Unmarshal(b)
+		env, perr := envelope.Unmarshal(b)
+		if perr == nil && env.ID == id {
+			return env, nil
+		}
+		// Empty or unreadable (a lost write): the envelope committed with
+		// the queue file is whole, if older. Delivering from it may repeat
+		// a delivery; losing the message would be worse.
+		fallback, ferr := s.loadQueueFile(id)
+		if ferr != nil {
+			return nil, fmt.Errorf("envelope file unreadable (%v), and so is the queue file's: %w", perr, ferr)
+		}
+		if !s.readOnly {
+			s.log.Error("spool: envelope file unreadable; using the envelope of the queue file (recipients delivered since may get a copy again)",
+				"queue_id", id, "err", perr, "size", len(b))
+			s.setAside(id, envSuffix)
+		}
+		return fallback, nil
 	}
 	if !errors.Is(err, os.ErrNotExist) {
 		return nil, err
@@ -455,43 +513,58 @@ func (s *Spool) Walk(fn func(*envelope.Envelope) error) error {
 	return nil
 }
 
-// ErrGone: a message found at recovery was not whole after all (its
-// commit was cut short by a crash, before any 250) and was removed, or its
-// envelope was unreadable and it was moved aside.
-var ErrGone = errors.New("queue file removed at recovery")
+// ErrGone: a message found at recovery was not whole (a queue file
+// without a valid footer, a body shorter than recorded or whose checksum
+// does not match, no readable envelope) and was quarantined.
+var ErrGone = errors.New("queue file quarantined at recovery")
 
 // LoadQueued reads a recovered message's envelope for delivery, finishing
-// the crash cleanup that recovery left to the first read: a queue file
-// without a valid footer, an empty envelope of the earlier format or a
-// body shorter than recorded is a commit cut short before its 250, and is
-// removed; an envelope that does not parse is moved aside with its
-// message, never deleted. Either way ErrGone.
+// the crash checks that recovery left to the first read. Every queue file
+// was synced before it got its name, so one that is not whole is damage
+// (or a commit of an earlier version cut short): it is moved to the
+// quarantine with a loud log line, never deleted and never delivered.
 func (s *Spool) LoadQueued(id string) (*envelope.Envelope, error) {
 	env, err := s.Load(id)
 	switch {
-	case errors.Is(err, errNoFooter):
-		s.log.Warn("spool: queue file incomplete (commit interrupted before 250), removing", "queue_id", id)
-		s.Remove(id)
-		return nil, ErrGone
 	case errors.Is(err, os.ErrNotExist):
 		return nil, err
 	case err != nil:
-		if st, serr := os.Stat(s.path(id, envSuffix)); serr == nil && st.Size() == 0 {
-			// the earlier format renamed envelopes unsynced
-			s.log.Warn("spool: empty envelope (commit interrupted before 250), removing", "queue_id", id)
-			s.Remove(id)
-			return nil, ErrGone
-		}
-		s.log.Error("spool: unreadable envelope, moving aside", "queue_id", id, "err", err)
+		s.log.Error("spool: queue file not whole, quarantined (mailfwd queue quarantine lists it)", "queue_id", id, "err", err)
 		s.quarantine(id)
 		return nil, ErrGone
 	}
-	if st, serr := os.Stat(s.path(id, msgSuffix)); serr != nil || st.Size() < env.Size {
-		s.log.Warn("spool: body shorter than recorded (commit interrupted before 250), removing", "queue_id", id)
-		s.Remove(id)
+	if err := s.checkBody(env); err != nil {
+		s.log.Error("spool: body damaged, quarantined (mailfwd queue quarantine lists it)", "queue_id", id, "err", err)
+		s.quarantine(id)
 		return nil, ErrGone
 	}
 	return env, nil
+}
+
+// checkBody verifies that the queue file holds the body the envelope
+// describes: its size, and its CRC-32C when the envelope has one.
+func (s *Spool) checkBody(env *envelope.Envelope) error {
+	f, err := os.Open(s.path(env.ID, msgSuffix))
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err != nil {
+		return err
+	} else if st.Size() < env.Size {
+		return fmt.Errorf("body shorter (%d bytes) than recorded (%d)", st.Size(), env.Size)
+	}
+	if !env.HasCRC {
+		return nil
+	}
+	h := crc32.New(castagnoli)
+	if _, err := io.Copy(h, io.NewSectionReader(f, 0, env.Size)); err != nil {
+		return err
+	}
+	if got := h.Sum32(); got != env.BodyCRC {
+		return fmt.Errorf("body checksum %08x, recorded %08x", got, env.BodyCRC)
+	}
+	return nil
 }
 
 // recover indexes the queued messages, oldest first, after cleaning up
@@ -560,8 +633,33 @@ func (s *Spool) recover() ([]Queued, error) {
 	if moved > 0 {
 		s.log.Info("spool: files moved into hashed subdirectories", "files", moved)
 	}
-	return out, s.syncer.sync()
+	return out, s.syncDirs()
 }
+
+// syncDirs fsyncs msg/ and each subdirectory: what recovery moved or
+// removed stays so.
+func (s *Spool) syncDirs() error {
+	if err := s.syncer.sync(s.dir); err != nil {
+		return err
+	}
+	subs, err := os.ReadDir(s.dir)
+	if err != nil {
+		return err
+	}
+	for _, sub := range subs {
+		if sub.IsDir() {
+			if err := s.syncer.sync(filepath.Join(s.dir, sub.Name())); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// castagnoli is the CRC-32C table (SSE4.2 in hardware on amd64).
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+func fdatasync(f *os.File) error { return unix.Fdatasync(int(f.Fd())) }
 
 // rehash moves the files of a flat spool (the earlier layout) into their
 // subdirectories. A crash in the middle leaves some in each place: the
@@ -600,13 +698,84 @@ func (s *Spool) rehash() (int, error) {
 }
 
 func (s *Spool) quarantine(id string) {
-	if err := os.MkdirAll(s.corrupt, 0o700); err != nil {
-		s.log.Error("spool: cannot create corrupt dir", "err", err)
+	for _, suf := range []string{envSuffix, msgSuffix, bodySuffix} {
+		s.moveAside(s.path(id, suf), id+suf)
+	}
+}
+
+// setAside moves one file of a message to the quarantine, under a name of
+// its own (the message stays).
+func (s *Spool) setAside(id, suffix string) {
+	s.moveAside(s.path(id, suffix), fmt.Sprintf("%s%s.%d", id, suffix, time.Now().UnixNano()))
+}
+
+// moveAside moves a file into the quarantine: a rename, or a copy when the
+// quarantine is on another filesystem (msg/ mounted on its own), synced
+// before the original goes. A file that cannot be moved stays where it is.
+func (s *Spool) moveAside(from, name string) {
+	if _, err := os.Lstat(from); err != nil {
 		return
 	}
-	for _, suf := range []string{envSuffix, msgSuffix} {
-		os.Rename(s.path(id, suf), filepath.Join(s.corrupt, id+suf))
+	to := filepath.Join(s.corrupt, name)
+	err := os.MkdirAll(s.corrupt, 0o700)
+	if err == nil {
+		err = os.Rename(from, to)
+		if errors.Is(err, syscall.EXDEV) {
+			err = copySynced(from, to)
+			if err == nil {
+				err = os.Remove(from)
+			}
+		}
 	}
+	if err != nil {
+		s.log.Error("spool: cannot move a damaged file to the quarantine; it stays in the spool", "file", from, "err", err)
+	}
+}
+
+func copySynced(from, to string) error {
+	in, err := os.Open(from)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(to, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(out, in)
+	if err == nil {
+		err = out.Sync()
+	}
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(to)
+	}
+	return err
+}
+
+// QuarantineDir is where recovery sets damaged files aside.
+func (s *Spool) QuarantineDir() string { return s.corrupt }
+
+// Quarantined lists the quarantine (files recovery set aside: damaged
+// queue files and envelopes), oldest first.
+func (s *Spool) Quarantined() ([]os.FileInfo, error) {
+	ents, err := os.ReadDir(s.corrupt)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []os.FileInfo
+	for _, e := range ents {
+		if fi, err := e.Info(); err == nil {
+			out = append(out, fi)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ModTime().Before(out[j].ModTime()) })
+	return out, nil
 }
 
 // classify maps storage errors the client should retry later (no space,
@@ -625,17 +794,27 @@ func classify(err error) error {
 	return err
 }
 
-// dirSyncer batches directory fsyncs: callers that renamed a file ask for
-// a sync; one fsync that starts after their rename covers all of them.
+// dirSyncer batches directory fsyncs: callers that renamed a file in a
+// directory ask for its sync; one fsync of that directory that starts
+// after their rename covers all of them. A batch syncs each directory
+// named in it once (on ext4 and xfs the first forces the journal commit
+// the others then find done).
 type dirSyncer struct {
-	dir *os.File
-	// fsync is the directory sync (a hook for tests); syncs counts them.
-	fsync func() error
+	mu   sync.Mutex
+	dirs map[string]*os.File // open directories, at most the 256 subdirectories and msg/
+	// fsync is the directory sync (a hook for tests); syncs counts
+	// batches.
+	fsync func(dir *os.File) error
 	syncs atomic.Int64
-	reqs  chan chan error
+	reqs  chan syncReq
 	quit  chan struct{}
 	once  sync.Once
 	wg    sync.WaitGroup
+}
+
+type syncReq struct {
+	dir  string
+	done chan error
 }
 
 func newDirSyncer(path string) (*dirSyncer, error) {
@@ -643,18 +822,30 @@ func newDirSyncer(path string) (*dirSyncer, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &dirSyncer{dir: f, reqs: make(chan chan error, 1024), quit: make(chan struct{})}
-	// syncfs: the data and metadata of every file in the spool's
-	// filesystem, in one call, whatever the batch size.
-	d.fsync = func() error { return unix.Syncfs(int(f.Fd())) }
+	d := &dirSyncer{dirs: map[string]*os.File{path: f}, reqs: make(chan syncReq, 1024), quit: make(chan struct{})}
+	d.fsync = func(f *os.File) error { return f.Sync() }
 	d.wg.Add(1)
 	go d.loop()
 	return d, nil
 }
 
+func (d *dirSyncer) open(path string) (*os.File, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if f := d.dirs[path]; f != nil {
+		return f, nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	d.dirs[path] = f
+	return f, nil
+}
+
 func (d *dirSyncer) loop() {
 	defer d.wg.Done()
-	batch := make([]chan error, 0, 64)
+	batch := make([]syncReq, 0, 64)
 	for {
 		select {
 		case r := <-d.reqs:
@@ -662,7 +853,7 @@ func (d *dirSyncer) loop() {
 		case <-d.quit:
 			return
 		}
-	drain: // everyone who asked before this fsync starts is covered by it
+	drain: // everyone who asked before these fsyncs start is covered by them
 		for {
 			select {
 			case r := <-d.reqs:
@@ -671,23 +862,34 @@ func (d *dirSyncer) loop() {
 				break drain
 			}
 		}
-		err := d.fsync()
+		errs := map[string]error{}
+		for _, r := range batch {
+			if _, done := errs[r.dir]; done {
+				continue
+			}
+			f, err := d.open(r.dir)
+			if err == nil {
+				err = d.fsync(f)
+			}
+			errs[r.dir] = err
+		}
 		d.syncs.Add(1)
 		for _, r := range batch {
-			r <- err
+			r.done <- errs[r.dir]
 		}
 	}
 }
 
-func (d *dirSyncer) sync() error {
-	r := make(chan error, 1)
+// sync returns once an fsync of dir that began after the call has ended.
+func (d *dirSyncer) sync(dir string) error {
+	r := syncReq{dir, make(chan error, 1)}
 	select {
 	case d.reqs <- r:
 	case <-d.quit:
 		return errors.New("spool closed")
 	}
 	select {
-	case err := <-r:
+	case err := <-r.done:
 		return err
 	case <-d.quit:
 		return errors.New("spool closed")
@@ -697,7 +899,12 @@ func (d *dirSyncer) sync() error {
 func (d *dirSyncer) close() error {
 	d.once.Do(func() { close(d.quit) })
 	d.wg.Wait()
-	return d.dir.Close()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, f := range d.dirs {
+		f.Close()
+	}
+	return nil
 }
 
 var _ io.Writer = (*Writer)(nil)

@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -184,11 +185,16 @@ func TestSpoolRecoveryCleansCrashLeftovers(t *testing.T) {
 	if strings.Join(names, " ") != strings.Join(want, " ") {
 		t.Fatalf("after recovery the spool holds %v, want %v", names, want)
 	}
-	// The unreadable envelope is moved aside with its message, not deleted.
-	for _, f := range []string{"00EEE.env", "00EEE.msg"} {
+	// What is not whole is moved aside, never deleted: an acknowledged
+	// message whose disk lost data must stay for the administrator.
+	for _, f := range []string{"00EEE.env", "00EEE.msg", "00BBB.msg", "00BB2.msg", "00BB3.msg",
+		"00FFF.env", "00FFF.msg", "00GGG.env", "00GGG.msg"} {
 		if _, err := os.Stat(filepath.Join(filepath.Dir(s.Dir()), "corrupt", f)); err != nil {
-			t.Fatalf("corrupt message not quarantined: %v", err)
+			t.Errorf("damaged message not quarantined: %v", err)
 		}
+	}
+	if q, err := s.Quarantined(); err != nil || len(q) != 9 {
+		t.Errorf("Quarantined lists %d files (%v), want 9", len(q), err)
 	}
 }
 
@@ -290,7 +296,7 @@ func TestSpoolGroupCommit(t *testing.T) {
 	s := openTestSpool(t)
 	var mu sync.Mutex
 	var renamedBeforeSync []int // how many commits had renamed when each fsync began
-	s.syncer.fsync = func() error {
+	s.syncer.fsync = func(*os.File) error {
 		n := 0
 		for _, f := range spoolFiles(t, s) {
 			if strings.HasSuffix(f, msgSuffix) {
@@ -401,5 +407,143 @@ func TestValidID(t *testing.T) {
 		if got := validID(id); got != want {
 			t.Errorf("validID(%q) = %v, want %v", id, got, want)
 		}
+	}
+}
+
+// A commit whose sync fails leaves nothing behind: its client gets a 4xx
+// and sends again, so a file left here would be delivered beside the
+// retry (it was, at the next restart).
+func TestSpoolFailedSyncLeavesNoFile(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		set  func(s *Spool)
+	}{
+		{"the queue file's fdatasync", func(s *Spool) {
+			s.dataSync = func(*os.File) error { return &os.PathError{Op: "fdatasync", Path: "x", Err: syscall.EIO} }
+		}},
+		{"the directory's fsync", func(s *Spool) {
+			s.syncer.fsync = func(*os.File) error { return &os.PathError{Op: "fsync", Path: "x", Err: syscall.EIO} }
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			s := openSpoolAt(t, root)
+			tc.set(s)
+			w, err := s.Create()
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.WriteString(w, "Subject: x\r\n\r\nbody\r\n")
+			err = w.Commit(&envelope.Envelope{From: "a@example.org", Recipients: []envelope.Recipient{{Addr: "b@example.com", Status: envelope.Pending}}})
+			if !errors.Is(err, ErrSpoolFull) {
+				t.Fatalf("Commit with a failing sync: %v, want ErrSpoolFull (a 4xx)", err)
+			}
+			if left := spoolFiles(t, s); len(left) != 0 {
+				t.Fatalf("files left after the failed commit: %v", left)
+			}
+			s.Close()
+			s = openSpoolAt(t, root)
+			if r := s.TakeRecovered(); len(r) != 0 {
+				t.Fatalf("a restart recovers %v", r)
+			}
+		})
+	}
+}
+
+// Two updates of one message at once never leave an unreadable envelope
+// (they shared one temp file, truncated by each: 50 of 300 rounds did).
+func TestSpoolConcurrentUpdates(t *testing.T) {
+	s := openTestSpool(t)
+	env := commit(t, s, "m\r\n", "a@x.test", "b@x.test")
+	for round := range 300 {
+		var wg sync.WaitGroup
+		for i := range 2 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				e := *env
+				e.Recipients = append([]envelope.Recipient(nil), env.Recipients...)
+				e.Attempts = round*2 + i
+				e.Recipients[i].LastReply = strings.Repeat("4", 1+round%7*i*100)
+				if err := s.Update(&e); err != nil {
+					t.Error(err)
+				}
+			}()
+		}
+		wg.Wait()
+		b, err := os.ReadFile(s.path(env.ID, envSuffix))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := envelope.Unmarshal(b); err != nil {
+			t.Fatalf("round %d: envelope unreadable after two concurrent updates: %v (%d bytes)", round, err, len(b))
+		}
+	}
+	if tmps, _ := filepath.Glob(filepath.Join(s.Dir(), "*", "*.tmp")); len(tmps) > 0 {
+		t.Fatalf("temp files left: %v", tmps)
+	}
+}
+
+// An empty or unreadable ID.env beside a whole queue file: the envelope
+// committed inside the queue file is used, and the bad one set aside (an
+// empty one made recovery delete the message).
+func TestSpoolBadEnvelopeFallsBack(t *testing.T) {
+	for name, content := range map[string]string{"empty": "", "garbage": "{\"id\":", "another message's": `{"id":"OTHER","size":3}`} {
+		t.Run(name, func(t *testing.T) {
+			root := t.TempDir()
+			s := openSpoolAt(t, root)
+			env := commit(t, s, "m\r\n", "a@x.test")
+			env.Attempts = 3
+			if err := s.Update(env); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(s.path(env.ID, envSuffix), []byte(content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			s.Close()
+			s = openSpoolAt(t, root)
+			got, err := s.LoadQueued(env.ID)
+			if err != nil {
+				t.Fatalf("LoadQueued: %v", err)
+			}
+			if got.ID != env.ID || len(got.Recipients) != 1 || got.Attempts != 0 {
+				t.Fatalf("fell back to %+v, want the queue file's envelope", got)
+			}
+			if _, err := os.Stat(s.path(env.ID, envSuffix)); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("the bad envelope is still in place: %v", err)
+			}
+			if q, _ := s.Quarantined(); len(q) != 1 {
+				t.Fatalf("%d files in the quarantine, want the bad envelope", len(q))
+			}
+		})
+	}
+}
+
+// A body that does not match its checksum (pages the disk lost: zeroes) is
+// quarantined at recovery, never delivered; one intact is delivered.
+func TestSpoolBodyChecksum(t *testing.T) {
+	root := t.TempDir()
+	s := openSpoolAt(t, root)
+	good := commit(t, s, "Subject: ok\r\n\r\nintact\r\n", "a@x.test")
+	bad := commit(t, s, "Subject: lost\r\n\r\nthe disk lost this\r\n", "a@x.test")
+	if !good.HasCRC || good.BodyCRC == 0 {
+		t.Fatalf("no checksum recorded: %+v", good)
+	}
+	f, err := os.OpenFile(s.path(bad.ID, msgSuffix), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt(make([]byte, 8), 4) // zeroed, as a lost page reads back
+	f.Close()
+	s.Close()
+	s = openSpoolAt(t, root)
+	if _, err := s.LoadQueued(good.ID); err != nil {
+		t.Fatalf("intact message: %v", err)
+	}
+	if _, err := s.LoadQueued(bad.ID); !errors.Is(err, ErrGone) {
+		t.Fatalf("damaged body: %v, want ErrGone", err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "corrupt", bad.ID+msgSuffix)); err != nil {
+		t.Fatalf("damaged message not in the quarantine: %v", err)
 	}
 }

@@ -882,3 +882,27 @@ func TestDialogJunkCommands(t *testing.T) {
 	c.cmd("NOOP", "421 4.7.0")
 	c.expectClosed()
 }
+
+// Below the spool's free-space reserve MAIL gets 452 4.3.1 (before any
+// byte is spooled), so what is left goes to delivery and bounces; a
+// declared SIZE counts against it.
+func TestDialogSpoolReserve(t *testing.T) {
+	sp, err := queue.OpenSpool(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	r := quietRelay(t, relayOpts{spool: sp, noDelivery: true, cfg: func(c *Config) { c.MaxSize = 100 << 20 }})
+	sp.MinFree = 1 << 60 // more than any disk has
+	c := dialRaw(t, r.addr)
+	c.ehlo("dialog.test")
+	c.cmd("MAIL FROM:<alice@example.org>", "452 4.3.1")
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(sp.Dir(), &st); err != nil {
+		t.Fatal(err)
+	}
+	sp.MinFree = int64(st.Bavail)*st.Bsize - 16<<20 // 16 MiB above the reserve
+	c.cmd("MAIL FROM:<alice@example.org> SIZE=40000000", "452 4.3.1")
+	c.cmd("MAIL FROM:<alice@example.org> SIZE=1000", "250 2.0.0")
+	c.cmd("RCPT TO:<sales@company.com>", "250 2.0.0")
+}

@@ -30,6 +30,13 @@ type Committer interface {
 	Create() (*queue.Writer, error)
 }
 
+// roomChecker is a Committer that keeps a free-space reserve: below it
+// MAIL gets 452 4.3.1, so the space left goes to delivery (envelope
+// updates, bounces) and the queue can drain.
+type roomChecker interface {
+	Room(size int64) error
+}
+
 // Config is the front end's policy.
 type Config struct {
 	Hostname      string
@@ -432,6 +439,16 @@ func (s *session) mail(from string, opts *smtp.MailOptions) error {
 		}
 		if !isASCII(from) && (opts == nil || !opts.UTF8) {
 			return replyNeedUTF8
+		}
+	}
+	if rc, ok := s.b.spool.(roomChecker); ok {
+		var size int64
+		if opts != nil {
+			size = opts.Size
+		}
+		if err := rc.Room(size); err != nil {
+			s.log.Warn("defer: spool below its free-space reserve", "err", err)
+			return replySpoolFull
 		}
 	}
 	s.hasFrom, s.rawFrom = true, from

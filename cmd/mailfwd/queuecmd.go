@@ -138,7 +138,7 @@ func queueCommand(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("queue", flag.ContinueOnError)
 	cfgPath := fs.String("config", "", "config file (default: the embedded default)")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: mailfwd queue [-config FILE] list | show ID | destinations | flush [ID] | hold ID | release ID | delete ID\n")
+		fmt.Fprintf(fs.Output(), "usage: mailfwd queue [-config FILE] list | show ID | destinations | quarantine | flush [ID] | hold ID | release ID | delete ID\n")
 	}
 	if err := fs.Parse(args); err != nil {
 		return errExit{2, err.Error()}
@@ -169,6 +169,8 @@ func queueCommand(args []string, stdout io.Writer) error {
 		return listQueue(queue.ReadSpool(dir), stdout)
 	case "show":
 		return showMessage(queue.ReadSpool(dir), id, stdout)
+	case "quarantine":
+		return listQuarantine(queue.ReadSpool(dir), stdout)
 	case "flush", "hold", "release", "delete", "destinations":
 	default:
 		return errExit{2, fmt.Sprintf("unknown operation %q", op)}
@@ -208,6 +210,25 @@ func queueCommand(args []string, stdout io.Writer) error {
 		return nil
 	}
 	fmt.Fprintf(stdout, "%s %s: done\n", op, id)
+	return nil
+}
+
+// listQuarantine prints what recovery set aside (damaged queue files and
+// envelopes): never delivered, never deleted; the administrator decides.
+func listQuarantine(s *queue.Spool, w io.Writer) error {
+	files, err := s.Quarantined()
+	if err != nil {
+		return err
+	}
+	if len(files) == 0 {
+		fmt.Fprintln(w, "Quarantine is empty")
+		return nil
+	}
+	fmt.Fprintf(w, "%-44s %10s  %s\n", "-File-", "--Size--", "-Set aside-")
+	for _, f := range files {
+		fmt.Fprintf(w, "%-44s %10d  %s\n", f.Name(), f.Size(), f.ModTime().Local().Format("Mon Jan _2 15:04:05"))
+	}
+	fmt.Fprintf(w, "-- %d files in %s\n", len(files), s.QuarantineDir())
 	return nil
 }
 

@@ -40,6 +40,9 @@ func queueMsg(t *testing.T, s *queue.Spool, from string, rcpts ...string) string
 	if err := w.Commit(env); err != nil {
 		t.Fatal(err)
 	}
+	if err := s.Update(env); err != nil { // tried once: due in an hour, after a restart too
+		t.Fatal(err)
+	}
 	return env.ID
 }
 
@@ -77,7 +80,7 @@ func TestQueueCommandDirect(t *testing.T) {
 		t.Errorf("held message not marked:\n%s", out)
 	}
 	out, err = runQueue(t, "-config", cfg, "show", a)
-	if err != nil || !strings.Contains(out, `"held": true`) || !strings.Contains(out, "Subject: queued test") || strings.Contains(out, "body") {
+	if err != nil || !strings.Contains(out, `"held": true`) || !strings.Contains(out, "Subject: queued test") || strings.Contains(out, "\nbody") {
 		t.Errorf("show: %v\n%s", err, out)
 	}
 	if _, err := runQueue(t, "-config", cfg, "release", a); err != nil {
@@ -89,6 +92,14 @@ func TestQueueCommandDirect(t *testing.T) {
 	r := queue.ReadSpool(dir)
 	if envs, _ := r.List(); len(envs) != 1 || envs[0].ID != a || envs[0].Held || time.Until(envs[0].NextAttempt) > time.Minute {
 		t.Fatalf("after release and delete: %+v", envs)
+	}
+	if out, err := runQueue(t, "-config", cfg, "quarantine"); err != nil || !strings.Contains(out, "Quarantine is empty") {
+		t.Fatalf("quarantine: %v\n%s", err, out)
+	}
+	os.MkdirAll(filepath.Join(dir, "corrupt"), 0o700)
+	os.WriteFile(filepath.Join(dir, "corrupt", "661A0000000000000AB.msg"), []byte("damaged"), 0o600)
+	if out, err := runQueue(t, "-config", cfg, "quarantine"); err != nil || !strings.Contains(out, "661A0000000000000AB.msg") || !strings.Contains(out, "1 files") {
+		t.Fatalf("quarantine with a file: %v\n%s", err, out)
 	}
 	if _, err := runQueue(t, "-config", cfg, "delete", "NOSUCHID"); !errors.Is(err, queue.ErrNoMessage) {
 		t.Fatalf("delete of a missing ID: %v", err)

@@ -360,6 +360,13 @@ func serve(args []string) error {
 		return err
 	}
 	defer spool.Close()
+	if err := queue.CheckDurable(spool.Dir()); err != nil {
+		if !c.Spool.UnsafeFilesystem {
+			return fmt.Errorf("%w; refusing to accept mail there (move spool_dir, or set spool.unsafe_filesystem: true to accept losing it)", err)
+		}
+		log.Warn("spool on an unsafe filesystem (spool.unsafe_filesystem: true): accepted mail is lost with the power", "err", err)
+	}
+	spool.MinFree = *c.Spool.MinFree
 	srsRT, err := openSRS(c, time.Now())
 	if err != nil {
 		return err

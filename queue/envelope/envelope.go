@@ -118,6 +118,12 @@ type Envelope struct {
 	// aware forwarding, auth/forward.go); nil: as everyone else.
 	FromRewrite *FromRewrite `json:"from_rewrite,omitempty"`
 	Size        int64        `json:"size"`
+	// BodyCRC is the CRC-32C (Castagnoli) of the body's Size bytes, as
+	// received: recovery and delivery check it, so a body the disk lost
+	// (zeroed pages after a writeback error) is quarantined, never sent.
+	// HasCRC: the envelope has one (envelopes of earlier versions do not).
+	BodyCRC uint32 `json:"body_crc32c,omitempty"`
+	HasCRC  bool   `json:"has_crc,omitempty"`
 	// Attempts counts delivery attempts started. NextAttempt is written
 	// before an attempt starts, so a crash during it cannot cause a hot
 	// retry loop on restart.
