@@ -175,19 +175,19 @@ func snapshotSpool(t *testing.T, dir string, cycle int) spoolSnap {
 	}
 	s := spoolSnap{cycle: cycle, committed: map[string]bool{}}
 	envs := map[string]bool{}
-	for _, n := range files { // "3F/ID.msg": committed keys keep the subdirectory
+	for _, n := range files { // "3F/ID.msg": partial files keep the subdirectory, committed are IDs
 		switch {
 		case strings.HasSuffix(n, ".tmp"):
 			s.partial = append(s.partial, n)
 		case strings.HasSuffix(n, ".msg"):
-			s.committed[strings.TrimSuffix(n, ".msg")] = true
+			s.committed[filepath.Base(strings.TrimSuffix(n, ".msg"))] = true
 		case strings.HasSuffix(n, ".env"):
 			envs[strings.TrimSuffix(n, ".env")] = true
 		}
 	}
-	for id := range envs {
-		if !s.committed[id] {
-			s.partial = append(s.partial, id+".env")
+	for rel := range envs {
+		if !s.committed[filepath.Base(rel)] {
+			s.partial = append(s.partial, rel+".env")
 		}
 	}
 	sort.Strings(s.partial)

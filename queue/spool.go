@@ -801,7 +801,7 @@ func classify(err error) error {
 // the others then find done).
 type dirSyncer struct {
 	mu   sync.Mutex
-	dirs map[string]*os.File // open directories, at most the 256 subdirectories and msg/
+	dirs map[string]*os.File // kept open: msg/
 	// fsync is the directory sync (a hook for tests); syncs counts
 	// batches.
 	fsync func(dir *os.File) error
@@ -829,18 +829,18 @@ func newDirSyncer(path string) (*dirSyncer, error) {
 	return d, nil
 }
 
-func (d *dirSyncer) open(path string) (*os.File, error) {
+// open returns the directory to sync and whether the caller closes it:
+// only msg/ stays open (a descriptor per subdirectory would be 256 of a
+// process's descriptors, and opening one costs microseconds).
+func (d *dirSyncer) open(path string) (f *os.File, closeIt bool, err error) {
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	if f := d.dirs[path]; f != nil {
-		return f, nil
+	f = d.dirs[path]
+	d.mu.Unlock()
+	if f != nil {
+		return f, false, nil
 	}
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	d.dirs[path] = f
-	return f, nil
+	f, err = os.Open(path)
+	return f, true, err
 }
 
 func (d *dirSyncer) loop() {
@@ -867,9 +867,12 @@ func (d *dirSyncer) loop() {
 			if _, done := errs[r.dir]; done {
 				continue
 			}
-			f, err := d.open(r.dir)
+			f, closeIt, err := d.open(r.dir)
 			if err == nil {
 				err = d.fsync(f)
+				if closeIt {
+					f.Close()
+				}
 			}
 			errs[r.dir] = err
 		}
