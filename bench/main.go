@@ -54,6 +54,7 @@ type options struct {
 	repo, work, out, logLevel, only string
 	pairs, conc, portBase, warm     int
 	backlog                         int
+	backlogRelay                    string
 	share, scale                    float64
 	keep, quick                     bool
 }
@@ -71,6 +72,7 @@ func main() {
 	flag.StringVar(&o.logLevel, "log-level", "warn", "mailfwd log.level")
 	flag.StringVar(&o.only, "scenarios", "", "comma-separated scenario ids (default all: rewrite-1k,srs-1k,rewrite-100k,rewrite-10m)")
 	flag.IntVar(&o.backlog, "backlog", 0, "also run the backlog scenario with this many messages (next hop down, restart, drain; e.g. 200000); -scenarios none runs it alone")
+	flag.StringVar(&o.backlogRelay, "backlog-relay", "", "run the backlog scenario through this relay only (mailfwd or Postfix) and print its figures, the report unchanged")
 	flag.BoolVar(&o.keep, "keep", false, "leave 389-DS and the Postfix tree in place at the end (and reuse a kept 389-DS at the start)")
 	flag.BoolVar(&o.quick, "quick", false, "development run: N/10, 1 pair, report to stdout unless -out is given")
 	flag.Parse()
@@ -333,6 +335,9 @@ log:
 		var rs []backlogResult
 		logf("scenario backlog: %d × 1 KiB with the next hop down, restart, drain", o.backlog)
 		for _, r := range []relay{e.pf, e.mf} {
+			if o.backlogRelay != "" && !strings.EqualFold(o.backlogRelay, r.name()) {
+				continue
+			}
 			rs = append(rs, e.measureBacklog(r, o.backlog))
 			if err := rs[len(rs)-1].err; err != "" {
 				logf("  %-8s %s", r.name(), err)
@@ -341,7 +346,7 @@ log:
 		backlog = e.backlogSection(o.backlog, rs, time.Since(t0))
 	}
 	if len(order) == 0 { // the backlog alone: the rest of the report stays
-		if o.out == "" || backlog == "" {
+		if o.out == "" || backlog == "" || o.backlogRelay != "" {
 			fmt.Print(backlog)
 			return nil
 		}

@@ -484,3 +484,35 @@ func TestFullSpoolDrains(t *testing.T) {
 	}
 	waitFor(t, "spool to empty", spoolEmpty(s))
 }
+
+// A recovered backlog (every message of unknown class until read) stays
+// within the active limit while its messages turn local: reading one
+// freed a slot of the unknown class, and the whole backlog went active
+// (440 MiB for 200k after a restart and a flush).
+func TestRecoveredBacklogKeepsActiveLimit(t *testing.T) {
+	root := t.TempDir()
+	s := openSpoolAt(t, root)
+	const n = 2000
+	for range n {
+		commitEnv(t, s, &envelope.Envelope{From: "a@example.org", Received: time.Now(),
+			Recipients: []envelope.Recipient{{Addr: "u@company.com", Status: envelope.Pending}}})
+	}
+	s.Close()
+	s = openSpoolAt(t, root)
+	hop := &downHop{delay: 2 * time.Millisecond}
+	hop.up.Store(true)
+	q := &Scheduler{Spool: s, Hop: hop, Workers: 4, ActiveLimit: 100, Retry: Retry{Min: time.Hour, Max: time.Hour}}
+	runQ(t, q)
+	peak := 0
+	deadline := time.Now().Add(30 * time.Second)
+	for hop.sent.Load() < n && time.Now().Before(deadline) {
+		q.mu.Lock()
+		peak = max(peak, q.activeTotal())
+		q.mu.Unlock()
+		time.Sleep(time.Millisecond)
+	}
+	t.Logf("peak %d active while %d recovered messages drained (%d sent)", peak, n, hop.sent.Load())
+	if peak > 100+4 {
+		t.Fatalf("peak %d messages active with active_limit 100", peak)
+	}
+}

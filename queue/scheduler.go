@@ -414,6 +414,15 @@ func idTime(id string) int64 {
 	return us * 1e3
 }
 
+// activeTotal is how many messages are active, in every class.
+func (q *Scheduler) activeTotal() int {
+	n := 0
+	for _, a := range q.active {
+		n += a
+	}
+	return n
+}
+
 // limit is how many messages of class c may be active.
 func (q *Scheduler) limit(c class) int {
 	if c == classUnknown {
@@ -437,8 +446,8 @@ func (q *Scheduler) dispatch(ctx context.Context) {
 		for c := range q.heaps {
 			h := &q.heaps[c]
 			for h.Len() > 0 && len(batch) < 64 {
-				if q.active[c] >= q.limit(class(c)) {
-					break
+				if q.active[c] >= q.limit(class(c)) || class(c) == classUnknown && q.activeTotal() >= q.ActiveLimit {
+					break // an unknown message becomes local or external once read: it counts against them all
 				}
 				top := (*h)[0]
 				if d := top.due.Sub(now); d > 0 {
