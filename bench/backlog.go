@@ -31,15 +31,18 @@ type backlogResult struct {
 	err                     string
 }
 
+// queueCmd is relay r's queue tool: mailfwd queue OP, or Postfix's
+// postqueue with pfFlag.
+func (e *env) queueCmd(r relay, op, pfFlag string) *exec.Cmd {
+	if _, ok := r.(*mailfwdRelay); ok {
+		return exec.Command(e.mf.bin, "queue", "-config", e.mf.config, op)
+	}
+	return exec.Command("postqueue", "-c", filepath.Join(e.pf.dir, "etc"), pfFlag)
+}
+
 // flush asks relay r to try its deferred mail now.
 func (e *env) flush(r relay) error {
-	var cmd *exec.Cmd
-	switch r.(type) {
-	case *mailfwdRelay:
-		cmd = exec.Command(e.mf.bin, "queue", "-config", e.mf.config, "flush")
-	default:
-		cmd = exec.Command("postqueue", "-c", filepath.Join(e.pf.dir, "etc"), "-f")
-	}
+	cmd := e.queueCmd(r, "flush", "-f")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("%s: %v: %s", strings.Join(cmd.Args, " "), err, out)
 	}
@@ -48,13 +51,7 @@ func (e *env) flush(r relay) error {
 
 // listQueue times the relay's queue listing and counts its lines.
 func (e *env) listQueue(r relay) (float64, int, error) {
-	var cmd *exec.Cmd
-	switch r.(type) {
-	case *mailfwdRelay:
-		cmd = exec.Command(e.mf.bin, "queue", "-config", e.mf.config, "list")
-	default:
-		cmd = exec.Command("postqueue", "-c", filepath.Join(e.pf.dir, "etc"), "-p")
-	}
+	cmd := e.queueCmd(r, "list", "-p")
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return 0, 0, err

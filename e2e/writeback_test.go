@@ -27,13 +27,6 @@ import (
 	"github.com/emersion/go-smtp"
 )
 
-func mustRun(t *testing.T, name string, args ...string) {
-	t.Helper()
-	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-}
-
 func TestSpoolWritebackErrors(t *testing.T) {
 	for _, b := range []string{"mkfs.ext4", "fsck.ext4", "mount", "umount"} {
 		if _, err := exec.LookPath(b); err != nil {
@@ -48,18 +41,18 @@ func TestSpoolWritebackErrors(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	mustRun(t, "mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", back)
+	run(t, "mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", back)
 	defer exec.Command("umount", "-l", back).Run()
 	img := filepath.Join(back, "spool.img")
-	mustRun(t, "truncate", "-s", "32m", img)
+	run(t, "truncate", "-s", "32m", img)
 	// ext4 as mkfs makes it (a journal, data=ordered), with inode tables
 	// and journal written now: their blocks exist in the backing file, so
 	// only new data blocks fail.
 	// (Without a journal, ext4 itself loses an fdatasynced file at the
 	// moment the device fills: a plain write+fdatasync+rename program
 	// does too; that is no oracle for a relay.)
-	mustRun(t, "mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", "-N", "8192", img)
-	mount := func() { mustRun(t, "mount", "-o", "loop,errors=continue", img, msg) }
+	run(t, "mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", "-N", "8192", img)
+	mount := func() { run(t, "mount", "-o", "loop,errors=continue", img, msg) }
 	mount()
 	mounted := true
 	defer func() {
