@@ -45,6 +45,7 @@ type Metrics struct {
 	// cache is the directory cache in use; the counts of the caches it
 	// replaced (reloads) are kept in cacheBase.
 	cache                     CacheStats
+	replica                   func() ReplicaState
 	cacheBaseH, cacheBaseMiss uint64
 	queue                     func() (int, time.Time)
 }
@@ -123,7 +124,7 @@ func NewMetrics() *Metrics {
 	}, []string{"kind"})
 	m.reg.MustRegister(m.Connections, m.ConnectionsOpen, m.RcptReplies, m.Messages, m.LDAPLookupSeconds, m.LDAPErrors,
 		m.CacheHits, m.CacheMisses, m.SRS, m.Forwarding, m.QueueMessages, m.QueueOldestSeconds, m.Deliveries, m.DSNs,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		replicaCollector{m}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// Known label values start at 0, so rates and alerts see them before
 	// the first event.
 	for _, r := range []string{"accepted", "rejected"} {

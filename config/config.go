@@ -271,6 +271,16 @@ type LDAP struct {
 	Timeout          time.Duration `yaml:"timeout"`
 	PoolSize         int           `yaml:"pool_size"`
 	SizeLimit        int           `yaml:"size_limit"`
+	Replica          Replica       `yaml:"replica"`
+}
+
+// Replica is the live copy of the directory that answers RCPT lookups
+// (RFC 4533 content synchronisation; docs/directory.md).
+type Replica struct {
+	Enabled *bool `yaml:"enabled"` // default true
+	// MaxStale: how old the last confirmed sync may be for known addresses
+	// to be answered from the replica while the directory is down.
+	MaxStale time.Duration `yaml:"max_stale"` // default 4h
 }
 
 // DestinationPolicy tunes delivery to one destination.
@@ -522,6 +532,13 @@ func (c *Config) setDefaults() {
 		}
 		if l.PoolSize == 0 {
 			l.PoolSize = 8
+		}
+		if l.Replica.Enabled == nil {
+			on := true
+			l.Replica.Enabled = &on
+		}
+		if l.Replica.MaxStale == 0 {
+			l.Replica.MaxStale = 4 * time.Hour
 		}
 	}
 	l := &c.Limits

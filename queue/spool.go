@@ -659,8 +659,6 @@ func (s *Spool) syncDirs() error {
 // castagnoli is the CRC-32C table (SSE4.2 in hardware on amd64).
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-func fdatasync(f *os.File) error { return unix.Fdatasync(int(f.Fd())) }
-
 // rehash moves the files of a flat spool (the earlier layout) into their
 // subdirectories. A crash in the middle leaves some in each place: the
 // next open goes on. Temp files at the top are leftovers: removed.
@@ -823,7 +821,7 @@ func newDirSyncer(path string) (*dirSyncer, error) {
 		return nil, err
 	}
 	d := &dirSyncer{dirs: map[string]*os.File{path: f}, reqs: make(chan syncReq, 1024), quit: make(chan struct{})}
-	d.fsync = func(f *os.File) error { return f.Sync() }
+	d.fsync = syncDir
 	d.wg.Add(1)
 	go d.loop()
 	return d, nil

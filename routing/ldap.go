@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-ldap/ldap/v3"
@@ -32,7 +33,8 @@ type LDAPConfig struct {
 	Filter  string
 	Schema  Schema
 	Timeout time.Duration // per connect and per search
-	// PoolSize bounds the idle connections kept; searches beyond it dial.
+	// PoolSize bounds the connections for searches: at most this many run
+	// at once, the others wait for one to come back.
 	PoolSize  int
 	SizeLimit int
 
@@ -55,10 +57,15 @@ type LDAPConfig struct {
 
 // LDAPSource looks addresses up in an LDAP directory such as 389-DS.
 type LDAPSource struct {
-	cfg   LDAPConfig
-	tls   *tls.Config
-	log   *slog.Logger
-	idle  chan *ldapConn
+	cfg  LDAPConfig
+	tls  *tls.Config
+	log  *slog.Logger
+	idle chan *ldapConn
+	// slots bounds the searches (and so the connections) at once to
+	// PoolSize: a search beyond waits for a connection to come back
+	// instead of dialling (and binding) one it would close after.
+	slots chan struct{}
+	dials atomic.Uint64 // connections made (each with a bind)
 	scope int
 	table *compiledTable // nil unless cfg.Table is set
 }
@@ -141,7 +148,8 @@ func NewLDAPSource(cfg LDAPConfig, log *slog.Logger) (*LDAPSource, error) {
 		}
 		tc.Certificates = []tls.Certificate{cert}
 	}
-	return &LDAPSource{cfg: cfg, tls: tc, log: log, idle: make(chan *ldapConn, cfg.PoolSize), scope: scope, table: table}, nil
+	return &LDAPSource{cfg: cfg, tls: tc, log: log, idle: make(chan *ldapConn, cfg.PoolSize),
+		slots: make(chan struct{}, cfg.PoolSize), scope: scope, table: table}, nil
 }
 
 // addCADir adds every PEM file of dir to tc's roots, as OpenLDAP's
@@ -204,7 +212,11 @@ func BuildFilter(template, addr string) string {
 	return b.String()
 }
 
+// Dials counts the connections made (and binds) since start.
+func (s *LDAPSource) Dials() uint64 { return s.dials.Load() }
+
 func (s *LDAPSource) dial(url string) (*ldapConn, error) {
+	s.dials.Add(1)
 	d := &net.Dialer{Timeout: s.cfg.Timeout}
 	c, err := ldap.DialURL(url, ldap.DialWithDialer(d), ldap.DialWithTLSConfig(s.tls))
 	if err != nil {
@@ -268,6 +280,12 @@ func (e errFinal) Unwrap() error { return e.error }
 // reconnects once; a failure on a fresh connection moves on to the next
 // server, so a down first server costs at most one dial timeout.
 func (s *LDAPSource) run(ctx context.Context, search func(*ldapConn) ([]Match, error)) ([]Match, error) {
+	select {
+	case s.slots <- struct{}{}:
+		defer func() { <-s.slots }()
+	case <-ctx.Done():
+		return nil, fmt.Errorf("%w: waiting for a directory connection: %w", ErrUnavailable, ctx.Err())
+	}
 	var errs []error
 	try := func(c *ldapConn) ([]Match, bool, error) {
 		ms, err := search(c)

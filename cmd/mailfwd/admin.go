@@ -47,6 +47,19 @@ func observeCache(cache *routing.Cache) {
 	}
 }
 
+// observeReplica exports the directory replica's state (the newest, after
+// a reload) and puts it in /healthz's detail.
+func observeReplica(r *routing.Replica) {
+	if metrics == nil {
+		return
+	}
+	metrics.SetReplica(func() admin.ReplicaState {
+		st := r.Stats()
+		return admin.ReplicaState{State: st.State, Server: st.Server, Entries: st.Entries, Lag: st.Lag,
+			Local: st.Local, Live: st.Live, Stale: st.Stale, Refreshes: st.Refreshes, Resyncs: st.Resyncs, Errors: st.Errors}
+	})
+}
+
 // observeSRS counts the SRS codec's rewrites and decodings.
 func observeSRS(srs *routing.SRS) {
 	if metrics != nil {

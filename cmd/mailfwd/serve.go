@@ -99,29 +99,46 @@ func newSource(c *config.Config, log *slog.Logger) (routing.Source, error) {
 }
 
 // newExpander is the routing of a config: its directory behind a cache,
+// and for LDAP a live replica in front of both (nil when off or when the
+// filter cannot be answered locally: then the cache alone, as before),
 // then the static domain rewrites, expanded with the configured rules.
-// Serve and lookup share it, so `mailfwd lookup` answers what the relay does.
-func newExpander(c *config.Config, log *slog.Logger) (*routing.Expander, *routing.Cache, error) {
+// Serve and lookup share it, so `mailfwd lookup` answers what the relay
+// does. The caller runs the replica (Replica.Run).
+func newExpander(c *config.Config, log *slog.Logger) (*routing.Expander, *routing.Replica, error) {
 	src, err := newSource(c, log)
 	if err != nil {
 		return nil, nil, err
 	}
+	ldapSrc, _ := src.(*routing.LDAPSource)
 	src = observeDirectory(c, src)
 	ca := c.Directory.Cache
 	cache := routing.NewCache(src, *ca.PositiveTTL, *ca.NegativeTTL, ca.Size)
 	observeCache(cache)
+	var front routing.Source = cache
+	var replica *routing.Replica
+	if l := c.Directory.LDAP; ldapSrc != nil && l != nil && *l.Replica.Enabled {
+		replica, err = routing.NewLDAPReplica(ldapSrc, cache, routing.ReplicaConfig{MaxStale: l.Replica.MaxStale})
+		if err != nil {
+			log.Warn("directory replica off: lookups are live queries behind the cache", "err", err)
+			replica = nil
+		} else {
+			replica.OnDown(cache.Flush)
+			observeReplica(replica)
+			front = replica
+		}
+	}
 	// A Postfix map is expanded exactly as Postfix would: catch-all lookups
 	// are part of virtual_alias_maps.
 	catchAll := *c.Routing.CatchAll || c.Directory.PostfixMap != ""
 	return &routing.Expander{
-		Source: cache, Limits: c.Routing.Limits(), Delimiter: c.Routing.Delimiter(),
+		Source: front, Limits: c.Routing.Limits(), Delimiter: c.Routing.Delimiter(),
 		CatchAll: catchAll, KeepExtension: *c.Routing.PropagateUnmatchedExtensions, Rewrites: c.Routing.Rewrites(),
-	}, cache, nil
+	}, replica, nil
 }
 
 // reload applies a changed config to a running relay. Settings that need a
 // restart (listeners, spool, delivery) are reported, not applied.
-func reload(path string, old *config.Config, be *relay.Backend, certs *certStore, srsRT *srsRuntime, log *slog.Logger) error {
+func reload(path string, old *config.Config, be *relay.Backend, certs *certStore, srsRT *srsRuntime, replicas *replicaRunner, log *slog.Logger) error {
 	var args []string
 	if path != "" {
 		args = []string{"-config", path}
@@ -130,7 +147,7 @@ func reload(path string, old *config.Config, be *relay.Backend, certs *certStore
 	if err != nil {
 		return err
 	}
-	exp, _, err := newExpander(c, log)
+	exp, replica, err := newExpander(c, log)
 	if err != nil {
 		return err
 	}
@@ -141,6 +158,7 @@ func reload(path string, old *config.Config, be *relay.Backend, certs *certStore
 	if err := be.Reload(rc, exp); err != nil {
 		return err
 	}
+	replicas.start(replica)
 	if fmt.Sprint(c.Listen, c.SpoolDir, c.Delivery, c.Limits, c.ProxyProtocolFrom) !=
 		fmt.Sprint(old.Listen, old.SpoolDir, old.Delivery, old.Limits, old.ProxyProtocolFrom) {
 		log.Warn("reload: listen, spool_dir, delivery, limits and proxy_protocol_from changes take effect at the next restart")
@@ -151,6 +169,31 @@ func reload(path string, old *config.Config, be *relay.Backend, certs *certStore
 	log.Info("reloaded", "relay_domains", len(c.RelayDomains))
 	return nil
 }
+
+// replicaRunner runs the directory replica of the current config: a
+// reload starts the new one and stops the old (whose expander the backend
+// no longer uses).
+type replicaRunner struct {
+	mu     sync.Mutex
+	cancel context.CancelFunc
+}
+
+func (rr *replicaRunner) start(r *routing.Replica) {
+	rr.mu.Lock()
+	defer rr.mu.Unlock()
+	if rr.cancel != nil {
+		rr.cancel()
+		rr.cancel = nil
+	}
+	if r == nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	rr.cancel = cancel
+	go r.Run(ctx)
+}
+
+func (rr *replicaRunner) stop() { rr.start(nil) }
 
 // newRouter builds delivery routing from the config: one pooled SMTP hop
 // per server, shared by every route to it.
@@ -351,10 +394,13 @@ func serve(args []string) error {
 	log := newLogger(c)
 	slog.SetDefault(log)
 	initMetrics(c)
-	exp, _, err := newExpander(c, log)
+	exp, replica, err := newExpander(c, log)
 	if err != nil {
 		return err
 	}
+	replicas := &replicaRunner{}
+	replicas.start(replica)
+	defer replicas.stop()
 	spool, err := queue.OpenSpool(c.Path(c.SpoolDir), log)
 	if err != nil {
 		return err
@@ -365,6 +411,9 @@ func serve(args []string) error {
 			return fmt.Errorf("%w; refusing to accept mail there (move spool_dir, or set spool.unsafe_filesystem: true to accept losing it)", err)
 		}
 		log.Warn("spool on an unsafe filesystem (spool.unsafe_filesystem: true): accepted mail is lost with the power", "err", err)
+	}
+	if queue.SyncsDisabled {
+		log.Error("built with -tags powercut_nosync: the spool never syncs, every 250 can be lost with the power (a test control, never for real mail)")
 	}
 	spool.MinFree = *c.Spool.MinFree
 	srsRT, err := openSRS(c, time.Now())
@@ -450,7 +499,7 @@ func serve(args []string) error {
 	defer signal.Stop(hup)
 	go func() {
 		for range hup {
-			if err := reload(path, c, be, certs, srsRT, log); err != nil {
+			if err := reload(path, c, be, certs, srsRT, replicas, log); err != nil {
 				log.Error("reload failed; keeping the running configuration", "err", err)
 			}
 		}

@@ -7,7 +7,7 @@ set -eu
 
 # procps: /bin/kill, which the systemd unit's ExecReload names (systemd-analyze
 # verify checks it exists); a minimal Debian root does not have it.
-PKGS="e2fsprogs 389-ds-base slapd ldap-utils postfix postfix-ldap swaks libnss3-tools openssl ca-certificates postsrsd faketime libmail-srs-perl docker-compose systemd procps haproxy python3-dkim python3-authres redis-server sqlite3 iproute2 dnsmasq-base opendkim opendmarc"
+PKGS="e2fsprogs qemu-system-x86 nbdkit busybox-static kmod 389-ds-base slapd ldap-utils postfix postfix-ldap swaks libnss3-tools openssl ca-certificates postsrsd faketime libmail-srs-perl docker-compose systemd procps haproxy python3-dkim python3-authres redis-server sqlite3 iproute2 dnsmasq-base opendkim opendmarc"
 
 die() { echo "install-deps: $*" >&2; exit 1; }
 

@@ -21,6 +21,9 @@
 #                    is loaded once per instance (by content hash), also when it is
 #                    named only on a later start of a kept instance.
 #   DS_DB_LIB=mdb|bdb   mdb (default) stops in ~0.3 s, bdb in ~2 s
+#   DS_SYNC=1        the Content Synchronization plugin (RFC 4533, what mailfwd's
+#                    directory replica uses) and the Retro Changelog it needs;
+#                    0: both off, a server without sync
 #   DS_USER=<invoking user>  (as root, DS_USER=dirsrv works too: tree is chowned)
 #   DS_START_TIMEOUT=60
 #
@@ -42,6 +45,7 @@ EXTRA=${DS_EXTRA_LDIF:-}
 DB_LIB=${DS_DB_LIB:-mdb}
 RUN_AS=${DS_USER:-$(id -un)}
 TIMEOUT=${DS_START_TIMEOUT:-60}
+SYNC=${DS_SYNC:-1}
 MARK=$D/.mailfwd-389ds             # marks a tree this script may delete
 
 die() { echo "start-389ds: $*" >&2; exit 1; }
@@ -174,6 +178,13 @@ build() {
     # small fixed caches instead of autotuning to a share of host RAM
     sed -i "/^nsslapd-backend-implement:/a nsslapd-cache-autosize: 0\nnsslapd-dbcachesize: 16777216" \
         "$D/etc/dse.ldif.new"
+    if [ "$SYNC" = 1 ]; then
+        # RFC 4533 sync: the plugin reads changes from the retro changelog,
+        # which must record each entry's nsuniqueid (the sync's entryUUID).
+        sed -i -e '/^dn: cn=Retro Changelog Plugin,cn=plugins,cn=config$/,/^$/{s/^nsslapd-pluginenabled: off$/nsslapd-pluginenabled: on\nnsslapd-attribute: nsuniqueid:targetUniqueId\nnsslapd-exclude-suffix: cn=config/}' \
+            -e '/^dn: cn=Content Synchronization,cn=plugins,cn=config$/,/^$/s/^nsslapd-pluginenabled: off$/nsslapd-pluginenabled: on/' \
+            "$D/etc/dse.ldif.new"
+    fi
     ! grep -q '%[a-z_]*%' "$D/etc/dse.ldif.new" || die "unknown %key% left in template-dse.ldif"
     mv "$D/etc/dse.ldif.new" "$D/etc/dse.ldif"
     cp /etc/dirsrv/schema/*.ldif "$D/etc/schema/"
