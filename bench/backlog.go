@@ -204,15 +204,5 @@ const (
 // writeBacklog puts section into the report file, replacing an earlier
 // one, or appends it.
 func writeBacklog(path, section string) error {
-	b, err := os.ReadFile(path)
-	if err != nil && !os.IsNotExist(err) {
-		return err
-	}
-	s := string(b)
-	if i, j := strings.Index(s, backlogBegin), strings.Index(s, backlogEnd); i >= 0 && j > i {
-		s = s[:i] + strings.TrimSuffix(section, "\n") + s[j+len(backlogEnd):]
-	} else {
-		s = strings.TrimRight(s, "\n") + "\n\n" + section
-	}
-	return os.WriteFile(path, []byte(s), 0o644)
+	return writeSection(path, backlogBegin, backlogEnd, section)
 }

@@ -55,6 +55,7 @@ type options struct {
 	pairs, conc, portBase, warm     int
 	backlog                         int
 	backlogRelay                    string
+	directory, directoryMsgs        int
 	share, scale                    float64
 	keep, quick                     bool
 }
@@ -72,6 +73,8 @@ func main() {
 	flag.StringVar(&o.logLevel, "log-level", "warn", "mailfwd log.level")
 	flag.StringVar(&o.only, "scenarios", "", "comma-separated scenario ids (default all: rewrite-1k,srs-1k,rewrite-100k,rewrite-10m)")
 	flag.IntVar(&o.backlog, "backlog", 0, "also run the backlog scenario with this many messages (next hop down, restart, drain; e.g. 200000); -scenarios none runs it alone")
+	flag.IntVar(&o.directory, "directory", 0, "also run the many-recipients scenario with this many directory entries (e.g. 100000; uniform and Zipf recipients); -scenarios none runs it alone")
+	flag.IntVar(&o.directoryMsgs, "directory-msgs", 20000, "messages per run of the -directory scenario")
 	flag.StringVar(&o.backlogRelay, "backlog-relay", "", "run the backlog scenario through this relay only (mailfwd or Postfix) and print its figures, the report unchanged")
 	flag.BoolVar(&o.keep, "keep", false, "leave 389-DS and the Postfix tree in place at the end (and reuse a kept 389-DS at the start)")
 	flag.BoolVar(&o.quick, "quick", false, "development run: N/10, 1 pair, report to stdout unless -out is given")
@@ -256,6 +259,7 @@ version = 3
 	os.WriteFile(mcfg, []byte(fmt.Sprintf(`# written by bench/main.go
 hostname: mailfwd.bench.test
 listen: ["127.0.0.1:%d"]
+admin_listen: 127.0.0.1:%d   # the replica's state (bench/directory.go)
 relay_domains: [domain.com, domain.ro, company.com]
 spool_dir: %s
 limits:
@@ -277,8 +281,8 @@ delivery:
   external_next_hop: %s
 log:
   level: %s
-`, p(5), spool, dsURL, pw, secrets, sinkAddr, sinkAddr, o.logLevel)), 0o644)
-	e.mf = &mailfwdRelay{bin: bin, config: mcfg, listen: fmt.Sprintf("127.0.0.1:%d", p(5)),
+`, p(5), p(6), spool, dsURL, pw, secrets, sinkAddr, sinkAddr, o.logLevel)), 0o644)
+	e.mf = &mailfwdRelay{bin: bin, config: mcfg, listen: fmt.Sprintf("127.0.0.1:%d", p(5)), admin: fmt.Sprintf("127.0.0.1:%d", p(6)),
 		logFile: filepath.Join(o.work, "mailfwd.log")}
 	e.mf.group = newCPUGroup("mailfwd-bench-mailfwd", func() []int {
 		if e.mf.cmd != nil && e.mf.cmd.Process != nil {
@@ -345,13 +349,27 @@ log:
 		}
 		backlog = e.backlogSection(o.backlog, rs, time.Since(t0))
 	}
-	if len(order) == 0 { // the backlog alone: the rest of the report stays
-		if o.out == "" || backlog == "" || o.backlogRelay != "" {
-			fmt.Print(backlog)
+	var directory string
+	if o.directory > 0 {
+		var err error
+		if directory, err = e.runDirectory(dsURL, ds["DS_ROOT_DN"], ds["DS_ROOT_PW"]); err != nil {
+			return err
+		}
+	}
+	if len(order) == 0 { // the backlog or directory alone: the rest of the report stays
+		if o.out == "" || o.backlogRelay != "" {
+			fmt.Print(backlog + directory)
 			return nil
 		}
-		logf("writing the backlog section of %s", o.out)
-		return writeBacklog(o.out, backlog)
+		for _, sec := range []struct{ begin, end, text string }{{backlogBegin, backlogEnd, backlog}, {directoryBegin, directoryEnd, directory}} {
+			if sec.text != "" {
+				logf("writing a section of %s", o.out)
+				if err := writeSection(o.out, sec.begin, sec.end, sec.text); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
 	}
 	md := e.report(order, results, lats, time.Since(start))
 	if o.out == "" {
@@ -361,20 +379,24 @@ log:
 	if extra, err := os.ReadFile(filepath.Join(o.repo, "bench/analysis.md")); err == nil {
 		md += "\n" + string(extra)
 	}
-	if backlog == "" { // keep the section of an earlier backlog run
-		if old, err := os.ReadFile(o.out); err == nil {
-			s := string(old)
-			if i, j := strings.Index(s, backlogBegin), strings.Index(s, backlogEnd); i >= 0 && j > i {
-				backlog = s[i:j+len(backlogEnd)] + "\n"
-			}
-		}
-	}
+	// Sections of earlier -backlog and -directory runs are kept.
+	earlier, _ := os.ReadFile(o.out)
 	logf("writing %s", o.out)
 	if err := os.WriteFile(o.out, []byte(md), 0o644); err != nil {
 		return err
 	}
-	if backlog != "" {
-		return writeBacklog(o.out, backlog)
+	for _, sec := range []struct{ begin, end, text string }{{backlogBegin, backlogEnd, backlog}, {directoryBegin, directoryEnd, directory}} {
+		if sec.text == "" {
+			s := string(earlier)
+			if i, j := strings.Index(s, sec.begin), strings.Index(s, sec.end); i >= 0 && j > i {
+				sec.text = s[i:j+len(sec.end)] + "\n"
+			}
+		}
+		if sec.text != "" {
+			if err := writeSection(o.out, sec.begin, sec.end, sec.text); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }

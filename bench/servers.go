@@ -142,12 +142,19 @@ type relay interface {
 
 type mailfwdRelay struct {
 	bin, config, listen, logFile string
+	admin                        string // admin_listen: /metrics
+	label                        string // name in the tables, "" for mailfwd
 	cmd                          *exec.Cmd
 	done                         chan struct{}
 	group                        *cpuGroup
 }
 
-func (m *mailfwdRelay) name() string        { return "mailfwd" }
+func (m *mailfwdRelay) name() string {
+	if m.label != "" {
+		return m.label
+	}
+	return "mailfwd"
+}
 func (m *mailfwdRelay) addr() string        { return m.listen }
 func (m *mailfwdRelay) cpu() *cpuGroup      { return m.group }
 func (m *mailfwdRelay) pid() int            { return m.cmd.Process.Pid }

@@ -124,9 +124,14 @@ func (e *Expander) expand(ctx context.Context, addr string, trace bool) (*Expans
 			if count >= lim.Recursion {
 				return x, fmt.Errorf("%w: %s nests deeper than %d (alias loop?)", ErrExpansionLimit, addr, lim.Recursion)
 			}
-			key, matches, results, err := e.mapOne(ctx, cur)
+			key, matches, results, staleMiss, err := e.mapOne(ctx, cur)
 			if err != nil {
 				return x, fmt.Errorf("looking up %s: %w", cur, err)
+			}
+			if staleMiss && i == 0 && count == 0 && len(results) == 0 {
+				// The RCPT address itself, unknown to a replica we cannot
+				// check against the directory: temporary, not unknown.
+				return x, fmt.Errorf("looking up %s: %w", cur, ErrReplicaMiss)
 			}
 			step := Step{Depth: depths[i], Address: cur, Key: key, Matches: matches, Results: results, Final: len(results) == 0}
 			if len(results) == 0 {
@@ -169,11 +174,18 @@ func (e *Expander) expand(ctx context.Context, addr string, trace bool) (*Expans
 // catch-all) "@domain"; split the first non-empty answer into addresses,
 // complete "@domain" results with our local part and propagate a removed
 // extension.
-func (e *Expander) mapOne(ctx context.Context, addr string) (key string, matches []Match, results []string, err error) {
+//
+// staleMiss: some key was not in the directory replica while the
+// directory was unreachable (ErrReplicaMiss), counted as not found.
+func (e *Expander) mapOne(ctx context.Context, addr string) (key string, matches []Match, results []string, staleMiss bool, err error) {
 	local, domain, qualified := splitExternal(addr)
 	ext := ""
 	try := func(k string) (bool, error) {
 		ms, err := e.Source.Lookup(ctx, k)
+		if errors.Is(err, ErrReplicaMiss) {
+			staleMiss = true
+			return false, nil
+		}
 		if err != nil {
 			return false, err
 		}
@@ -204,7 +216,7 @@ func (e *Expander) mapOne(ctx context.Context, addr string) (key string, matches
 		}
 	}
 	if err != nil || !ok {
-		return "", nil, nil, err
+		return "", nil, nil, staleMiss, err
 	}
 	for _, m := range matches {
 		for _, v := range splitList(m.Value) {
@@ -221,7 +233,7 @@ func (e *Expander) mapOne(ctx context.Context, addr string) (key string, matches
 			results = append(results, v)
 		}
 	}
-	return key, matches, results, nil
+	return key, matches, results, staleMiss, nil
 }
 
 // withExtension inserts ext (delimiter included) at the end of addr's

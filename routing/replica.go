@@ -134,10 +134,11 @@ func (r *Replica) Lookup(ctx context.Context, key string) ([]Match, error) {
 		return ms, err
 	}
 	if age := r.now().Sub(time.Unix(0, r.confirmed.Load())); age <= r.maxStale {
+		r.stale.Add(1)
 		if ms := r.store.lookup(r, key); len(ms) > 0 {
-			r.stale.Add(1)
 			return ms, nil
 		}
+		return nil, fmt.Errorf("%w (%w)", ErrReplicaMiss, err)
 	}
 	r.liveN.Add(1)
 	return nil, err

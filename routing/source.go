@@ -3,12 +3,22 @@ package routing
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 )
 
 // ErrUnavailable marks a temporary failure of a directory source (down,
 // timing out, refusing us). Callers answer 4xx for it, never 5xx.
 var ErrUnavailable = errors.New("directory unavailable")
+
+// ErrReplicaMiss: the directory is unreachable and its replica (confirmed
+// in sync within max_stale) does not hold the key. It wraps ErrUnavailable,
+// so a caller that cannot tell answers 4xx. The expander treats it as "not
+// in the directory" for the results of an alias (the replica held every
+// entry at its last sync: a known user's forwarding completes during an
+// outage), and as a temporary failure when it would make the RCPT address
+// itself unknown (451, never 550).
+var ErrReplicaMiss = fmt.Errorf("%w: not in the directory replica", ErrUnavailable)
 
 // Match is one value a source returned for a key, and where it came from
 // (for `mailfwd lookup -v`).

@@ -49,6 +49,7 @@ func lookup(args []string, stdout, stderr io.Writer) error {
 	verbose := fs.Bool("v", false, "print the expansion tree: source, entry DN and attribute of each step")
 	asJSON := fs.Bool("json", false, "print one JSON object per address")
 	timeout := fs.Duration("timeout", 30*time.Second, "give up (exit 75) after this long")
+	replicaWait := fs.Duration("replica-wait", 10*time.Second, "how long to wait for the directory replica to sync before answering from live queries")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: mailfwd lookup [-config FILE | -postfix-map FILE.cf] [-v] [-json] ADDRESS...\n"+
 			"Prints the final recipients of each ADDRESS, one per line. Exit 0: found; 1: not found; 75: temporary failure.\n")
@@ -78,8 +79,24 @@ func lookup(args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return errExit{2, err.Error()}
 		}
-		if exp, _, err = newExpander(c, log); err != nil {
+		var replica *routing.Replica
+		if exp, replica, err = newExpander(c, log); err != nil {
 			return errExit{2, err.Error()}
+		}
+		if replica != nil {
+			// As the relay would answer: from the replica once it is in
+			// sync (a directory's refresh takes seconds), else live.
+			rctx, stop := context.WithCancel(context.Background())
+			defer stop()
+			go replica.Run(rctx)
+			for deadline := time.Now().Add(*replicaWait); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+				if st := replica.Stats().State; st != "starting" && st != "refreshing" {
+					break // in sync, or its first attempt failed: live queries then
+				}
+			}
+			if *verbose && !*asJSON {
+				defer func() { printReplica(stdout, replica) }()
+			}
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
@@ -141,6 +158,18 @@ func configArgs(path string) []string {
 
 // printTree shows how an address expanded, one step per line, indented by
 // depth, then the final recipients.
+// printReplica says where the answers came from: the replica in sync
+// ("replica of URL" in the tree), or live queries and why.
+func printReplica(w io.Writer, r *routing.Replica) {
+	st := r.Stats()
+	if r.Synced() {
+		fmt.Fprintf(w, "directory: replica in sync with %s (%d entries, confirmed %v ago): answers without LDAP queries, changes seen within a second\n",
+			st.Server, st.Entries, st.Lag.Round(time.Millisecond))
+		return
+	}
+	fmt.Fprintf(w, "directory: replica %s: answers are live LDAP queries (the relay caches them: directory.cache)\n", st.State)
+}
+
 func printTree(w io.Writer, r lookupResult, x *routing.Expansion) {
 	fmt.Fprintf(w, "%s: %s\n", r.Address, strings.ReplaceAll(r.Status, "_", " "))
 	if x != nil {
