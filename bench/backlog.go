@@ -200,9 +200,3 @@ const (
 	backlogBegin = "<!-- backlog: written by go run ./bench -backlog N -->"
 	backlogEnd   = "<!-- /backlog -->"
 )
-
-// writeBacklog puts section into the report file, replacing an earlier
-// one, or appends it.
-func writeBacklog(path, section string) error {
-	return writeSection(path, backlogBegin, backlogEnd, section)
-}

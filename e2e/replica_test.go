@@ -59,6 +59,12 @@ func (d directoryAdmin) deleteEntries(t *testing.T, cns []string) {
 // startReplicaRelay starts a relay with the suite's config but url as its
 // directory, and waits until its replica reports wantState.
 func startReplicaRelay(t *testing.T, url string, wantState string) *mailfwdProc {
+	return startReplicaRelayList(t, []string{url}, url, wantState)
+}
+
+// startReplicaRelayList is startReplicaRelay with a list of servers, the
+// replica expected to report wantState with server.
+func startReplicaRelayList(t *testing.T, urls []string, server, wantState string) *mailfwdProc {
 	t.Helper()
 	dir := t.TempDir()
 	addr, err := freePort()
@@ -73,7 +79,11 @@ func startReplicaRelay(t *testing.T, url string, wantState string) *mailfwdProc 
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg = strings.Replace(cfg, fmt.Sprintf("servers: [%q]", servers["DS_URL"]), fmt.Sprintf("servers: [%q]", url), 1)
+	var quoted []string
+	for _, u := range urls {
+		quoted = append(quoted, fmt.Sprintf("%q", u))
+	}
+	cfg = strings.Replace(cfg, fmt.Sprintf("servers: [%q]", servers["DS_URL"]), "servers: ["+strings.Join(quoted, ", ")+"]", 1)
 	cfgPath := filepath.Join(dir, "mailfwd.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -83,7 +93,7 @@ func startReplicaRelay(t *testing.T, url string, wantState string) *mailfwdProc 
 		t.Fatal(err)
 	}
 	t.Cleanup(p.kill)
-	waitReplica(t, p, wantState, url, 30*time.Second)
+	waitReplica(t, p, wantState, server, 30*time.Second)
 	return p
 }
 
@@ -428,6 +438,23 @@ func TestReplicaDirectoryOutage(t *testing.T) {
 	}
 	if log := p.logTailAll(); !strings.Contains(log, `msg="directory replica in sync"`) || !strings.Contains(log, "full=false") {
 		t.Errorf("no resync from the cookie after the outage (want a \"directory replica in sync\" line with full=false):\n%s", tail(log, 3000))
+	}
+}
+
+// Several servers: the stream goes to the first one that takes it (the
+// first here is down), and lookups are answered from the replica.
+func TestReplicaServerList(t *testing.T) {
+	dead, _ := freePort() // nothing listens there
+	p := startReplicaRelayList(t, []string{"ldap://" + dead, servers["DS_URL"]}, servers["DS_URL"], "synced")
+	if code, err := rcptReply(p.addr, "sales@company.com"); err != nil || code != 250 {
+		t.Fatalf("RCPT: %d %v", code, err)
+	}
+	m := scrapeMetrics(t, p)
+	if m[`mailfwd_directory_answers_total{origin="replica"}`] < 1 {
+		t.Errorf("no answer from the replica: %v", m[`mailfwd_directory_answers_total{origin="replica"}`])
+	}
+	if _, ok := m["mailfwd_directory_replica_lag_seconds"]; !ok {
+		t.Error("no mailfwd_directory_replica_lag_seconds")
 	}
 }
 

@@ -148,8 +148,22 @@ func (y *replicaSync) session(ctx context.Context, url string) error {
 	y.refreshes.Add(1)
 	began := time.Now()
 
+	// A refresh that stops sending before it is done (389-DS stops at the
+	// bind user's size limit, 2000 entries by default, and says nothing)
+	// would leave the replica refreshing for ever: the probe ends it.
+	var lastMsg, received atomic.Int64
+	var inRefresh atomic.Bool
+	lastMsg.Store(time.Now().UnixNano())
+	inRefresh.Store(true)
+	stalled := func() error {
+		if idle := time.Since(time.Unix(0, lastMsg.Load())); inRefresh.Load() && idle > 3*y.cfg.Probe {
+			return fmt.Errorf("%s: refresh stalled: %d entries received, then nothing for %v (a size limit for the bind user? 389-DS: nsSizeLimit: -1; OpenLDAP: limits size=unlimited)",
+				url, received.Load(), idle.Round(time.Second))
+		}
+		return nil
+	}
 	probeFailed := make(chan error, 1)
-	go y.probe(sctx, c, url, probeFailed)
+	go y.probe(sctx, c, url, probeFailed, stalled)
 
 	refreshing := true
 	present := map[[16]byte]bool{}
@@ -166,7 +180,9 @@ func (y *replicaSync) session(ctx context.Context, url string) error {
 		present = map[[16]byte]bool{}
 	}
 	for resp.Next() {
+		lastMsg.Store(time.Now().UnixNano())
 		if e := resp.Entry(); e != nil {
+			received.Add(1)
 			st := syncState(resp.Controls())
 			if st == nil {
 				continue // not a sync answer (a referral entry, say)
@@ -225,6 +241,7 @@ func (y *replicaSync) session(ctx context.Context, url string) error {
 			}
 		}
 		if !refreshing {
+			inRefresh.Store(false)
 			y.r.markSynced()
 		}
 	}
@@ -248,7 +265,7 @@ func (y *replicaSync) session(ctx context.Context, url string) error {
 // an answer confirms the replica current (the server answers in order on
 // one connection, after the changes it sent before), no answer in time
 // closes the connection, which ends the session.
-func (y *replicaSync) probe(ctx context.Context, c *ldapConn, url string, failed chan<- error) {
+func (y *replicaSync) probe(ctx context.Context, c *ldapConn, url string, failed chan<- error, stalled func() error) {
 	t := time.NewTicker(y.cfg.Probe)
 	defer t.Stop()
 	for {
@@ -256,6 +273,11 @@ func (y *replicaSync) probe(ctx context.Context, c *ldapConn, url string, failed
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		if err := stalled(); err != nil {
+			failed <- err
+			c.Close()
+			return
 		}
 		done := make(chan error, 1)
 		go func() {

@@ -22,7 +22,7 @@ func TestCompileReplicaFilter(t *testing.T) {
 		{"(&(!(nsAccountLock=true))(mail=%u@%d))", true},
 		{"(&(objectClass=inetOrgPerson)(uid=%u))", true},
 		{"(|(mail=%s)(objectClass=x))", false}, // an OR branch that ignores the address
-		{"(mail=*%s)", false},                   // substrings
+		{"(mail=*%s)", false},                  // substrings
 		{"(mail>=%s)", false},
 		{"(mail:caseExactMatch:=%s)", false},
 		{"(objectClass=*)", false},
