@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"fmt"
 	"strings"
 	"time"
 
@@ -76,4 +77,23 @@ func (c replicaCollector) Collect(ch chan<- prometheus.Metric) {
 	}{{"refresh", st.Refreshes}, {"resync", st.Resyncs}, {"error", st.Errors}} {
 		ch <- prometheus.MustNewConstMetric(replicaEventsDesc, prometheus.CounterValue, float64(e.n), e.event)
 	}
+}
+
+// healthDetail is /healthz's line on the replica: in sync, or why not
+// (RCPT lookups are then live queries; not a failure).
+func (m *Metrics) healthDetail() string {
+	if m == nil {
+		return ""
+	}
+	m.mu.Lock()
+	f := m.replica
+	m.mu.Unlock()
+	if f == nil {
+		return ""
+	}
+	st := f()
+	if st.State == "synced" {
+		return fmt.Sprintf("directory replica: synced with %s (%d entries, confirmed %v ago)", st.Server, st.Entries, st.Lag.Round(time.Second))
+	}
+	return fmt.Sprintf("directory replica: %s (RCPT lookups are live LDAP queries)", st.State)
 }

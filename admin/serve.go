@@ -16,7 +16,7 @@ import (
 func NewHandler(m *Metrics, health func() error, profiling bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", m.Handler())
-	mux.Handle("GET /healthz", HealthHandler(health))
+	mux.Handle("GET /healthz", HealthHandler(health, m.healthDetail))
 	if profiling {
 		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
@@ -28,19 +28,27 @@ func NewHandler(m *Metrics, health func() error, profiling bool) http.Handler {
 }
 
 // HealthHandler answers 200 "ok" when health returns nil, else 503 with
-// the error. Nothing is cached: each request checks again.
-func HealthHandler(health func() error) http.Handler {
+// the error; detail (if any) follows on lines of its own: what works but
+// degraded, such as a directory replica out of sync (mail still flows).
+// Nothing is cached: each request checks again.
+func HealthHandler(health func() error, detail func() string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Header().Set("Cache-Control", "no-store")
+		more := ""
+		if detail != nil {
+			if d := detail(); d != "" {
+				more = d + "\n"
+			}
+		}
 		if health != nil {
 			if err := health(); err != nil {
 				w.WriteHeader(http.StatusServiceUnavailable)
-				w.Write([]byte(err.Error() + "\n"))
+				w.Write([]byte(err.Error() + "\n" + more))
 				return
 			}
 		}
-		w.Write([]byte("ok\n"))
+		w.Write([]byte("ok\n" + more))
 	})
 }
 

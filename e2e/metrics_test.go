@@ -54,7 +54,7 @@ func waitHealthy(t *testing.T, p *mailfwdProc) {
 		if err == nil {
 			body, _ = io.ReadAll(resp.Body)
 			resp.Body.Close()
-			if resp.StatusCode == 200 && strings.TrimSpace(string(body)) == "ok" {
+			if first, _, _ := strings.Cut(string(body), "\n"); resp.StatusCode == 200 && first == "ok" {
 				return
 			}
 		}

@@ -14,6 +14,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -455,6 +456,15 @@ func TestReplicaServerList(t *testing.T) {
 	}
 	if _, ok := m["mailfwd_directory_replica_lag_seconds"]; !ok {
 		t.Error("no mailfwd_directory_replica_lag_seconds")
+	}
+	resp, err := http.Get(p.admin + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if want := "ok\ndirectory replica: synced with " + servers["DS_URL"]; resp.StatusCode != 200 || !strings.HasPrefix(string(body), want) {
+		t.Errorf("/healthz: %d %q, want 200 and %q...", resp.StatusCode, body, want)
 	}
 }
 
