@@ -113,7 +113,8 @@ for m in $(cat /modules.order); do insmod /lib/modules/$m 2>/dev/null || echo "i
 ip link set lo up; ip link set eth0 up
 ip addr add 10.0.2.15/24 dev eth0; ip route add default via 10.0.2.2
 mkdir -p /spool
-mount -t ext4 /dev/vda /spool || { echo POWERCUT-MOUNT-FAILED; poweroff -f; }
+opts=$(sed -n 's/.*mailfwd\.mount=\([^ ]*\).*/\1/p' /proc/cmdline)
+mount -t ext4 ${opts:+-o $opts} /dev/vda /spool || { echo POWERCUT-MOUNT-FAILED; poweroff -f; }
 echo POWERCUT-MOUNTED
 cd /spool
 /mailfwd serve -config /etc/mailfwd.yaml

@@ -312,37 +312,63 @@ type powerGuest struct {
 	kernel             guestKernel
 	smtpAddr, smtpPort string
 
+	// disks are served by one nbdkit each, the first being the spool
+	// (/dev/vda); nil: the spool disk behind the writeback cache.
+	disks   []guestDisk
+	cmdline string // appended to the kernel's (mailfwd.mount=OPTIONS for the spool's mount)
+
 	boots  int
 	qemu   *exec.Cmd
-	nbdkit *exec.Cmd
+	nbdkit []*exec.Cmd
 	serial string // this boot's console log
+}
+
+// guestDisk is an image and the nbdkit filters in front of it.
+type guestDisk struct {
+	image   string
+	filters []string // --filter=NAME ...
+	params  []string // the filters' KEY=VALUE parameters
 }
 
 func (g *powerGuest) boot(cycle int) error {
 	g.boots++
-	sock := filepath.Join(g.dir, "nbd.sock")
-	os.Remove(sock)
+	disks := g.disks
+	if disks == nil {
+		// -f below: in the foreground, so that SIGKILL reaches the process
+		// that holds the cache (its cache file is already unlinked: it dies
+		// with it).
+		disks = []guestDisk{{image: g.disk, filters: []string{"--filter=cache"}, params: []string{"cache=writeback"}}}
+	}
 	nlog, err := os.Create(filepath.Join(g.dir, fmt.Sprintf("nbdkit-%d.log", cycle)))
 	if err != nil {
 		return err
 	}
 	defer nlog.Close()
-	// -f: in the foreground, so that SIGKILL reaches the process that
-	// holds the cache (its cache file is already unlinked: it dies with it).
-	g.nbdkit = exec.Command("nbdkit", "-f", "-U", sock, "--filter=cache", "file", g.disk, "cache=writeback")
-	g.nbdkit.Stdout, g.nbdkit.Stderr = nlog, nlog
-	if err := g.nbdkit.Start(); err != nil {
-		return fmt.Errorf("nbdkit: %w", err)
-	}
-	for i := 0; ; i++ {
-		if _, err := os.Stat(sock); err == nil {
-			break
-		}
-		if i > 100 {
+	var drives []string
+	for i, d := range disks {
+		sock := filepath.Join(g.dir, fmt.Sprintf("nbd%d.sock", i))
+		os.Remove(sock)
+		args := append(append([]string{"-f", "-U", sock}, d.filters...), "file", d.image)
+		cmd := exec.Command("nbdkit", append(args, d.params...)...)
+		cmd.Stdout, cmd.Stderr = nlog, nlog
+		if err := cmd.Start(); err != nil {
 			g.cut()
-			return errors.New("nbdkit did not create its socket in 10s")
+			return fmt.Errorf("nbdkit: %w", err)
 		}
-		time.Sleep(100 * time.Millisecond)
+		g.nbdkit = append(g.nbdkit, cmd)
+		for i := 0; ; i++ {
+			if _, err := os.Stat(sock); err == nil {
+				break
+			}
+			if i > 100 {
+				g.cut()
+				return errors.New("nbdkit did not create its socket in 10s")
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		// cache=writeback: the guest sees a volatile write cache and sends
+		// flushes, which reach nbdkit as NBD flushes.
+		drives = append(drives, "-drive", "file=nbd+unix:///?socket="+sock+",format=raw,if=virtio,cache=writeback")
 	}
 	g.serial = filepath.Join(g.dir, fmt.Sprintf("serial-%d.log", cycle))
 	slog, err := os.Create(g.serial)
@@ -350,15 +376,13 @@ func (g *powerGuest) boot(cycle int) error {
 		return err
 	}
 	defer slog.Close()
-	g.qemu = exec.Command("qemu-system-x86_64", "-machine", "q35", "-m", "768", "-smp", "2",
-		"-nographic", "-no-reboot",
+	args := []string{"-machine", "q35", "-m", "768", "-smp", "2", "-nographic", "-no-reboot",
 		"-kernel", g.kernel.vmlinuz, "-initrd", g.initrd,
-		"-append", "console=ttyS0 quiet panic=-1",
-		// cache=writeback: the guest sees a volatile write cache and
-		// sends flushes, which reach nbdkit as NBD flushes.
-		"-drive", "file=nbd+unix:///?socket="+sock+",format=raw,if=virtio,cache=writeback",
+		"-append", strings.TrimSpace("console=ttyS0 quiet panic=-1 " + g.cmdline)}
+	args = append(args, drives...)
+	g.qemu = exec.Command("qemu-system-x86_64", append(args,
 		"-netdev", "user,id=n0,hostfwd=tcp:127.0.0.1:"+g.smtpPort+"-:2525",
-		"-device", "virtio-net-pci,netdev=n0,romfile=")
+		"-device", "virtio-net-pci,netdev=n0,romfile=")...)
 	g.qemu.Stdout, g.qemu.Stderr = slog, slog
 	if err := g.qemu.Start(); err != nil {
 		g.cut()
@@ -414,12 +438,13 @@ var spoolIndexedRe = regexp.MustCompile(`msg="spool indexed" messages=[1-9]`)
 // cut is the power cut: nbdkit first, so nothing more reaches the disk,
 // then qemu.
 func (g *powerGuest) cut() {
-	for _, c := range []*exec.Cmd{g.nbdkit, g.qemu} {
+	procs := append(append([]*exec.Cmd(nil), g.nbdkit...), g.qemu)
+	for _, c := range procs {
 		if c != nil && c.Process != nil {
 			c.Process.Signal(syscall.SIGKILL)
 		}
 	}
-	for _, c := range []*exec.Cmd{g.nbdkit, g.qemu} {
+	for _, c := range procs {
 		if c != nil && c.Process != nil {
 			c.Wait()
 		}
