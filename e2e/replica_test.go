@@ -468,6 +468,49 @@ func TestReplicaServerList(t *testing.T) {
 	}
 }
 
+// 389-DS without its Content Synchronization plugin: the replica follows a
+// persistent search instead; an ldapmodify is still followed 1 s later.
+func TestReplicaPersistentSearch(t *testing.T) {
+	dir := t.TempDir()
+	port, _ := freePort()
+	_, p, _ := net.SplitHostPort(port)
+	env := []string{"DS_DIR=" + filepath.Join(dir, "389ds"), "DS_PORT=" + p, "DS_TLS_PORT=0", "DS_SYNC=0"}
+	if err := runScript("start-389ds.sh", env...); err != nil {
+		t.Fatal(err)
+	}
+	defer runScript("stop-389ds.sh", env...)
+	url := "ldap://" + port
+	d := directoryAdmin{"389-DS without sync", url, servers["DS_ROOT_DN"], servers["DS_ROOT_PW"]}
+	relay := startReplicaRelay(t, url, "synced")
+	logHas(t, relay, 5*time.Second, "following a persistent search instead")
+	for i := range 5 {
+		cn := fmt.Sprintf("ps%d-%d", os.Getpid(), i)
+		d.addRecipient(t, cn, cn+"@company.com")
+		time.Sleep(time.Second)
+		tok := token(t)
+		if err := sendGo(relay.addr, tok, []string{cn + "@company.com"}); err != nil {
+			t.Fatalf("round %d, new address: %v", i, err)
+		}
+		arrived(t, tok, map[string]int{cn + "@company.com": 1}, 30*time.Second)
+		d.modify(t, "dn: cn="+cn+",ou=people,dc=example,dc=net\nchangetype: modify\nreplace: mailForwardingAddress\nmailForwardingAddress: "+cn+".ps@gmail.com\n")
+		time.Sleep(time.Second)
+		tok = token(t)
+		if err := sendGo(relay.addr, tok, []string{cn + "@company.com"}); err != nil {
+			t.Fatalf("round %d, changed forwarding: %v", i, err)
+		}
+		arrived(t, tok, map[string]int{cn + ".ps@gmail.com": 1}, 30*time.Second)
+		d.deleteEntries(t, []string{cn})
+		time.Sleep(time.Second)
+		if code, err := rcptReply(relay.addr, cn+"@company.com"); err != nil || code != 550 {
+			t.Errorf("round %d, deleted entry: RCPT %d %v, want 550", i, code, err)
+		}
+	}
+	m := scrapeMetrics(t, relay)
+	if m[`mailfwd_directory_answers_total{origin="live"}`] != 0 {
+		t.Errorf("%v live lookups while following the persistent search", m[`mailfwd_directory_answers_total{origin="live"}`])
+	}
+}
+
 // A server without content synchronisation: the replica says so (metrics,
 // log) and lookups are live queries behind the cache, as before.
 func TestReplicaUnsupportedServer(t *testing.T) {

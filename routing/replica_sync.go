@@ -39,6 +39,7 @@ type replicaSync struct {
 
 	cookie    []byte
 	cookieURL string
+	psearch   map[string]bool // servers that refused content sync: persistent search
 
 	refreshes, resyncs, errors atomic.Uint64
 }
@@ -60,7 +61,7 @@ func NewLDAPReplica(src *LDAPSource, live Source, cfg ReplicaConfig) (*Replica, 
 	if err != nil {
 		return nil, err
 	}
-	r.sync = &replicaSync{r: r, src: src, cfg: cfg}
+	r.sync = &replicaSync{r: r, src: src, cfg: cfg, psearch: map[string]bool{}}
 	return r, nil
 }
 
@@ -85,7 +86,19 @@ func (y *replicaSync) run(ctx context.Context) {
 		unsupported := 0
 		for _, url := range y.src.cfg.URLs {
 			start := time.Now()
-			err := y.session(ctx, url)
+			var err error
+			if !y.psearch[url] {
+				err = y.session(ctx, url)
+			}
+			if y.psearch[url] || errors.Is(err, errSyncUnsupported) {
+				if !y.psearch[url] {
+					y.src.log.Warn("directory replica: no content synchronisation, following a persistent search instead (enable the Content Synchronization plugin: docs/directory.md)", "url", url, "err", err)
+				}
+				y.psearch[url] = true
+				if err = y.psearchSession(ctx, url); errors.Is(err, errSyncUnsupported) {
+					y.psearch[url] = false
+				}
+			}
 			if ctx.Err() != nil {
 				return
 			}
@@ -137,12 +150,7 @@ func (y *replicaSync) session(ctx context.Context, url string) error {
 		y.cookie = nil // a cookie means something only to its server
 	}
 	full := y.cookie == nil
-	var presence []string
-	for _, i := range y.r.store.indexed {
-		presence = append(presence, "("+y.r.store.attrs[i]+"=*)")
-	}
-	filter := "(|" + strings.Join(presence, "") + ")"
-	req := ldap.NewSearchRequest(y.src.cfg.Base, y.src.scope, y.src.cfg.Deref, 0, 0, false, filter, y.r.store.attrs, nil)
+	req := ldap.NewSearchRequest(y.src.cfg.Base, y.src.scope, y.src.cfg.Deref, 0, 0, false, y.syncFilter(), y.r.store.attrs, nil)
 	resp := c.Syncrepl(sctx, req, 512, ldap.SyncRequestModeRefreshAndPersist, y.cookie, false)
 	y.r.setState("refreshing", url)
 	y.refreshes.Add(1)
@@ -259,6 +267,16 @@ func (y *replicaSync) session(ctx context.Context, url string) error {
 		return err
 	}
 	return errors.New("the server ended the sync search")
+}
+
+// syncFilter selects the entries the replica needs: those with one of the
+// attributes the query filter matches the address against.
+func (y *replicaSync) syncFilter() string {
+	var presence []string
+	for _, i := range y.r.store.indexed {
+		presence = append(presence, "("+y.r.store.attrs[i]+"=*)")
+	}
+	return "(|" + strings.Join(presence, "") + ")"
 }
 
 // probe checks the stream every cfg.Probe with a WhoAmI on its connection;
