@@ -64,20 +64,32 @@ func scriptEnv(extra ...string) []string {
 // runScript runs one of our start/stop scripts and merges the KEY='value'
 // lines it prints into servers.
 func runScript(name string, env ...string) error {
+	vars, err := runScriptVars(name, env...)
+	for k, v := range vars {
+		servers[k] = v
+	}
+	return err
+}
+
+// runScriptVars runs a start/stop script for a server of a test's own
+// (another port and tree) and returns the KEY='value' lines it prints,
+// leaving the suite's servers as they are.
+func runScriptVars(name string, env ...string) (map[string]string, error) {
 	cmd := exec.Command(scriptPath(name))
 	cmd.Env = scriptEnv(env...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("%s: %v\n%s%s", name, err, out.String(), errb.String())
+		return nil, fmt.Errorf("%s: %v\n%s%s", name, err, out.String(), errb.String())
 	}
+	vars := map[string]string{}
 	re := regexp.MustCompile(`^([A-Z_]+)='(.*)'$`)
 	for _, l := range strings.Split(out.String(), "\n") {
 		if m := re.FindStringSubmatch(strings.TrimSpace(l)); m != nil {
-			servers[m[1]] = m[2]
+			vars[m[1]] = m[2]
 		}
 	}
-	return nil
+	return vars, nil
 }
 
 func TestMain(m *testing.M) {

@@ -475,10 +475,10 @@ func TestReplicaPersistentSearch(t *testing.T) {
 	port, _ := freePort()
 	_, p, _ := net.SplitHostPort(port)
 	env := []string{"DS_DIR=" + filepath.Join(dir, "389ds"), "DS_PORT=" + p, "DS_TLS_PORT=0", "DS_SYNC=0"}
-	if err := runScript("start-389ds.sh", env...); err != nil {
+	if _, err := runScriptVars("start-389ds.sh", env...); err != nil {
 		t.Fatal(err)
 	}
-	defer runScript("stop-389ds.sh", env...)
+	defer runScriptVars("stop-389ds.sh", env...)
 	url := "ldap://" + port
 	d := directoryAdmin{"389-DS without sync", url, servers["DS_ROOT_DN"], servers["DS_ROOT_PW"]}
 	relay := startReplicaRelay(t, url, "synced")
@@ -518,10 +518,10 @@ func TestReplicaUnsupportedServer(t *testing.T) {
 	port, _ := freePort()
 	_, p, _ := net.SplitHostPort(port)
 	env := []string{"SLAPD_DIR=" + filepath.Join(dir, "slapd"), "SLAPD_PORT=" + p, "SLAPD_TLS_PORT=0", "SLAPD_SYNC=0"}
-	if err := runScript("start-slapd.sh", env...); err != nil {
+	if _, err := runScriptVars("start-slapd.sh", env...); err != nil {
 		t.Fatal(err)
 	}
-	defer runScript("stop-slapd.sh", env...)
+	defer runScriptVars("stop-slapd.sh", env...)
 	url := "ldap://" + port
 	relay := startReplicaRelay(t, url, "unsupported")
 	if code, err := rcptReply(relay.addr, "sales@company.com"); err != nil || code != 250 {
