@@ -276,59 +276,58 @@ func (s *replicaStore) keep(present map[[16]byte]bool) int {
 	return n
 }
 
-func (s *replicaStore) indexEntry(e *replEntry) {
+// eachIndexSlot calls f once per index slot e occupies: each distinct
+// lower-cased value of each indexed attribute.
+func (s *replicaStore) eachIndexSlot(e *replEntry, f func(idx map[string]*replEntry, key sharedKey)) {
 	for j, ai := range s.indexed {
 		vals := e.values(ai)
 		for k, v := range vals {
 			lv := strings.ToLower(v)
-			if dupInEntry(vals[:k], lv) {
-				continue
-			}
-			idx := s.index[j]
-			key := sharedKey{j, lv}
-			if list, ok := s.shared[key]; ok {
-				s.shared[key] = append(list, e)
-			} else if other := idx[lv]; other != nil {
-				delete(idx, lv)
-				s.shared[key] = []*replEntry{other, e}
-			} else {
-				idx[lv] = e
+			if !dupInEntry(vals[:k], lv) {
+				f(s.index[j], sharedKey{j, lv})
 			}
 		}
 	}
 }
 
+func (s *replicaStore) indexEntry(e *replEntry) {
+	s.eachIndexSlot(e, func(idx map[string]*replEntry, key sharedKey) {
+		if list, ok := s.shared[key]; ok {
+			s.shared[key] = append(list, e)
+		} else if other := idx[key.val]; other != nil {
+			delete(idx, key.val)
+			s.shared[key] = []*replEntry{other, e}
+		} else {
+			idx[key.val] = e
+		}
+	})
+}
+
 func (s *replicaStore) unindex(e *replEntry) {
-	for j, ai := range s.indexed {
-		vals := e.values(ai)
-		for k, v := range vals {
-			lv := strings.ToLower(v)
-			if dupInEntry(vals[:k], lv) {
-				continue
+	s.eachIndexSlot(e, func(idx map[string]*replEntry, key sharedKey) {
+		list, ok := s.shared[key]
+		if !ok {
+			if idx[key.val] == e {
+				delete(idx, key.val)
 			}
-			idx := s.index[j]
-			key := sharedKey{j, lv}
-			if list, ok := s.shared[key]; ok {
-				out := list[:0]
-				for _, x := range list {
-					if x != e {
-						out = append(out, x)
-					}
-				}
-				switch len(out) {
-				case 0:
-					delete(s.shared, key)
-				case 1:
-					delete(s.shared, key)
-					idx[lv] = out[0]
-				default:
-					s.shared[key] = out
-				}
-			} else if idx[lv] == e {
-				delete(idx, lv)
+			return
+		}
+		out := list[:0]
+		for _, x := range list {
+			if x != e {
+				out = append(out, x)
 			}
 		}
-	}
+		switch len(out) {
+		case 0:
+			delete(s.shared, key)
+		case 1:
+			delete(s.shared, key)
+			idx[key.val] = out[0]
+		default:
+			s.shared[key] = out
+		}
+	})
 }
 
 func dupInEntry(earlier []string, lv string) bool {
