@@ -250,7 +250,7 @@ func (e *env) runDirectory(dsURL, rootDN, rootPW string) (string, error) {
 	}
 	liveCfg := strings.TrimSuffix(e.mf.config, ".yaml") + "-live.yaml"
 	text := strings.Replace(string(cfg), "    result_attributes: [mailForwardingAddress]\n",
-		"    result_attributes: [mailForwardingAddress]\n    replica: {enabled: false}\n", 1)
+		"    result_attributes: [mailForwardingAddress]\n  replica: {enabled: false}\n", 1)
 	if err := os.WriteFile(liveCfg, []byte(text), 0o644); err != nil {
 		return "", err
 	}

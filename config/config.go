@@ -231,6 +231,8 @@ type Directory struct {
 	// PostfixMap is an existing Postfix ldap_table(5) file, read unchanged.
 	PostfixMap string `yaml:"postfix_map"`
 	Cache      Cache  `yaml:"cache"`
+	// Replica applies to the LDAP sources: ldap and postfix_map.
+	Replica Replica `yaml:"replica"`
 }
 
 // Cache bounds how long directory answers are reused.
@@ -271,7 +273,6 @@ type LDAP struct {
 	Timeout          time.Duration `yaml:"timeout"`
 	PoolSize         int           `yaml:"pool_size"`
 	SizeLimit        int           `yaml:"size_limit"`
-	Replica          Replica       `yaml:"replica"`
 }
 
 // Replica is the live copy of the directory that answers RCPT lookups
@@ -533,13 +534,13 @@ func (c *Config) setDefaults() {
 		if l.PoolSize == 0 {
 			l.PoolSize = 8
 		}
-		if l.Replica.Enabled == nil {
-			on := true
-			l.Replica.Enabled = &on
-		}
-		if l.Replica.MaxStale == 0 {
-			l.Replica.MaxStale = 4 * time.Hour
-		}
+	}
+	if r := &c.Directory.Replica; r.Enabled == nil {
+		on := true
+		r.Enabled = &on
+	}
+	if r := &c.Directory.Replica; r.MaxStale == 0 {
+		r.MaxStale = 4 * time.Hour
 	}
 	l := &c.Limits
 	if l.MaxConnections == 0 {

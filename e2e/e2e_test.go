@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -155,7 +156,47 @@ func setup(m *testing.M) (int, error) {
 		return 1, err
 	}
 	defer relay.stop()
-	return m.Run(), nil
+	code := m.Run()
+	if deadServers() && code == 0 {
+		code = 1
+	}
+	return code, nil
+}
+
+// deadServers reports (with the tail of its log) each of the suite's servers
+// that is not running at the end of the run: tests stop and start them, but
+// always leave them up, so a dead one crashed under a test (389-DS's sync
+// plugin has crashed in CI) and every later failure is its consequence.
+func deadServers() bool {
+	logs := map[string]string{
+		"DS_PID": filepath.Join(servers["DS_LOG"], "errors"), "SLAPD_PID": servers["SLAPD_LOG"],
+		"PF_PID": servers["PF_LOG"], "SINK_PID": servers["SINK_LOG"],
+	}
+	dead := false
+	for _, k := range []string{"DS_PID", "SLAPD_PID", "PF_PID", "SINK_PID"} {
+		pid, err := strconv.Atoi(servers[k])
+		if err != nil || running(pid) {
+			continue
+		}
+		dead = true
+		fmt.Printf("e2e: FAIL: the suite's server %s=%d is not running at the end of the run; the end of %s:\n", k, pid, logs[k])
+		if b, err := os.ReadFile(logs[k]); err == nil {
+			lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+			fmt.Println(strings.Join(lines[max(0, len(lines)-25):], "\n"))
+		}
+	}
+	return dead
+}
+
+// running: pid exists and is not a zombie (the reaper may not have
+// collected a dead daemon yet).
+func running(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	_, rest, _ := strings.Cut(string(b), ") ")
+	return !strings.HasPrefix(rest, "Z") && !strings.HasPrefix(rest, "X")
 }
 
 // runDir makes this run's directory: E2E_ROOT when set (it must not hold

@@ -220,17 +220,16 @@ func dmConn(t *testing.T) *ldap.Conn {
 	return c
 }
 
-// TestPostfixCFGroups: special, leaf and terminal result attributes,
-// recursion, expansion and size limits and server failover, each answer
-// checked against postmap and against what ldap_table(5) says.
-func TestPostfixCFGroups(t *testing.T) {
+// pfTree adds pfEntries under an OU of their own in the suite's 389-DS
+// (removed when t ends) and returns it, with a Directory Manager connection.
+func pfTree(t *testing.T) (string, *ldap.Conn) {
+	t.Helper()
 	base := servers["DS_BASE"]
 	if base == "" {
 		base = "dc=example,dc=net"
 	}
 	ou := fmt.Sprintf("ou=pfcf-%d,%s", time.Now().UnixNano(), base)
 	c := dmConn(t)
-	defer c.Close()
 	top := ldap.NewAddRequest(ou, nil)
 	top.Attribute("objectClass", []string{"top", "organizationalUnit"})
 	top.Attribute("ou", []string{strings.TrimPrefix(strings.SplitN(ou, ",", 2)[0], "ou=")})
@@ -253,11 +252,14 @@ func TestPostfixCFGroups(t *testing.T) {
 			t.Fatalf("adding %s: %v", r.DN, err)
 		}
 	}
+	return ou, c
+}
 
-	// A first server where nothing listens: mailfwd must fall over to the
-	// second, quickly.
-	common := fmt.Sprintf(`# groups for mailfwd's e2e test
-server_host = ldap://127.0.0.1:1
+// pfCommon is the groups map over ou, with first (if not "") as a server
+// tried before the suite's 389-DS.
+func pfCommon(ou, first string) string {
+	return fmt.Sprintf(`# groups for mailfwd's e2e test
+server_host = %s
     %s
 search_base = %s
 query_filter = (mail=%%s)
@@ -269,7 +271,18 @@ bind_dn = %s
 bind_pw = %s
 timeout = 5
 version = 3
-`, servers["DS_URL"], ou, servers["DS_ROOT_DN"], servers["DS_ROOT_PW"])
+`, first, servers["DS_URL"], ou, servers["DS_ROOT_DN"], servers["DS_ROOT_PW"])
+}
+
+// TestPostfixCFGroups: special, leaf and terminal result attributes,
+// recursion, expansion and size limits and server failover, each answer
+// checked against postmap and against what ldap_table(5) says.
+func TestPostfixCFGroups(t *testing.T) {
+	ou, c := pfTree(t)
+	defer c.Close()
+	// A first server where nothing listens: mailfwd must fall over to the
+	// second, quickly.
+	common := pfCommon(ou, "ldap://127.0.0.1:1")
 
 	const errLimit = "limit"
 	tests := []struct {
@@ -304,7 +317,7 @@ version = 3
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for extra, ks := range keys {
-		pcf := writeCF(t, strings.Replace(common+extra, "ldap://127.0.0.1:1\n", "\n", 1))
+		pcf := writeCF(t, pfCommon(ou, "")+extra)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -452,4 +465,74 @@ result_format = %u@alias.%D
 			}
 		})
 	}
+}
+
+// TestPostfixCFReplica: a .cf map with groups answered from the directory
+// replica (389-DS's content sync) gives postmap's answers with no LDAP
+// query, follows an ldapmodify of a group's members within a second, and
+// hands a lookup that needs an entry outside its search base to a live
+// query.
+func TestPostfixCFReplica(t *testing.T) {
+	ou, c := pfTree(t)
+	defer c.Close()
+	cf := writeCF(t, pfCommon(ou, ""))
+	src, ok := pfSource(t, cf).(*routing.LDAPSource)
+	if !ok {
+		t.Fatal("a .cf map is not an LDAP source")
+	}
+	r, err := routing.NewLDAPReplica(src, src, routing.ReplicaConfig{MaxStale: time.Hour})
+	if err != nil {
+		t.Fatalf("no replica for the groups map: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); r.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	for deadline := time.Now().Add(30 * time.Second); !r.Synced(); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("replica of the .cf map not in sync after 30s: %+v", r.Stats())
+		}
+	}
+	compare := func(keys ...string) {
+		t.Helper()
+		pm := postmapBatch(t, cf, keys)
+		for _, k := range keys {
+			if got := mailfwdQuery(r, k); !pm[k].same(got) {
+				t.Errorf("%s: postmap says %s, the replica %s", k, pm[k], got)
+			}
+		}
+	}
+	keys := []string{"alice@pfcf.test", "Alice@PFCF.test", "team@pfcf.test", "outer@pfcf.test", "routed@pfcf.test",
+		"withrouted@pfcf.test", "fwdgroup@pfcf.test", "fwd@pfcf.test", "dup@pfcf.test", "big@pfcf.test", "nobody@pfcf.test"}
+	compare(keys...)
+	if st := r.Stats(); st.Live != 0 || st.Local != uint64(len(keys)) {
+		t.Errorf("answers: %d from the replica, %d live; want all %d from the replica", st.Local, st.Live, len(keys))
+	}
+
+	// The admin changes a group: carol joins team, bob leaves.
+	m := ldap.NewModifyRequest("cn=team,"+ou, nil)
+	m.Add("uniqueMember", []string{"cn=carol," + ou})
+	m.Delete("uniqueMember", []string{"cn=bob," + ou})
+	if err := c.Modify(m); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	if got := mailfwdQuery(r, "team@pfcf.test"); !slices.Equal(sorted(got.values), []string{"alice@pfcf.test", "carol@pfcf.test"}) {
+		t.Errorf("team one second after the change: %s, want alice and carol", got)
+	}
+	compare("team@pfcf.test", "outer@pfcf.test")
+
+	// A member outside the search base: that lookup is a live query.
+	live := r.Stats().Live
+	m = ldap.NewModifyRequest("cn=big,"+ou, nil)
+	m.Add("uniqueMember", []string{servers["DS_ROOT_DN"]})
+	if err := c.Modify(m); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	compare("big@pfcf.test")
+	if st := r.Stats(); st.Live != live+1 {
+		t.Errorf("a member outside the base: %d live answers, want %d", st.Live, live+1)
+	}
+	t.Logf("replica of the .cf map: %+v", r.Stats())
 }

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/go-ldap/ldap/v3"
 )
 
 // Replica is a copy in memory of the directory entries that routing reads,
@@ -51,6 +53,12 @@ type Replica struct {
 	local, liveN, stale atomic.Uint64 // answers by origin
 
 	sync *replicaSync // nil for a replica fed by tests
+
+	// table is set for a replica of a Postfix ldap_table: answers are
+	// gathered as tableLookup does (replica_table.go), src gives its limits.
+	table      *compiledTable
+	src        *LDAPSource
+	followBase *ldap.DN // the search base, when DNs are followed in the replica
 }
 
 // ReplicaStats are the replica's counters and state.
@@ -64,8 +72,10 @@ type ReplicaStats struct {
 }
 
 // newReplica makes an empty replica in front of live. filter is the
-// configured query filter, which must compile (compileReplicaFilter).
-func newReplica(live Source, filter string, schema Schema, maxStale time.Duration, log *slog.Logger) (*Replica, error) {
+// configured query filter, which must compile (compileReplicaFilter);
+// schema's result attributes are kept besides the filter's, and extra
+// ones (a Postfix table's).
+func newReplica(live Source, filter string, schema Schema, extra []string, maxStale time.Duration, log *slog.Logger) (*Replica, error) {
 	f, err := compileReplicaFilter(filter)
 	if err != nil {
 		return nil, err
@@ -74,13 +84,14 @@ func newReplica(live Source, filter string, schema Schema, maxStale time.Duratio
 		log = slog.Default()
 	}
 	attrs := f.attrs(nil)
-	for _, a := range schema.ResultAttributes {
+	keep := append(append([]string(nil), schema.ResultAttributes...), extra...)
+	if schema.FallbackAttribute != "" {
+		keep = append(keep, schema.FallbackAttribute)
+	}
+	for _, a := range keep {
 		if !containsFold(attrs, a) {
 			attrs = append(attrs, strings.ToLower(a))
 		}
-	}
-	if schema.FallbackAttribute != "" && !containsFold(attrs, schema.FallbackAttribute) {
-		attrs = append(attrs, strings.ToLower(schema.FallbackAttribute))
 	}
 	if len(attrs) > maxReplicaAttrs {
 		return nil, fmt.Errorf("%w: %d attributes, at most %d", errFilterNotLocal, len(attrs), maxReplicaAttrs)
@@ -125,8 +136,11 @@ func (r *Replica) markDown(why string) {
 // Lookup implements Source.
 func (r *Replica) Lookup(ctx context.Context, key string) ([]Match, error) {
 	if r.synced.Load() {
-		r.local.Add(1)
-		return r.store.lookup(r, key), nil
+		if ms, err := r.answer(key); !errors.Is(err, errNotHeld) {
+			r.local.Add(1)
+			return ms, err
+		}
+		// An entry it needs is outside what the replica holds: ask.
 	}
 	ms, err := r.live.Lookup(ctx, key)
 	if err == nil || !errors.Is(err, ErrUnavailable) || !r.loaded.Load() {
@@ -135,13 +149,30 @@ func (r *Replica) Lookup(ctx context.Context, key string) ([]Match, error) {
 	}
 	if age := r.now().Sub(time.Unix(0, r.confirmed.Load())); age <= r.maxStale {
 		r.stale.Add(1)
-		if ms := r.store.lookup(r, key); len(ms) > 0 {
+		if ms, lerr := r.answer(key); lerr == nil && len(ms) > 0 {
 			return ms, nil
 		}
 		return nil, fmt.Errorf("%w (%w)", ErrReplicaMiss, err)
 	}
 	r.liveN.Add(1)
 	return nil, err
+}
+
+// answer is the replica's own answer for key: errNotHeld when it would
+// need an entry it does not hold.
+func (r *Replica) answer(key string) ([]Match, error) {
+	if r.table != nil {
+		return r.tableAnswer(key)
+	}
+	return r.store.lookup(r, key), nil
+}
+
+// source names the replica in Match.Source.
+func (r *Replica) source() string {
+	if sv := r.server.Load(); sv != nil {
+		return "replica of " + *sv
+	}
+	return "replica"
 }
 
 // Stats returns the replica's state and counters.
@@ -179,6 +210,7 @@ type replicaStore struct {
 	byUUID map[[16]byte]*replEntry
 	index  []map[string]*replEntry // per indexed attribute
 	shared map[sharedKey][]*replEntry
+	byDN   map[[16]byte]*replEntry // by dnKey, only for tables that follow DNs
 }
 
 type sharedKey struct {
@@ -250,6 +282,11 @@ func (s *replicaStore) put(uuid [16]byte, e *replEntry) {
 	s.indexEntry(e)
 }
 
+// withDN is the entry named dn, or nil.
+func (s *replicaStore) withDN(dn string) *replEntry {
+	return s.byDN[dnKey(dn)]
+}
+
 // remove drops the entry with uuid, if held.
 func (s *replicaStore) remove(uuid [16]byte) {
 	s.mu.Lock()
@@ -291,6 +328,9 @@ func (s *replicaStore) eachIndexSlot(e *replEntry, f func(idx map[string]*replEn
 }
 
 func (s *replicaStore) indexEntry(e *replEntry) {
+	if s.byDN != nil {
+		s.byDN[dnKey(e.dn)] = e
+	}
 	s.eachIndexSlot(e, func(idx map[string]*replEntry, key sharedKey) {
 		if list, ok := s.shared[key]; ok {
 			s.shared[key] = append(list, e)
@@ -304,6 +344,11 @@ func (s *replicaStore) indexEntry(e *replEntry) {
 }
 
 func (s *replicaStore) unindex(e *replEntry) {
+	if s.byDN != nil {
+		if k := dnKey(e.dn); s.byDN[k] == e {
+			delete(s.byDN, k)
+		}
+	}
 	s.eachIndexSlot(e, func(idx map[string]*replEntry, key sharedKey) {
 		list, ok := s.shared[key]
 		if !ok {
@@ -342,8 +387,33 @@ func dupInEntry(earlier []string, lv string) bool {
 // lookup answers key as the live LDAP search would: the entries the
 // filter matches (in DN order), each through the schema's result rules.
 func (s *replicaStore) lookup(r *Replica, key string) []Match {
-	keyed, _ := r.filter.keyed()
 	s.mu.RLock()
+	defer s.mu.RUnlock()
+	source := r.source()
+	var out []Match
+	for _, e := range s.matching(r.filter, key) {
+		out = append(out, r.schema.results(source, e.dn, s.getter(e))...)
+	}
+	return out
+}
+
+// getter reads e's attributes by name (case-insensitively).
+func (s *replicaStore) getter(e *replEntry) func(string) []string {
+	return func(name string) []string {
+		for i, a := range s.attrs {
+			if strings.EqualFold(a, name) {
+				return e.values(i)
+			}
+		}
+		return nil
+	}
+}
+
+// matching lists the entries f matches for key, in DN order: the
+// candidates from the index, each checked against the whole filter.
+// s.mu must be held.
+func (s *replicaStore) matching(f *replicaFilter, key string) []*replEntry {
+	keyed, _ := f.keyed()
 	var cands []*replEntry
 	for _, k := range keyed {
 		j := -1
@@ -360,28 +430,15 @@ func (s *replicaStore) lookup(r *Replica, key string) []Match {
 			cands = appendNew(cands, e)
 		}
 	}
-	var out []Match
 	if len(cands) > 1 {
 		sort.Slice(cands, func(a, b int) bool { return cands[a].dn < cands[b].dn })
 	}
-	source := "replica"
-	if sv := r.server.Load(); sv != nil {
-		source = "replica of " + *sv
-	}
+	out := cands[:0]
 	for _, e := range cands {
-		get := func(name string) []string {
-			for i, a := range s.attrs {
-				if strings.EqualFold(a, name) {
-					return e.values(i)
-				}
-			}
-			return nil
-		}
-		if r.filter.match(key, get) {
-			out = append(out, r.schema.results(source, e.dn, get)...)
+		if f.match(key, s.getter(e)) {
+			out = append(out, e)
 		}
 	}
-	s.mu.RUnlock()
 	return out
 }
 

@@ -3,7 +3,6 @@ package routing
 import (
 	"context"
 	"crypto/md5"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -147,18 +146,7 @@ func (y *replicaSync) psearchSession(ctx context.Context, url string) error {
 		}
 		y.r.markSynced()
 	}
-	select {
-	case err := <-probeFailed:
-		return err
-	default:
-	}
-	if err := resp.Err(); err != nil {
-		if ldap.IsErrorWithCode(err, ldap.LDAPResultUnavailableCriticalExtension) {
-			return fmt.Errorf("%w: no persistent search either: %w", errSyncUnsupported, err)
-		}
-		return err
-	}
-	return errors.New("the server ended the persistent search")
+	return streamEnd(probeFailed, resp.Err(), "persistent search", ldap.LDAPResultUnavailableCriticalExtension)
 }
 
 // supportsControl reads the root DSE's supportedControl.

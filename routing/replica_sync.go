@@ -39,29 +39,32 @@ type replicaSync struct {
 
 	cookie    []byte
 	cookieURL string
-	psearch   map[string]bool // servers that refused content sync: persistent search
 
 	refreshes, resyncs, errors atomic.Uint64
 }
 
 // NewLDAPReplica is a replica of src, in front of live (src behind its
 // answer cache). It fails, and the caller keeps live alone, when src's
-// filter cannot be evaluated locally or src is a Postfix table.
+// filter cannot be evaluated locally (replica_filter.go, and for a
+// Postfix table replica_table.go).
 func NewLDAPReplica(src *LDAPSource, live Source, cfg ReplicaConfig) (*Replica, error) {
-	if src.table != nil {
-		return nil, fmt.Errorf("%w: Postfix ldap tables are answered by live queries", errFilterNotLocal)
-	}
 	if cfg.Probe <= 0 {
 		cfg.Probe = 10 * time.Second
 	}
 	if cfg.RetryUnsupported <= 0 {
 		cfg.RetryUnsupported = 5 * time.Minute
 	}
-	r, err := newReplica(live, src.cfg.Filter, src.cfg.Schema, cfg.MaxStale, src.log)
+	var r *Replica
+	var err error
+	if src.table != nil {
+		r, err = newTableReplica(src, live, cfg)
+	} else {
+		r, err = newReplica(live, src.cfg.Filter, src.cfg.Schema, nil, cfg.MaxStale, src.log)
+	}
 	if err != nil {
 		return nil, err
 	}
-	r.sync = &replicaSync{r: r, src: src, cfg: cfg, psearch: map[string]bool{}}
+	r.sync = &replicaSync{r: r, src: src, cfg: cfg}
 	return r, nil
 }
 
@@ -86,18 +89,12 @@ func (y *replicaSync) run(ctx context.Context) {
 		unsupported := 0
 		for _, url := range y.src.cfg.URLs {
 			start := time.Now()
-			var err error
-			if !y.psearch[url] {
-				err = y.session(ctx, url)
-			}
-			if y.psearch[url] || errors.Is(err, errSyncUnsupported) {
-				if !y.psearch[url] {
-					y.src.log.Warn("directory replica: no content synchronisation, following a persistent search instead (enable the Content Synchronization plugin: docs/directory.md)", "url", url, "err", err)
-				}
-				y.psearch[url] = true
-				if err = y.psearchSession(ctx, url); errors.Is(err, errSyncUnsupported) {
-					y.psearch[url] = false
-				}
+			// Content sync first at every (re)connect: a plugin enabled
+			// since the last session is used from the next one on.
+			err := y.session(ctx, url)
+			if errors.Is(err, errSyncUnsupported) {
+				y.src.log.Warn("directory replica: no content synchronisation, following a persistent search instead (enable the Content Synchronization plugin: docs/directory.md)", "url", url, "err", err)
+				err = y.psearchSession(ctx, url)
 			}
 			if ctx.Err() != nil {
 				return
@@ -253,25 +250,38 @@ func (y *replicaSync) session(ctx context.Context, url string) error {
 			y.r.markSynced()
 		}
 	}
+	return streamEnd(probeFailed, resp.Err(), "sync search", ldap.LDAPResultUnavailableCriticalExtension,
+		ldap.LDAPResultUnwillingToPerform, ldap.LDAPResultInsufficientAccessRights)
+}
+
+// streamEnd is why a sync or persistent search stream ended: what the
+// probe found (it closed the connection), else the server's error (one of
+// refused: the server will not do it, errSyncUnsupported), else the server
+// ended the search.
+func streamEnd(probeFailed <-chan error, err error, what string, refused ...uint16) error {
 	select {
-	case err := <-probeFailed:
-		return err
+	case perr := <-probeFailed:
+		return perr
 	default:
 	}
-	if err := resp.Err(); err != nil {
-		if ldap.IsErrorWithCode(err, ldap.LDAPResultUnavailableCriticalExtension) ||
-			ldap.IsErrorWithCode(err, ldap.LDAPResultUnwillingToPerform) ||
-			ldap.IsErrorWithCode(err, ldap.LDAPResultInsufficientAccessRights) {
-			return fmt.Errorf("%w: %w", errSyncUnsupported, err)
-		}
-		return err
+	if err == nil {
+		return fmt.Errorf("the server ended the %s", what)
 	}
-	return errors.New("the server ended the sync search")
+	for _, code := range refused {
+		if ldap.IsErrorWithCode(err, code) {
+			return fmt.Errorf("%w (%s refused): %w", errSyncUnsupported, what, err)
+		}
+	}
+	return err
 }
 
 // syncFilter selects the entries the replica needs: those with one of the
-// attributes the query filter matches the address against.
+// attributes the query filter matches the address against, or every entry
+// when DNs are followed in it (a group's members need not have them).
 func (y *replicaSync) syncFilter() string {
+	if y.r.store.byDN != nil {
+		return "(objectClass=*)"
+	}
 	var presence []string
 	for _, i := range y.r.store.indexed {
 		presence = append(presence, "("+y.r.store.attrs[i]+"=*)")

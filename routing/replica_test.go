@@ -58,7 +58,7 @@ func (e testEntry) get(name string) []string {
 
 func newTestReplica(t *testing.T, filter string, live Source) *Replica {
 	t.Helper()
-	r, err := newReplica(live, filter, MailRecipientSchema, time.Hour, nil)
+	r, err := newReplica(live, filter, MailRecipientSchema, nil, time.Hour, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -99,7 +99,7 @@ func newSource(c *config.Config, log *slog.Logger) (routing.Source, error) {
 }
 
 // newExpander is the routing of a config: its directory behind a cache,
-// and for LDAP a live replica in front of both (nil when off or when the
+// and for LDAP (ldap or postfix_map) a live replica in front of both (nil when off or when the
 // filter cannot be answered locally: then the cache alone, as before),
 // then the static domain rewrites, expanded with the configured rules.
 // Serve and lookup share it, so `mailfwd lookup` answers what the relay
@@ -116,8 +116,8 @@ func newExpander(c *config.Config, log *slog.Logger) (*routing.Expander, *routin
 	observeCache(cache)
 	var front routing.Source = cache
 	var replica *routing.Replica
-	if l := c.Directory.LDAP; ldapSrc != nil && l != nil && *l.Replica.Enabled {
-		replica, err = routing.NewLDAPReplica(ldapSrc, cache, routing.ReplicaConfig{MaxStale: l.Replica.MaxStale})
+	if rc := c.Directory.Replica; ldapSrc != nil && *rc.Enabled {
+		replica, err = routing.NewLDAPReplica(ldapSrc, cache, routing.ReplicaConfig{MaxStale: rc.MaxStale})
 		if err != nil {
 			log.Warn("directory replica off: lookups are live queries behind the cache", "err", err)
 			replica = nil
