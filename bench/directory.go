@@ -316,14 +316,14 @@ func (e *env) directorySection(n, msgs int, rs []dirResult, took time.Duration) 
 	return b.String()
 }
 
-// dsBackend is the 389-DS database the bench's instance uses: mdb unless
-// DS_DB_LIB says otherwise (389-DS 2.3.1 on mdb crashed serving the
-// replica's 100,000-entry refresh after Postfix's run: docs/directory.md).
+// dsBackend is the 389-DS database the bench's instance uses: bdb, as
+// start-389ds.sh makes it, unless DS_DB_LIB says otherwise (389-DS 2.3.1
+// on mdb crashes under the replica's load: docs/directory.md).
 func dsBackend() string {
 	if v := os.Getenv("DS_DB_LIB"); v != "" {
 		return v
 	}
-	return "mdb"
+	return "bdb"
 }
 
 // writeSection puts a marked section into the report file, replacing an
