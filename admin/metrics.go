@@ -37,6 +37,9 @@ type Metrics struct {
 	Deliveries *prometheus.CounterVec
 	// DSNs: {kind="failure"|"delay"}.
 	DSNs *prometheus.CounterVec
+	// OutboundTLS: {policy="dane"|"mta-sts"|"mta-sts-testing", result=
+	// "verified"|"failed"}, per TLS session a policy applied to.
+	OutboundTLS *prometheus.CounterVec
 
 	reg *prometheus.Registry
 	now func() time.Time
@@ -92,6 +95,10 @@ func NewMetrics() *Metrics {
 		Name: "mailfwd_directory_cache_misses_total",
 		Help: "Directory lookups the cache passed to the directory.",
 	}, func() float64 { _, mi := m.cacheStats(); return float64(mi) })
+	m.OutboundTLS = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "mailfwd_outbound_tls_total",
+		Help: "TLS sessions to MX hosts under a published policy (policy=dane, mta-sts, mta-sts-testing) by result (verified, failed).",
+	}, []string{"policy", "result"})
 	m.SRS = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "mailfwd_srs_total",
 		Help: "SRS rewrites (op=forward) and bounce address decodings (op=reverse) by result (ok, database, legacy, unchanged, not_srs, bad_hash, expired, malformed, too_long, unknown_key, store_error, error).",
@@ -123,7 +130,7 @@ func NewMetrics() *Metrics {
 		Help: "Delivery status notifications queued to senders: failure (bounce) or delay.",
 	}, []string{"kind"})
 	m.reg.MustRegister(m.Connections, m.ConnectionsOpen, m.RcptReplies, m.Messages, m.LDAPLookupSeconds, m.LDAPErrors,
-		m.CacheHits, m.CacheMisses, m.SRS, m.Forwarding, m.QueueMessages, m.QueueOldestSeconds, m.Deliveries, m.DSNs,
+		m.CacheHits, m.CacheMisses, m.SRS, m.OutboundTLS, m.Forwarding, m.QueueMessages, m.QueueOldestSeconds, m.Deliveries, m.DSNs,
 		replicaCollector{m}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// Known label values start at 0, so rates and alerts see them before
 	// the first event.
@@ -185,6 +192,11 @@ func (m *Metrics) ObserveLDAP(d time.Duration, err error) {
 
 // ObserveSRS is the routing.SRS.Observe hook.
 func (m *Metrics) ObserveSRS(op, result string) { m.SRS.WithLabelValues(op, result).Inc() }
+
+// ObserveOutboundTLS is the nexthop.Security.Observe hook.
+func (m *Metrics) ObserveOutboundTLS(policy, result string) {
+	m.OutboundTLS.WithLabelValues(policy, result).Inc()
+}
 
 // ObserveForwarding is the relay.Config.ObserveForwarding hook.
 func (m *Metrics) ObserveForwarding(outcome string) { m.Forwarding.WithLabelValues(outcome).Inc() }

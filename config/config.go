@@ -74,6 +74,10 @@ type DNS struct {
 	// Servers: resolvers (host:port) tried in order instead of
 	// /etc/resolv.conf's.
 	Servers []string `yaml:"servers"`
+	// DNSSEC: believe the AD bit of their answers, as Postfix's
+	// smtp_dns_support_level = dnssec does: they must be validating
+	// resolvers on a path you trust (127.0.0.1, say). DANE needs it.
+	DNSSEC *bool `yaml:"dnssec"` // default true
 }
 
 // Routing is how addresses are expanded (Postfix's virtual alias rules).
@@ -342,9 +346,16 @@ type Delivery struct {
 	// recipient domain for MX delivery, else the next hop's host).
 	TLSPolicy   string            `yaml:"tls_policy"`
 	TLSPolicies map[string]string `yaml:"tls_policies"`
-	// TLSCAFile verifies next hops under the require policy (default: the
-	// system's roots).
+	// TLSCAFile verifies next hops under the require policy and MTA-STS
+	// hosts and policy servers (default: the system's roots).
 	TLSCAFile string `yaml:"tls_ca_file"`
+	// DANE (RFC 7672) and MTA-STS (RFC 8461) for MX delivery: where a
+	// domain publishes either, TLS is required and verified as it says
+	// (DANE wins); elsewhere tls_policy applies. A tls_policies entry for
+	// the domain overrides both.
+	DANE   *bool  `yaml:"dane"`    // default true (needs dns.dnssec)
+	MTASTS *bool  `yaml:"mta_sts"` // default true
+	TLSRPT TLSRPT `yaml:"tls_rpt"`
 	// XClient / XForward pass the original client to next_hop (Postfix:
 	// smtpd_authorized_xclient_hosts / smtpd_authorized_xforward_hosts).
 	XClient  bool `yaml:"xclient"`
@@ -356,6 +367,14 @@ type Delivery struct {
 	// DSNRevealForward: such DSNs name the outside address and quote its
 	// MX's reply, instead of the address the sender used and the codes.
 	DSNRevealForward bool `yaml:"dsn_reveal_forward"`
+}
+
+// TLSRPT sends RFC 8460 reports: once a day, per domain that asks for
+// them (_smtp._tls TXT), what our sessions to its MXes found.
+type TLSRPT struct {
+	Enabled      bool   `yaml:"enabled"`
+	Organization string `yaml:"organization"` // default: hostname
+	Contact      string `yaml:"contact"`      // default: postmaster@hostname
 }
 
 // Log is the logging setup.
@@ -657,6 +676,21 @@ func (c *Config) setDefaults() {
 	}
 	if d.TLSPolicy == "" {
 		d.TLSPolicy = "opportunistic"
+	}
+	on := func(b **bool) {
+		if *b == nil {
+			t := true
+			*b = &t
+		}
+	}
+	on(&d.DANE)
+	on(&d.MTASTS)
+	on(&c.DNS.DNSSEC)
+	if d.TLSRPT.Organization == "" {
+		d.TLSRPT.Organization = c.Hostname
+	}
+	if d.TLSRPT.Contact == "" {
+		d.TLSRPT.Contact = "postmaster@" + c.Hostname
 	}
 	if d.MXPort == 0 {
 		d.MXPort = 25

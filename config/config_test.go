@@ -206,6 +206,7 @@ log:
 	if !reflect.DeepEqual(rc, want) {
 		t.Errorf("LDAPConfig =\n%+v\nwant\n%+v", rc, want)
 	}
+	yes := true
 	checks := []struct {
 		name      string
 		got, want any
@@ -220,7 +221,8 @@ log:
 			// defaults
 			MXPort: 25, ExternalRetryMin: 5 * time.Minute, ExternalRetryMax: 4 * time.Hour, Lifetime: 120 * time.Hour,
 			DelayWarning: 4 * time.Hour, DestinationConcurrency: 20, TLSPolicy: "opportunistic", ForwardDSN: "authenticated",
-			ExternalWorkers: 100, ActiveLimit: 5000, InitialConcurrency: 5, RecipientLimit: 100, DeadAfter: 3}},
+			ExternalWorkers: 100, ActiveLimit: 5000, InitialConcurrency: 5, RecipientLimit: 100, DeadAfter: 3,
+			DANE: &yes, MTASTS: &yes, TLSRPT: TLSRPT{Organization: "relay.example.com", Contact: "postmaster@relay.example.com"}}},
 		{"log", c.Log, Log{Level: "debug", Format: "json"}},
 	}
 	for _, ch := range checks {

@@ -64,6 +64,7 @@ func lookup(args []string, stdout, stderr io.Writer) error {
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 	var exp *routing.Expander
+	var explain func(ctx context.Context, rcpt string) []string // external forwards' delivery, for -v
 	switch {
 	case *pfMap != "" && *cfgPath != "":
 		return errExit{2, "use -config or -postfix-map, not both"}
@@ -82,6 +83,11 @@ func lookup(args []string, stdout, stderr io.Writer) error {
 		var replica *routing.Replica
 		if exp, replica, err = newExpander(c, log); err != nil {
 			return errExit{2, err.Error()}
+		}
+		if *verbose && c.Delivery.ExternalNextHop == "" {
+			if explain, err = outboundExplainer(c, log); err != nil {
+				return errExit{2, err.Error()}
+			}
 		}
 		if replica != nil {
 			// As the relay would answer: from the replica once it is in
@@ -137,6 +143,13 @@ func lookup(args []string, stdout, stderr io.Writer) error {
 			fmt.Fprintf(stdout, "%s\n", b)
 		case *verbose:
 			printTree(stdout, r, x)
+			if explain != nil {
+				for _, rc := range r.Recipients {
+					for _, l := range explain(ctx, rc) {
+						fmt.Fprintln(stdout, l)
+					}
+				}
+			}
 		default:
 			for _, rc := range r.Recipients {
 				fmt.Fprintln(stdout, rc)

@@ -24,6 +24,7 @@ import (
 	"mailfwd/deploy"
 	"mailfwd/queue"
 	"mailfwd/queue/nexthop"
+	"mailfwd/queue/nexthop/tlsrpt"
 	"mailfwd/relay"
 	"mailfwd/routing"
 )
@@ -197,27 +198,23 @@ func (rr *replicaRunner) stop() { rr.start(nil) }
 
 // newRouter builds delivery routing from the config: one pooled SMTP hop
 // per server, shared by every route to it.
-func newRouter(c *config.Config) (*nexthop.TransportRouter, func(), error) {
+func newRouter(c *config.Config, log *slog.Logger) (*nexthop.TransportRouter, func(), error) {
 	d := c.Delivery
-	var roots *x509.CertPool
-	if d.TLSCAFile != "" {
-		pem, err := os.ReadFile(c.Path(d.TLSCAFile))
-		if err != nil {
-			return nil, nil, fmt.Errorf("delivery.tls_ca_file: %w", err)
-		}
-		roots = x509.NewCertPool()
-		if !roots.AppendCertsFromPEM(pem) {
-			return nil, nil, fmt.Errorf("delivery.tls_ca_file %s holds no PEM certificate", d.TLSCAFile)
-		}
+	roots, err := deliveryRoots(c)
+	if err != nil {
+		return nil, nil, err
 	}
 	var mu sync.Mutex
 	hops := map[string]*nexthop.SMTPHop{}
-	factory := func(addr string, lmtp bool, dest string, passClient bool) nexthop.Hop {
+	factory := func(addr string, lmtp bool, dest string, passClient bool, sec *nexthop.HostTLS) nexthop.Hop {
 		policy := d.TLSPolicy
 		if p, ok := d.TLSPolicies[strings.ToLower(dest)]; ok {
 			policy = p
 		}
 		key := fmt.Sprintf("%s|%s|%v", addr, policy, passClient)
+		if sec != nil {
+			key = fmt.Sprintf("%s|%s|%v", addr, sec.Key, passClient)
+		}
 		mu.Lock()
 		defer mu.Unlock()
 		if h, ok := hops[key]; ok {
@@ -227,7 +224,10 @@ func newRouter(c *config.Config) (*nexthop.TransportRouter, func(), error) {
 		if !passClient {
 			h.LineLimit = 998 // the Internet's MXes; our next hop takes any line, as we do
 		}
-		if policy == "require" {
+		switch {
+		case sec != nil:
+			h.TLSPolicy, h.TLSConfig = sec.Policy, sec.Config
+		case policy == "require":
 			h.TLSConfig = &tls.Config{RootCAs: roots, ServerName: dest, MinVersion: tls.VersionTLS12}
 		}
 		if passClient {
@@ -248,7 +248,16 @@ func newRouter(c *config.Config) (*nexthop.TransportRouter, func(), error) {
 		return nil, nil, fmt.Errorf("delivery.next_hop: %w", err)
 	}
 	local.PassClient = true
-	tr := &nexthop.TransportRouter{Local: local, Hops: factory, MXPort: d.MXPort, Transports: map[string]nexthop.Transport{}}
+	dns := newDNS(c)
+	sec, err := newSecurity(c, roots, dns, log, true)
+	if err != nil {
+		return nil, nil, err
+	}
+	tr := &nexthop.TransportRouter{Local: local, Hops: factory, MXPort: d.MXPort, Transports: map[string]nexthop.Transport{},
+		DNS: dns, Security: sec, Roots: roots}
+	if !*c.DNS.DNSSEC {
+		tr.DNS = dnssecDNS{dns}
+	}
 	if d.ExternalNextHop != "" {
 		sh, err := hostPortTransport(d.ExternalNextHop)
 		if err != nil {
@@ -264,6 +273,23 @@ func newRouter(c *config.Config) (*nexthop.TransportRouter, func(), error) {
 		tr.Transports[strings.ToLower(k)] = t
 	}
 	return tr, closeAll, nil
+}
+
+// deliveryRoots is delivery.tls_ca_file's pool (nil: the system's roots).
+func deliveryRoots(c *config.Config) (*x509.CertPool, error) {
+	d := c.Delivery
+	if d.TLSCAFile == "" {
+		return nil, nil
+	}
+	pem, err := os.ReadFile(c.Path(d.TLSCAFile))
+	if err != nil {
+		return nil, fmt.Errorf("delivery.tls_ca_file: %w", err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("delivery.tls_ca_file %s holds no PEM certificate", d.TLSCAFile)
+	}
+	return roots, nil
 }
 
 // hostPortTransport is the transport of a "host:port" setting: that host,
@@ -429,7 +455,7 @@ func serve(args []string) error {
 	if err != nil {
 		return err
 	}
-	router, closeHops, err := newRouter(c)
+	router, closeHops, err := newRouter(c, log)
 	if err != nil {
 		return err
 	}
@@ -504,6 +530,17 @@ func serve(args []string) error {
 			}
 		}
 	}()
+	var reporter *tlsrpt.Reporter
+	if rec := router.Security.Report; rec != nil {
+		reporter, err = newReporter(c, rec, newDNS(c), router.Roots, func(_ context.Context, from, to string, msg []byte) error {
+			id, err := sched.Inject(from, to, msg)
+			log.Info("tls-rpt: report queued", "queue_id", id, "to", to, "err", err)
+			return err
+		}, log)
+		if err != nil {
+			return fmt.Errorf("delivery.tls_rpt: %w", err)
+		}
+	}
 	schedCtx, stopSched := context.WithCancel(context.Background())
 	if err := serveControl(schedCtx, spool.ControlSocket(), sched, log); err != nil {
 		stopSched()
@@ -515,6 +552,9 @@ func serve(args []string) error {
 	}
 	schedDone := make(chan error, 1)
 	go func() { schedDone <- sched.Run(schedCtx) }()
+	if reporter != nil {
+		go reporter.Run(schedCtx)
+	}
 
 	var servers []*smtp.Server
 	var wg sync.WaitGroup

@@ -5,42 +5,63 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 
 	"mailfwd/queue/envelope"
+	"mailfwd/queue/nexthop/resolve"
 
 	"github.com/emersion/go-smtp"
 )
 
 // fakeDNS answers MX and host look-ups from maps; names missing from both
-// are NXDOMAIN, names in fail are SERVFAIL.
+// are NXDOMAIN, names in fail are SERVFAIL; cname maps an MX target to
+// its canonical name.
 type fakeDNS struct {
-	mx    map[string][]*net.MX
+	mx    map[string][]resolve.MX
 	hosts map[string][]string
+	cname map[string]string
 	fail  map[string]bool
 }
 
 func notFound(name string) error {
-	return &net.DNSError{Err: "no such host", Name: name, IsNotFound: true}
+	return fmt.Errorf("%s: %w", name, resolve.ErrNotFound)
 }
 
-func (d *fakeDNS) LookupMX(_ context.Context, name string) ([]*net.MX, error) {
+func (d *fakeDNS) LookupMX(_ context.Context, name string) (resolve.MXResult, error) {
 	if d.fail[name] {
-		return nil, &net.DNSError{Err: "server misbehaving", Name: name, IsTemporary: true}
+		return resolve.MXResult{}, fmt.Errorf("%s: %w", name, resolve.ErrTemporary)
 	}
 	if mx, ok := d.mx[name]; ok {
-		return mx, nil
+		if len(mx) == 1 && mx[0].Host == "." {
+			return resolve.MXResult{Null: true}, nil
+		}
+		mx = slices.Clone(mx)
+		slices.SortStableFunc(mx, func(a, b resolve.MX) int { return int(a.Preference) - int(b.Preference) })
+		return resolve.MXResult{Records: mx}, nil
 	}
-	return nil, notFound(name)
+	if _, ok := d.hosts[name]; ok {
+		return resolve.MXResult{}, nil // NODATA: implicit MX
+	}
+	return resolve.MXResult{}, notFound(name)
 }
 
-func (d *fakeDNS) LookupHost(_ context.Context, host string) ([]string, error) {
+func (d *fakeDNS) LookupAddrs(_ context.Context, host string) (resolve.AddrResult, error) {
 	if a, ok := d.hosts[host]; ok {
-		return a, nil
+		r := resolve.AddrResult{CNAME: d.cname[host]}
+		for _, s := range a {
+			r.Addrs = append(r.Addrs, netip.MustParseAddr(s))
+		}
+		return r, nil
 	}
-	return nil, notFound(host)
+	return resolve.AddrResult{}, notFound(host)
+}
+
+func (d *fakeDNS) LookupTLSA(_ context.Context, _ int, host string) (resolve.TLSAResult, error) {
+	return resolve.TLSAResult{}, notFound(host)
 }
 
 // mxServer is one SMTP server on a loopback address, recording what it got.
@@ -88,7 +109,7 @@ func listenOn(t *testing.T, ip string, port int, m *mxServer) int {
 func hops(timeoutHop func(string) *SMTPHop) HopFactory {
 	var mu sync.Mutex
 	m := map[string]Hop{}
-	return func(addr string, _ bool, _ string, _ bool) Hop {
+	return func(addr string, _ bool, _ string, _ bool, _ *HostTLS) Hop {
 		mu.Lock()
 		defer mu.Unlock()
 		if h, ok := m[addr]; ok {
@@ -105,21 +126,24 @@ func TestMXDelivery(t *testing.T) {
 	port := listenOn(t, "127.0.0.3", 0, backup) // the backup MX is up; the primary (127.0.0.2) only in some cases
 	listenOn(t, "127.0.0.4", port, implicit)
 	dns := &fakeDNS{
-		mx: map[string][]*net.MX{
-			"two.test":    {{Host: "mx2.two.test.", Pref: 20}, {Host: "mx1.two.test.", Pref: 10}},
-			"nullmx.test": {{Host: ".", Pref: 0}},
-			"deadmx.test": {{Host: "nowhere.test.", Pref: 10}},
+		mx: map[string][]resolve.MX{
+			"two.test":    {{Host: "mx2.two.test", Preference: 20}, {Host: "mx1.two.test", Preference: 10}},
+			"nullmx.test": {{Host: ".", Preference: 0}},
+			"deadmx.test": {{Host: "nowhere.test", Preference: 10}},
+			"cname.test":  {{Host: "alias.cname.test", Preference: 10}},
 		},
 		hosts: map[string][]string{
-			"mx1.two.test":  {"127.0.0.2"},
-			"mx2.two.test":  {"127.0.0.3"},
-			"implicit.test": {"127.0.0.4"},
+			"mx1.two.test":     {"127.0.0.2"},
+			"mx2.two.test":     {"127.0.0.3"},
+			"implicit.test":    {"127.0.0.4"},
+			"alias.cname.test": {"127.0.0.3"},
 		},
-		fail: map[string]bool{"servfail.test": true},
+		cname: map[string]string{"alias.cname.test": "mx2.two.test"},
+		fail:  map[string]bool{"servfail.test": true},
 	}
 	factory := hops(func(addr string) *SMTPHop { return &SMTPHop{Addr: addr, LocalName: "relay.test"} })
 	send := func(domain string) ([]Reply, error) {
-		h := &MXHop{Domain: domain, Port: port, Resolver: dns, Hops: factory}
+		h := &MXHop{Domain: domain, Port: port, DNS: dns, Hops: factory}
 		return h.Send(context.Background(), &envelope.Envelope{ID: "X"}, "a@x.test", []string{"u@" + domain}, strings.NewReader("m\r\n"))
 	}
 
@@ -146,6 +170,7 @@ func TestMXDelivery(t *testing.T) {
 		{"nxdomain.test", 550, "5.4.4", false},
 		{"servfail.test", 0, "", true},
 		{"deadmx.test", 0, "", true}, // MX host without address: try later
+		{"cname.test", 0, "", true},  // MX target is a CNAME: not used, as Postfix
 	}
 	for _, tt := range tests {
 		r, err := send(tt.domain)
@@ -214,7 +239,7 @@ func TestLocalAndSmarthostSameAddress(t *testing.T) {
 	pass := map[string]bool{}
 	tr := &TransportRouter{
 		Local: Transport{Host: "127.0.0.1", Port: 10025, PassClient: true},
-		Hops: func(addr string, _ bool, _ string, passClient bool) Hop {
+		Hops: func(addr string, _ bool, _ string, passClient bool, _ *HostTLS) Hop {
 			h := &SMTPHop{Addr: addr}
 			pass[fmt.Sprintf("%p", h)] = passClient
 			return h

@@ -1,6 +1,7 @@
 package nexthop
 
 import (
+	"crypto/x509"
 	"fmt"
 	"net"
 	"strconv"
@@ -87,8 +88,10 @@ func (t Transport) String() string {
 
 // HopFactory makes the SMTP hop for one host:port, so that every route to
 // the same server shares one connection pool. dest names the destination
-// (the recipient domain for MX delivery, else the host) for TLS policies.
-type HopFactory func(addr string, lmtp bool, dest string, passClient bool) Hop
+// (the recipient domain for MX delivery, else the host) for TLS policies;
+// sec, when not nil, is the TLS an MX host must have (Security.ForHost),
+// which replaces them, with a pool of its own.
+type HopFactory func(addr string, lmtp bool, dest string, passClient bool, sec *HostTLS) Hop
 
 // TransportRouter is the delivery routing of a relay, in this order: a
 // transport map entry for the address, then for its domain; our own
@@ -98,7 +101,9 @@ type TransportRouter struct {
 	Transports map[string]Transport // lower-case address or domain
 	Local      Transport
 	Smarthost  *Transport
-	Resolver   Resolver
+	DNS        DNS
+	Security   *Security
+	Roots      *x509.CertPool // what verifies next hops (nil: the system's)
 	Hops       HopFactory
 	// MXPort is the port MX hosts are dialled on (25; tests change it).
 	MXPort int
@@ -154,9 +159,9 @@ func (tr *TransportRouter) destination(t Transport, external bool) Destination {
 	}
 	var d Destination
 	if t.MX {
-		d = Destination{Key: key, Name: t.Host, External: true, Hop: &MXHop{Domain: t.Host, Port: t.Port, Resolver: tr.Resolver, Hops: tr.Hops}}
+		d = Destination{Key: key, Name: t.Host, External: true, Hop: &MXHop{Domain: t.Host, Port: t.Port, DNS: tr.DNS, Security: tr.Security, Hops: tr.Hops}}
 	} else {
-		d = Destination{Key: key, Name: t.Host, External: external, Hop: tr.Hops(net.JoinHostPort(t.Host, strconv.Itoa(t.Port)), t.LMTP, t.Host, t.PassClient)}
+		d = Destination{Key: key, Name: t.Host, External: external, Hop: tr.Hops(net.JoinHostPort(t.Host, strconv.Itoa(t.Port)), t.LMTP, t.Host, t.PassClient, nil)}
 	}
 	tr.dest[key] = d
 	return d
