@@ -100,3 +100,29 @@ func TestSecurityForHost(t *testing.T) {
 		t.Errorf("observed %v, want one dane/failed (the SERVFAIL)", seen)
 	}
 }
+
+// Explain, for lookup -v: the MX hosts, whether DNSSEC signed them, the
+// domain's policy and each host's TLS.
+func TestSecurityExplain(t *testing.T) {
+	dns := &tlsaDNS{fakeDNS: fakeDNS{
+		mx: map[string][]resolve.MX{
+			"two.test":  {{Host: "mx1.two.test", Preference: 10}, {Host: "mx2.two.test", Preference: 20}},
+			"null.test": {{Host: "."}},
+		},
+		hosts: map[string][]string{"mx1.two.test": {"192.0.2.1"}, "mx2.two.test": {"192.0.2.2"}},
+	}}
+	s := &Security{DANE: true}
+	got := strings.Join(s.Explain(context.Background(), dns, "two.test", 25), "\n")
+	want := `two.test: MX mx1.two.test, mx2.two.test (not DNSSEC-signed)
+  policy: no MTA-STS policy
+  mx1.two.test: [192.0.2.1]: the default TLS policy (opportunistic unless tls_policy says otherwise)
+  mx2.two.test: [192.0.2.2]: the default TLS policy (opportunistic unless tls_policy says otherwise)`
+	if got != want {
+		t.Errorf("Explain:\n%s\nwant\n%s", got, want)
+	}
+	for domain, want := range map[string]string{"null.test": "null MX", "nowhere.test": "no such domain"} {
+		if got := strings.Join(s.Explain(context.Background(), dns, domain, 25), "\n"); !strings.Contains(got, want) {
+			t.Errorf("%s: %q, want %q", domain, got, want)
+		}
+	}
+}
