@@ -187,14 +187,14 @@ func (s *Security) daneHost(domain, host string, addrs resolve.AddrResult, tl []
 	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
 		err := verify(cs)
 		if err != nil {
-			h.report(false, tlsrpt.ResultValidationFailure, err.Error())
+			h.report(false, daneResult(err), err.Error())
 			return err
 		}
 		h.report(true, "", "")
 		return nil
 	}
 	h.Config = cfg
-	h.Label = fmt.Sprintf("DANE: %d usable TLSA records", len(usable))
+	h.Label = dane.Describe(recs)
 	return h
 }
 
@@ -260,6 +260,21 @@ func (s *Security) stsHost(domain, host string, r *mtasts.Result, enforce bool) 
 func (h *HostTLS) noSTARTTLS(why string) {
 	if h != nil && h.report != nil {
 		h.report(false, tlsrpt.ResultSTARTTLSNotSupported, why)
+	}
+}
+
+// daneResult is the TLS-RPT result type of a DANE verification error.
+func daneResult(err error) tlsrpt.ResultType {
+	var inv x509.CertificateInvalidError
+	switch {
+	case errors.Is(err, dane.ErrHostMismatch):
+		return tlsrpt.ResultCertificateHostMismatch
+	case errors.As(err, &inv) && inv.Reason == x509.Expired:
+		return tlsrpt.ResultCertificateExpired
+	case errors.Is(err, dane.ErrNotTrusted):
+		return tlsrpt.ResultCertificateNotTrusted
+	default:
+		return tlsrpt.ResultValidationFailure
 	}
 }
 
