@@ -34,7 +34,7 @@ deps:
 # Under e2e/reaper, which stops whatever a failed, timed-out or interrupted run
 # left (the servers daemonize); -strict: a passing run that leaves anything fails.
 e2e: deps bin/reaper
-	bin/reaper -strict -- $(GO) test -count=1 -tags e2e -timeout 20m -v ./e2e/ 2>&1 | tee e2e-test.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|reaper:)|_test.go' ; exit $${PIPESTATUS[0]}
+	bin/reaper -strict -- $(GO) test -count=1 -tags e2e -timeout 20m -v ./e2e/ ./e2e/internet/ 2>&1 | tee e2e-test.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|reaper:)|_test.go' ; exit $${PIPESTATUS[0]}
 
 # The power-loss test (e2e/powercut_test.go): the relay in a qemu guest whose
 # disk drops every write not followed by a flush, 20 power cuts under load,
@@ -60,7 +60,7 @@ bench: deps bin/reaper
 # staticcheck, pinned, from the Go module proxy.
 lint:
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
-	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 -tags e2e ./e2e/
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 -tags e2e ./e2e/ ./e2e/internet/
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 -tags 'e2e powercut' ./e2e/
 
 fmt:
@@ -69,7 +69,7 @@ fmt:
 
 vet:
 	$(GO) vet ./...
-	$(GO) vet -tags e2e ./e2e/
+	$(GO) vet -tags e2e ./e2e/ ./e2e/internet/
 	$(GO) vet -tags 'e2e powercut' ./e2e/
 	$(GO) vet -tags powercut_nosync ./queue/ ./cmd/...
 

@@ -51,7 +51,7 @@ func newSecurity(c *config.Config, roots *x509.CertPool, dns *resolve.Resolver, 
 	if *d.MTASTS {
 		client := &http.Client{Timeout: time.Minute, Transport: &http.Transport{
 			TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
-			DialContext:     (&net.Dialer{Timeout: 30 * time.Second}).DialContext,
+			DialContext:     dialVia(dns),
 		}}
 		cache, err := mtasts.New(mtasts.Options{
 			LookupTXT: func(ctx context.Context, name string) ([]string, error) {
@@ -79,6 +79,34 @@ func newSecurity(c *config.Config, roots *x509.CertPool, dns *resolve.Resolver, 
 	return s, nil
 }
 
+// dialVia dials host:port with host resolved by dns (dns.servers), not the
+// system's resolver: policy hosts are looked up where delivery looks.
+func dialVia(dns *resolve.Resolver) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	d := &net.Dialer{Timeout: 30 * time.Second}
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		host, port, err := net.SplitHostPort(addr)
+		if err != nil {
+			return nil, err
+		}
+		a, err := dns.LookupAddrs(ctx, host)
+		if err != nil {
+			return nil, err
+		}
+		if len(a.Addrs) == 0 {
+			return nil, fmt.Errorf("%s has no address", host)
+		}
+		var errs []error
+		for _, ip := range a.Addrs {
+			c, err := d.DialContext(ctx, network, net.JoinHostPort(ip.String(), port))
+			if err == nil {
+				return c, nil
+			}
+			errs = append(errs, err)
+		}
+		return nil, errors.Join(errs...)
+	}
+}
+
 // txtForReports is the TLS-RPT reporter's view of our resolver.
 type txtForReports struct{ dns *resolve.Resolver }
 
@@ -101,7 +129,7 @@ func newReporter(c *config.Config, rec *tlsrpt.Recorder, dns *resolve.Resolver, 
 		Resolver: txtForReports{dns},
 		SendMail: inject,
 		HTTPClient: &http.Client{Timeout: time.Minute, Transport: &http.Transport{
-			TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}},
+			TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}, DialContext: dialVia(dns)}},
 		Logf: func(f string, a ...any) { log.Info(fmt.Sprintf("tls-rpt: "+f, a...)) },
 	})
 }

@@ -16,7 +16,9 @@ for p in $PKGS; do
     st=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
     [ "$st" = "install ok installed" ] || missing="$missing $p"
 done
-[ -n "$missing" ] || exit 0
+# the simulated Internet's packages (knot, unbound, nginx) are its own script's
+internet() { exec sh "$(dirname "$0")/../internet/install-deps.sh"; }
+[ -n "$missing" ] || internet
 
 SUDO=
 if [ "$(id -u)" != 0 ]; then
@@ -38,3 +40,4 @@ $SUDO apt-get update >&2 </dev/null || die "apt-get update failed"
 $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
     -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold $PKGS >&2 </dev/null ||
     die "apt-get install failed"
+internet
