@@ -250,6 +250,7 @@ type mailfwdProc struct {
 	cmd              *exec.Cmd
 	log              *os.File
 	done             chan error
+	stopped          sync.Once
 }
 
 func freePort() (string, error) {
@@ -346,14 +347,16 @@ func (p *mailfwdProc) kill() {
 }
 
 func (p *mailfwdProc) stop() {
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(40 * time.Second):
-		p.cmd.Process.Kill()
-		<-p.done
-	}
-	p.log.Close()
+	p.stopped.Do(func() {
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-p.done:
+		case <-time.After(40 * time.Second):
+			p.cmd.Process.Kill()
+			<-p.done
+		}
+		p.log.Close()
+	})
 }
 
 // spooled counts committed messages in the relay's spool.

@@ -10,6 +10,7 @@ package e2e
 // domain publishes (docs/outbound-security.md).
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -65,6 +66,7 @@ delivery:
   external_retry_min: 1s
   external_retry_max: 2s
   connect_timeout: 5s
+  tls_rpt: {enabled: true, organization: mailfwd e2e, contact: postmaster@company.com}
 log:
   level: debug
 %s`, addr, admin, srsDomain, s.Resolver(), servers["PF_SMTP"], s.CAFile(), extra)
@@ -197,4 +199,144 @@ func TestOutboundSecurity(t *testing.T) {
 			}
 		}
 	}
+
+	// TLS-RPT: the day's counts survive the relay's stop, and the day so
+	// far goes to each https: rua as an RFC 8460 report.
+	p.stop()
+	cfgPath := filepath.Join(p.dir, "mailfwd.yaml")
+	out, err := exec.Command(binary, "tls-report", "-config", cfgPath, "-day", "today").Output()
+	if err != nil {
+		t.Fatalf("tls-report -day today: %v\n%s", err, out)
+	}
+	if out, err := exec.Command(binary, "tls-report", "-config", cfgPath, "-day", "today", "-send").CombinedOutput(); err != nil {
+		t.Fatalf("tls-report -send: %v\n%s", err, out)
+	}
+	reports := s.TLSRPT.WaitReports(t, 4, 30*time.Second)
+	byDomain := map[string]tlsReportJSON{}
+	for _, r := range reports {
+		if r.ContentType != "application/tlsrpt+gzip" {
+			t.Errorf("report POSTed as %q, want application/tlsrpt+gzip", r.ContentType)
+		}
+		rep := validateTLSReport(t, r.JSON)
+		for _, pol := range rep.Policies {
+			byDomain[pol.Policy.Domain] = rep
+		}
+	}
+	for domain, want := range map[string]struct {
+		policyType string
+		ok, failed bool
+		result     string
+	}{
+		"dane.test":        {"tlsa", true, false, ""},
+		"sts-enforce.test": {"sts", true, false, ""},
+		"sts-badcert.test": {"sts", false, true, "certificate-host-mismatch"},
+		"sts-testing.test": {"sts", false, true, "certificate-not-trusted"},
+	} {
+		rep, ok := byDomain[domain]
+		if !ok {
+			t.Errorf("no TLS report for %s (got %d reports)", domain, len(reports))
+			continue
+		}
+		pol := rep.Policies[0]
+		if pol.Policy.Type != want.policyType || (pol.Summary.OK > 0) != want.ok || (pol.Summary.Failed > 0) != want.failed {
+			t.Errorf("%s: policy %s, %d successful, %d failed sessions; want %s, successes %v, failures %v",
+				domain, pol.Policy.Type, pol.Summary.OK, pol.Summary.Failed, want.policyType, want.ok, want.failed)
+		}
+		if want.result != "" && (len(pol.Details) == 0 || pol.Details[0].Result != want.result) {
+			t.Errorf("%s: failure details %+v, want %s", domain, pol.Details, want.result)
+		}
+	}
+}
+
+// tlsReportJSON is what the test reads of an RFC 8460 report.
+type tlsReportJSON struct {
+	Policies []struct {
+		Policy struct {
+			Type   string `json:"policy-type"`
+			Domain string `json:"policy-domain"`
+		} `json:"policy"`
+		Summary struct {
+			OK     int `json:"total-successful-session-count"`
+			Failed int `json:"total-failure-session-count"`
+		} `json:"summary"`
+		Details []struct {
+			Result string `json:"result-type"`
+			Count  int    `json:"failed-session-count"`
+		} `json:"failure-details"`
+	} `json:"policies"`
+}
+
+// validateTLSReport checks a report against RFC 8460 §4.4's structure:
+// every required field, with its type, a date range of one UTC day, and
+// result types from the registry; it returns the parsed report.
+func validateTLSReport(t *testing.T, b []byte) tlsReportJSON {
+	t.Helper()
+	var raw map[string]any
+	if err := json.Unmarshal(b, &raw); err != nil {
+		t.Fatalf("TLS report is not JSON: %v\n%s", err, b)
+	}
+	str := func(m map[string]any, k, where string) string {
+		v, ok := m[k].(string)
+		if !ok || v == "" {
+			t.Errorf("TLS report: %s: %q missing or not a string", where, k)
+		}
+		return v
+	}
+	num := func(m map[string]any, k, where string) {
+		if v, ok := m[k].(float64); !ok || v < 0 || v != float64(int64(v)) {
+			t.Errorf("TLS report: %s: %q missing or not a count: %v", where, k, m[k])
+		}
+	}
+	obj := func(m map[string]any, k, where string) map[string]any {
+		v, ok := m[k].(map[string]any)
+		if !ok {
+			t.Errorf("TLS report: %s: %q missing or not an object", where, k)
+		}
+		return v
+	}
+	str(raw, "organization-name", "report")
+	str(raw, "contact-info", "report")
+	str(raw, "report-id", "report")
+	dr := obj(raw, "date-range", "report")
+	s, err1 := time.Parse(time.RFC3339, str(dr, "start-datetime", "date-range"))
+	e, err2 := time.Parse(time.RFC3339, str(dr, "end-datetime", "date-range"))
+	if err1 != nil || err2 != nil || !s.Equal(s.UTC().Truncate(24*time.Hour)) || e.Sub(s) < 24*time.Hour-time.Second || e.Sub(s) > 24*time.Hour {
+		t.Errorf("TLS report: date-range %v – %v (%v %v): want one whole UTC day", s, e, err1, err2)
+	}
+	pols, ok := raw["policies"].([]any)
+	if !ok || len(pols) == 0 {
+		t.Fatalf("TLS report: no policies:\n%s", b)
+	}
+	registry := map[string]bool{"starttls-not-supported": true, "certificate-host-mismatch": true, "certificate-expired": true,
+		"certificate-not-trusted": true, "validation-failure": true, "tlsa-invalid": true, "dnssec-invalid": true, "dane-required": true,
+		"sts-policy-fetch-error": true, "sts-policy-invalid": true, "sts-webpki-invalid": true}
+	for _, pv := range pols {
+		pm, _ := pv.(map[string]any)
+		pol := obj(pm, "policy", "policies[]")
+		if pt := str(pol, "policy-type", "policy"); pt != "tlsa" && pt != "sts" && pt != "no-policy-found" {
+			t.Errorf("TLS report: policy-type %q", pt)
+		}
+		str(pol, "policy-domain", "policy")
+		sum := obj(pm, "summary", "policies[]")
+		num(sum, "total-successful-session-count", "summary")
+		num(sum, "total-failure-session-count", "summary")
+		if fd, ok := pm["failure-details"]; ok {
+			list, ok := fd.([]any)
+			if !ok {
+				t.Errorf("TLS report: failure-details is not an array")
+			}
+			for _, dv := range list {
+				d, _ := dv.(map[string]any)
+				if rt := str(d, "result-type", "failure-details[]"); !registry[rt] {
+					t.Errorf("TLS report: result-type %q is not registered", rt)
+				}
+				num(d, "failed-session-count", "failure-details[]")
+			}
+		}
+	}
+	var rep tlsReportJSON
+	if err := json.Unmarshal(b, &rep); err != nil {
+		t.Fatal(err)
+	}
+	return rep
 }

@@ -5,8 +5,11 @@
 // (package nexthop), records each recipient's outcome before anything else
 // happens to the message, and queues DSNs (package dsn writes them).
 //
-// Durability rule: a message is committed (and the client may get its 250)
-// only once its body and envelope files and the directory entries naming
-// them have been fsynced. Directory fsyncs are shared between concurrent
-// commits (group commit), so throughput is not one fsync per message.
+// Durability rule (spool.go, Writer.Commit): a message is committed (and
+// the client may get its 250) only once its queue file has been
+// fdatasynced through its own descriptor (so its own writeback errors are
+// seen), renamed into place, and that directory fsynced. Directory fsyncs
+// are shared between concurrent commits (group commit), so throughput is
+// not one directory fsync per message. A commit that fails removes its file
+// before the 4xx.
 package queue

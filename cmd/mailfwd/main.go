@@ -4,7 +4,14 @@
 //	mailfwd check-config [-config FILE]  validate a config file and exit
 //	mailfwd sink [-listen ADDR] [-dir D] a tiny SMTP server printing what it receives (demo next hop)
 //	mailfwd send [-server ADDR] -to A    send one test message
-//	mailfwd lookup [-v] [-json] ADDRESS  where mail for ADDRESS goes
+//	mailfwd lookup [-v] [-json] ADDRESS  where mail for ADDRESS goes (-v: and under which outbound TLS)
+//	mailfwd queue list|show|flush|hold|release|delete|quarantine   the spool of a relay
+//	mailfwd health [-url URL]            ask a running relay's admin listener
+//	mailfwd srs forward|reverse ...      SRS-rewrite a sender, decode a bounce address
+//	mailfwd tls-report [-day D] [-send]  a day's TLS-RPT reports
+//
+// The wiring of the relay from its config is serve.go (and outbound.go
+// for delivery's DNS, DANE, MTA-STS and TLS-RPT).
 package main
 
 import (
@@ -24,6 +31,7 @@ commands:
   queue         list | show ID | flush [ID] | hold ID | release ID | delete ID (-config FILE)
   health        ask a running relay's admin listener if it is healthy (-url URL); exit 0 if so
   srs           SRS-rewrite a sender or decode a bounce address (forward|reverse -secrets FILE -domain D)
+  tls-report    print or send (-send) a day's TLS-RPT reports (-config FILE -day YYYY-MM-DD|yesterday|today)
 
 "mailfwd <command> -h" shows a command's flags.
 `
@@ -52,6 +60,8 @@ func main() {
 		err = health(args, os.Stdout)
 	case "srs":
 		err = srsCommand(args)
+	case "tls-report":
+		err = tlsReport(args, os.Stdout, os.Stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Print(usage)
 		return

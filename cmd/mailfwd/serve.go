@@ -552,8 +552,16 @@ func serve(args []string) error {
 	}
 	schedDone := make(chan error, 1)
 	go func() { schedDone <- sched.Run(schedCtx) }()
+	reporterDone := make(chan struct{})
 	if reporter != nil {
-		go reporter.Run(schedCtx)
+		go func() {
+			defer close(reporterDone)
+			if err := reporter.Run(schedCtx); err != nil {
+				log.Error("tls-rpt: saving the day's counts", "err", err)
+			}
+		}()
+	} else {
+		close(reporterDone)
 	}
 
 	var servers []*smtp.Server
@@ -591,6 +599,7 @@ func serve(args []string) error {
 	wg.Wait()
 	stopSched()
 	<-schedDone
+	<-reporterDone // its last flush: the day's TLS-RPT counts survive the restart
 	if err, _ := listenerFailed.Load().(error); err != nil {
 		// a failure exit, so that systemd (Restart=on-failure) restarts us
 		log.Error("stopped after a listener failure", "err", err)
