@@ -10,8 +10,15 @@ package e2e
 // domain publishes (docs/outbound-security.md).
 
 import (
+	"bytes"
+	"compress/gzip"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
+	"mime"
+	"mime/multipart"
+	"net/mail"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -204,6 +211,8 @@ func TestOutboundSecurity(t *testing.T) {
 	// far goes to each https: rua as an RFC 8460 report.
 	p.stop()
 	cfgPath := filepath.Join(p.dir, "mailfwd.yaml")
+	// the relay's admin address, for the restart that sends the mailto: reports
+	adminAddr := strings.TrimPrefix(p.admin, "http://")
 	out, err := exec.Command(binary, "tls-report", "-config", cfgPath, "-day", "today").Output()
 	if err != nil {
 		t.Fatalf("tls-report -day today: %v\n%s", err, out)
@@ -245,6 +254,75 @@ func TestOutboundSecurity(t *testing.T) {
 		if want.result != "" && (len(pol.Details) == 0 || pol.Details[0].Result != want.result) {
 			t.Errorf("%s: failure details %+v, want %s", domain, pol.Details, want.result)
 		}
+	}
+
+	// The mailto: reports were queued in the spool: the relay sends them
+	// through its own queue when it starts again.
+	p2, err := startRelayConfig(p.dir, cfgPath, p.addr, adminAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p2.stop()
+	for _, domain := range []string{"dane-mismatch.test", "sts-badcert.test"} {
+		m := reportMail(t, s.ReportMX, domain, 60*time.Second)
+		rep := validateTLSReport(t, m)
+		if pol := rep.Policies[0]; pol.Summary.Failed == 0 || pol.Policy.Domain != domain {
+			t.Errorf("mailto report for %s: %+v, want its failures", domain, pol)
+		}
+	}
+}
+
+// reportMail waits at mx for the TLS report mail of domain (RFC 8460 §5.3:
+// TLS-Report-Domain, multipart/report with an application/tlsrpt+gzip
+// part) and returns the report's JSON.
+func reportMail(t *testing.T, mx *internet.MX, domain string, timeout time.Duration) []byte {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		msgs, err := mx.Messages()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range msgs {
+			if m.Header == nil || m.Header.Get("TLS-Report-Domain") != domain {
+				continue
+			}
+			mt, params, err := mime.ParseMediaType(m.Header.Get("Content-Type"))
+			if err != nil || mt != "multipart/report" || params["report-type"] != "tlsrpt" {
+				t.Fatalf("report mail for %s: Content-Type %q (%v)", domain, m.Header.Get("Content-Type"), err)
+			}
+			pm, err := mail.ReadMessage(bytes.NewReader(m.Raw))
+			if err != nil {
+				t.Fatal(err)
+			}
+			mr := multipart.NewReader(pm.Body, params["boundary"])
+			for {
+				part, err := mr.NextPart()
+				if err != nil {
+					t.Fatalf("report mail for %s: no application/tlsrpt+gzip part: %v", domain, err)
+				}
+				if part.Header.Get("Content-Type") == "" || !strings.HasPrefix(part.Header.Get("Content-Type"), "application/tlsrpt+gzip") {
+					continue
+				}
+				var r io.Reader = part
+				if strings.EqualFold(part.Header.Get("Content-Transfer-Encoding"), "base64") {
+					r = base64.NewDecoder(base64.StdEncoding, part)
+				}
+				zr, err := gzip.NewReader(r)
+				if err != nil {
+					t.Fatalf("report mail for %s: %v", domain, err)
+				}
+				b, err := io.ReadAll(zr)
+				if err != nil {
+					t.Fatalf("report mail for %s: %v", domain, err)
+				}
+				return b
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no TLS report mail for %s at %s after %v\n%s", domain, mx.Name, timeout, lastLines(mx.Log(), 15))
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }
 

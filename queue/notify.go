@@ -99,22 +99,12 @@ func (q *Scheduler) notify(env *envelope.Envelope, kind dsn.Kind, due func(*enve
 // Inject queues a message of our own (a TLS report) from from to to,
 // durably, and returns its queue ID.
 func (q *Scheduler) Inject(from, to string, msg []byte) (string, error) {
-	w, err := q.Spool.Create()
-	if err != nil {
-		return "", err
-	}
-	if _, err := w.Write(msg); err != nil {
-		w.Abort()
-		return "", err
-	}
-	now := q.now()
 	external := true
 	if i := strings.LastIndexByte(to, '@'); i >= 0 && q.Local != nil {
 		external = !q.Local(to[i+1:])
 	}
-	env := &envelope.Envelope{From: from, Received: now, NextAttempt: now,
-		Recipients: []envelope.Recipient{{Addr: to, Status: envelope.Pending, External: external, DSNNotify: "NEVER"}}}
-	if err := w.Commit(env); err != nil {
+	env, err := q.Spool.Queue(from, to, external, msg, q.now())
+	if err != nil {
 		return "", err
 	}
 	q.Submit(env)

@@ -286,6 +286,26 @@ func (w *Writer) Commit(env *envelope.Envelope) error {
 	return nil
 }
 
+// Queue commits msg as a message of our own from from to one recipient,
+// due at once (a TLS report: Scheduler.Inject; `mailfwd tls-report -send`
+// with the relay stopped, which delivers it when it starts).
+func (s *Spool) Queue(from, to string, external bool, msg []byte, now time.Time) (*envelope.Envelope, error) {
+	w, err := s.Create()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := w.Write(msg); err != nil {
+		w.Abort()
+		return nil, err
+	}
+	env := &envelope.Envelope{From: from, Received: now, NextAttempt: now,
+		Recipients: []envelope.Recipient{{Addr: to, Status: envelope.Pending, External: external, DSNNotify: "NEVER"}}}
+	if err := w.Commit(env); err != nil {
+		return nil, err
+	}
+	return env, nil
+}
+
 // Abort discards an uncommitted message.
 func (w *Writer) Abort() {
 	if w.done {

@@ -209,13 +209,32 @@ func (s *LDIFSource) Reload() error {
 	if err != nil {
 		return fmt.Errorf("ldif %s: %w", s.path, err)
 	}
+	// A file being written in place (truncated, then filled) must not
+	// replace a loaded directory: every address would be "not found" (550)
+	// until the next reload. An empty file, or one that changed while it
+	// was read, is kept for the next check. (Writing a new file and
+	// renaming it over the old one is atomic and never seen half-written.)
+	if st.Size() == 0 && s.loadedEntries() > 0 {
+		return fmt.Errorf("ldif %s: empty (being written?): keeping the %d entries loaded", s.path, s.loadedEntries())
+	}
 	entries, err := ParseLDIF(f)
 	if err != nil {
 		return fmt.Errorf("ldif %s: %w", s.path, err)
 	}
+	if now, err := os.Stat(s.path); err == nil && (now.Size() != st.Size() || !now.ModTime().Equal(st.ModTime())) {
+		return fmt.Errorf("ldif %s: changed while it was read: keeping the entries loaded", s.path)
+	}
 	s.install(entries)
 	s.modTime, s.size = st.ModTime(), st.Size()
 	return nil
+}
+
+// loadedEntries counts the addresses of the loaded index.
+func (s *LDIFSource) loadedEntries() int {
+	if idx := s.index.Load(); idx != nil {
+		return len(*idx)
+	}
+	return 0
 }
 
 func (s *LDIFSource) install(entries []Entry) {

@@ -609,3 +609,28 @@ func lookupValues(s Source, addr string) ([]string, error) {
 	}
 	return Values(ms), err
 }
+
+// A file caught between its truncation and its new content (an editor
+// writing in place) keeps the loaded entries: not 550 for everyone.
+func TestLDIFFileHalfWritten(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "dir.ldif")
+	writeLDIF(t, path, forwarding("a@x.com", "v0@y.com"), time.Now())
+	s, err := NewLDIFFile(path, MailRecipientSchema, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeLDIF(t, path, "", time.Now().Add(time.Second))
+	if err := s.Reload(); err == nil {
+		t.Error("an empty file replaced a loaded directory")
+	}
+	if got := lookup1(t, s, "a@x.com"); got != "v0@y.com" {
+		t.Errorf("a@x.com → %q after the truncation, want the loaded v0@y.com", got)
+	}
+	writeLDIF(t, path, forwarding("a@x.com", "v1@y.com"), time.Now().Add(2*time.Second))
+	if err := s.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if got := lookup1(t, s, "a@x.com"); got != "v1@y.com" {
+		t.Errorf("a@x.com → %q once written, want v1@y.com", got)
+	}
+}

@@ -10,8 +10,10 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
+	"mailfwd/queue"
 	"mailfwd/queue/nexthop/tlsrpt"
 )
 
@@ -19,14 +21,16 @@ import (
 // one UTC day from the counts the relay keeps (delivery.tls_rpt). The
 // relay sends each finished day itself, shortly after midnight UTC; this
 // is for looking at a day, or for sending the day so far (-day today) to
-// check a domain's reporting set-up. Run it while the relay is stopped:
-// -send clears what it delivered from the counts file, which a running
-// relay would overwrite. mailto: destinations are left to the relay.
+// check a domain's reporting set-up. Run it while the relay is stopped
+// (-send clears what it delivered from the counts file, which a running
+// relay would overwrite, and queues mailto: reports in the spool, which a
+// running relay holds locked): https: reports are POSTed at once, mailto:
+// ones go out when the relay starts.
 func tlsReport(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("tls-report", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	day := fs.String("day", "yesterday", "the UTC day: YYYY-MM-DD, yesterday, or today (the day so far)")
-	send := fs.Bool("send", false, "POST each report to its domain's https: rua instead of printing it")
+	send := fs.Bool("send", false, "send each report to its domain's rua instead of printing it (https: now, mailto: queued for the relay)")
 	c, _, err := loadConfig(fs, args)
 	if err != nil {
 		return errExit{2, err.Error()}
@@ -80,7 +84,24 @@ func tlsReport(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return errExit{2, err.Error()}
 	}
-	rp, err := newReporter(c, rec, newDNS(c), roots, nil, log)
+	spool, err := queue.OpenSpool(c.Path(c.SpoolDir), log)
+	if err != nil {
+		return errExit{1, fmt.Sprintf("%v (is the relay running? stop it first)", err)}
+	}
+	defer spool.Close()
+	ours := map[string]bool{}
+	for _, d := range append(append([]string(nil), c.RelayDomains...), c.LocalDomains...) {
+		ours[strings.ToLower(d)] = true
+	}
+	inject := func(_ context.Context, from, to string, msg []byte) error {
+		domain := strings.ToLower(to[strings.LastIndexByte(to, '@')+1:])
+		env, err := spool.Queue(from, to, !ours[domain], msg, time.Now())
+		if err == nil {
+			log.Info("tls-rpt: report queued for the relay", "queue_id", env.ID, "to", to)
+		}
+		return err
+	}
+	rp, err := newReporter(c, rec, newDNS(c), roots, inject, log)
 	if err != nil {
 		return errExit{2, err.Error()}
 	}
