@@ -25,8 +25,25 @@ func newDNS(c *config.Config) *resolve.Resolver {
 	return &resolve.Resolver{Servers: c.DNS.Servers}
 }
 
-// dnssecDNS hides the AD bit when dns.dnssec is off: no answer is
-// secure, so DANE never applies.
+// deliveryDNS is r as MX delivery asks it: with dns.dnssec off, the AD
+// bit is hidden, so no answer is secure and DANE never applies.
+func deliveryDNS(c *config.Config, r *resolve.Resolver) nexthop.DNS {
+	if !*c.DNS.DNSSEC {
+		return dnssecDNS{r}
+	}
+	return r
+}
+
+// ourDomains tells whether a domain is ours (relay_domains, local_domains):
+// mail to it is not an external forward.
+func ourDomains(c *config.Config) func(domain string) bool {
+	ours := map[string]bool{}
+	for _, d := range append(append([]string(nil), c.RelayDomains...), c.LocalDomains...) {
+		ours[strings.ToLower(d)] = true
+	}
+	return func(domain string) bool { return ours[strings.ToLower(domain)] }
+}
+
 type dnssecDNS struct{ nexthop.DNS }
 
 func (d dnssecDNS) LookupMX(ctx context.Context, domain string) (resolve.MXResult, error) {
@@ -147,14 +164,7 @@ func outboundExplainer(c *config.Config, log *slog.Logger) (func(ctx context.Con
 	if err != nil {
 		return nil, err
 	}
-	var d nexthop.DNS = dns
-	if !*c.DNS.DNSSEC {
-		d = dnssecDNS{dns}
-	}
-	ours := map[string]bool{}
-	for _, dm := range append(append([]string(nil), c.RelayDomains...), c.LocalDomains...) {
-		ours[strings.ToLower(dm)] = true
-	}
+	d, ours := deliveryDNS(c, dns), ourDomains(c)
 	seen := map[string]bool{}
 	return func(ctx context.Context, rcpt string) []string {
 		i := strings.LastIndexByte(rcpt, '@')
@@ -162,7 +172,7 @@ func outboundExplainer(c *config.Config, log *slog.Logger) (func(ctx context.Con
 			return nil
 		}
 		domain := strings.ToLower(rcpt[i+1:])
-		if ours[domain] || seen[domain] {
+		if ours(domain) || seen[domain] {
 			return nil
 		}
 		seen[domain] = true

@@ -24,6 +24,7 @@ import (
 	"mailfwd/deploy"
 	"mailfwd/queue"
 	"mailfwd/queue/nexthop"
+	"mailfwd/queue/nexthop/resolve"
 	"mailfwd/queue/nexthop/tlsrpt"
 	"mailfwd/relay"
 	"mailfwd/routing"
@@ -198,7 +199,7 @@ func (rr *replicaRunner) stop() { rr.start(nil) }
 
 // newRouter builds delivery routing from the config: one pooled SMTP hop
 // per server, shared by every route to it.
-func newRouter(c *config.Config, log *slog.Logger) (*nexthop.TransportRouter, func(), error) {
+func newRouter(c *config.Config, dns *resolve.Resolver, log *slog.Logger) (*nexthop.TransportRouter, func(), error) {
 	d := c.Delivery
 	roots, err := deliveryRoots(c)
 	if err != nil {
@@ -248,16 +249,12 @@ func newRouter(c *config.Config, log *slog.Logger) (*nexthop.TransportRouter, fu
 		return nil, nil, fmt.Errorf("delivery.next_hop: %w", err)
 	}
 	local.PassClient = true
-	dns := newDNS(c)
 	sec, err := newSecurity(c, roots, dns, log, true)
 	if err != nil {
 		return nil, nil, err
 	}
 	tr := &nexthop.TransportRouter{Local: local, Hops: factory, MXPort: d.MXPort, Transports: map[string]nexthop.Transport{},
-		DNS: dns, Security: sec, Roots: roots}
-	if !*c.DNS.DNSSEC {
-		tr.DNS = dnssecDNS{dns}
-	}
+		DNS: deliveryDNS(c, dns), Security: sec, Roots: roots}
 	if d.ExternalNextHop != "" {
 		sh, err := hostPortTransport(d.ExternalNextHop)
 		if err != nil {
@@ -455,7 +452,8 @@ func serve(args []string) error {
 	if err != nil {
 		return err
 	}
-	router, closeHops, err := newRouter(c, log)
+	dns := newDNS(c) // one resolver and cache for delivery, MTA-STS and TLS reports
+	router, closeHops, err := newRouter(c, dns, log)
 	if err != nil {
 		return err
 	}
@@ -532,7 +530,7 @@ func serve(args []string) error {
 	}()
 	var reporter *tlsrpt.Reporter
 	if rec := router.Security.Report; rec != nil {
-		reporter, err = newReporter(c, rec, newDNS(c), router.Roots, func(_ context.Context, from, to string, msg []byte) error {
+		reporter, err = newReporter(c, rec, dns, router.Roots, func(_ context.Context, from, to string, msg []byte) error {
 			id, err := sched.Inject(from, to, msg)
 			log.Info("tls-rpt: report queued", "queue_id", id, "to", to, "err", err)
 			return err

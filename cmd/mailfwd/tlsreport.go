@@ -89,13 +89,9 @@ func tlsReport(args []string, stdout, stderr io.Writer) error {
 		return errExit{1, fmt.Sprintf("%v (is the relay running? stop it first)", err)}
 	}
 	defer spool.Close()
-	ours := map[string]bool{}
-	for _, d := range append(append([]string(nil), c.RelayDomains...), c.LocalDomains...) {
-		ours[strings.ToLower(d)] = true
-	}
+	ours := ourDomains(c)
 	inject := func(_ context.Context, from, to string, msg []byte) error {
-		domain := strings.ToLower(to[strings.LastIndexByte(to, '@')+1:])
-		env, err := spool.Queue(from, to, !ours[domain], msg, time.Now())
+		env, err := spool.Queue(from, to, !ours(to[strings.LastIndexByte(to, '@')+1:]), msg, time.Now())
 		if err == nil {
 			log.Info("tls-rpt: report queued for the relay", "queue_id", env.ID, "to", to)
 		}

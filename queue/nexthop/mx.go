@@ -126,18 +126,7 @@ func (h *MXHop) Send(ctx context.Context, env *envelope.Envelope, from string, r
 		if tried >= max {
 			break
 		}
-		addrs, err := r.LookupAddrs(ctx, host)
-		if err == nil && addrs.CNAME != "" && host != h.Domain {
-			err = fmt.Errorf("MX host %s is a CNAME for %s (RFC 2181 §10.3), not used", host, addrs.CNAME)
-		}
-		if err == nil && len(addrs.Addrs) == 0 {
-			err = fmt.Errorf("MX host %s has no address", host)
-		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", host, err))
-			continue
-		}
-		sec, err := h.Security.ForHost(ctx, r, dp, h.Domain, host, h.Port, secure, addrs)
+		addrs, sec, err := h.prepareHost(ctx, r, dp, host, secure)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -179,6 +168,24 @@ func (h *MXHop) Send(ctx context.Context, env *envelope.Envelope, from string, r
 		return nil, fmt.Errorf("no usable MX host for %s", h.Domain)
 	}
 	return nil, errors.Join(errs...)
+}
+
+// prepareHost is one MX host as delivery (and Explain) sees it: its
+// addresses, refused when it is a CNAME (RFC 2181 §10.3, as Postfix) or has
+// none, and the TLS it must get (Security.ForHost).
+func (h *MXHop) prepareHost(ctx context.Context, r DNS, dp DomainPolicy, host string, secure bool) (resolve.AddrResult, *HostTLS, error) {
+	addrs, err := r.LookupAddrs(ctx, host)
+	if err == nil && addrs.CNAME != "" && host != h.Domain {
+		err = fmt.Errorf("MX host %s is a CNAME for %s (RFC 2181 §10.3), not used", host, addrs.CNAME)
+	}
+	if err == nil && len(addrs.Addrs) == 0 {
+		err = fmt.Errorf("MX host %s has no address", host)
+	}
+	if err != nil {
+		return addrs, nil, fmt.Errorf("%s: %w", host, err)
+	}
+	sec, err := h.Security.ForHost(ctx, r, dp, h.Domain, host, h.Port, secure, addrs)
+	return addrs, sec, err
 }
 
 // tlsRefused: every reply is SMTPHop's "TLS required" failure (4.7.4 not

@@ -202,7 +202,7 @@ func (s *Security) daneHost(domain, host string, addrs resolve.AddrResult, tl []
 // as without a policy with the verification only reported (testing).
 func (s *Security) stsHost(domain, host string, r *mtasts.Result, enforce bool) *HostTLS {
 	key := tlsrpt.PolicyKey{Type: tlsrpt.PolicySTS, String: strings.Split(strings.TrimSpace(r.Policy.String()), "\n"), Domain: domain, MXHost: r.Policy.MX}
-	label, metric := "mta-sts", "mta-sts"
+	metric := "mta-sts"
 	if !enforce {
 		metric = "mta-sts-testing"
 	}
@@ -251,7 +251,6 @@ func (s *Security) stsHost(domain, host string, r *mtasts.Result, enforce bool) 
 			return nil
 		}
 	}
-	_ = label
 	h.Config = cfg
 	return h
 }
@@ -337,16 +336,7 @@ func (s *Security) Explain(ctx context.Context, dns DNS, domain string, port int
 			out = append(out, fmt.Sprintf("  %s: not used: not listed in the MTA-STS policy", host))
 			continue
 		}
-		addrs, err := dns.LookupAddrs(ctx, host)
-		if err != nil {
-			out = append(out, fmt.Sprintf("  %s: %v", host, err))
-			continue
-		}
-		if addrs.CNAME != "" && host != domain {
-			out = append(out, fmt.Sprintf("  %s: not used: a CNAME for %s", host, addrs.CNAME))
-			continue
-		}
-		ht, err := s.ForHost(ctx, dns, dp, domain, host, port, secure, addrs)
+		addrs, ht, err := h.prepareHost(ctx, dns, dp, host, secure)
 		switch {
 		case err != nil:
 			out = append(out, fmt.Sprintf("  %s: not used now: %v", host, err))
