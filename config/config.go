@@ -19,9 +19,6 @@ import (
 
 	"golang.org/x/net/publicsuffix"
 	"gopkg.in/yaml.v3"
-
-	"mailfwd/queue/nexthop"
-	"mailfwd/routing"
 )
 
 // Config is the whole file.
@@ -77,7 +74,7 @@ type DNS struct {
 	// DNSSEC: believe the AD bit of their answers, as Postfix's
 	// smtp_dns_support_level = dnssec does: they must be validating
 	// resolvers on a path you trust (127.0.0.1, say). DANE needs it.
-	DNSSEC *bool `yaml:"dnssec"` // default true
+	DNSSEC bool `yaml:"dnssec"`
 }
 
 // Routing is how addresses are expanded (Postfix's virtual alias rules).
@@ -87,14 +84,14 @@ type Routing struct {
 	RecipientDelimiter string `yaml:"recipient_delimiter"`
 	// CatchAll enables "@domain" directory lookups. Off by default: a
 	// catch-all makes every address of the domain valid.
-	CatchAll *bool `yaml:"catch_all"`
+	CatchAll bool `yaml:"catch_all"`
 	// PropagateUnmatchedExtensions appends an extension that was removed
-	// to find a match to the results (Postfix's default: yes).
-	PropagateUnmatchedExtensions *bool `yaml:"propagate_unmatched_extensions"`
+	// to find a match to the results (as Postfix does).
+	PropagateUnmatchedExtensions bool `yaml:"propagate_unmatched_extensions"`
 	// DomainRewrites maps a whole domain to another without directory
 	// entries (old.example: new.example), consulted after the directory.
 	DomainRewrites map[string]string `yaml:"domain_rewrites"`
-	// UnknownRecipients: "reject" (550 5.1.1, default) or "pass" (deliver
+	// UnknownRecipients: "reject" (550 5.1.1) or "pass" (deliver
 	// unchanged to the next hop: the migration shim in front of an MTA that
 	// knows the rest of the domain).
 	// Postmaster: where postmaster@ a relay domain or the SRS domain goes
@@ -118,17 +115,17 @@ type TLS struct {
 
 // Limits protect the front end from floods and slow or broken clients.
 type Limits struct {
-	MaxConnections      int           `yaml:"max_connections"`        // in total (default 1000)
-	MaxConnectionsPerIP int           `yaml:"max_connections_per_ip"` // default 20
-	ConnectionRatePerIP int           `yaml:"connection_rate_per_ip"` // new connections per minute (default 120)
-	MaxErrors           int           `yaml:"max_errors"`             // refused commands per session (default 20)
-	MaxCommands         int           `yaml:"max_commands"`           // MAIL/RCPT/DATA/BDAT per session (default 10000)
-	MaxJunkCommands     int           `yaml:"max_junk_commands"`      // NOOP/RSET/VRFY/HELP per session (default 100)
-	IPv6PrefixLength    int           `yaml:"ipv6_prefix_length"`     // bits naming one IPv6 client (default 84)
-	CommandTimeout      time.Duration `yaml:"command_timeout"`        // default 5m
-	DataTimeout         time.Duration `yaml:"data_timeout"`           // whole message, default 10m
-	MaxReceived         int           `yaml:"max_received_headers"`   // loop guard, default 50
-	MemoryBudget        int64         `yaml:"memory_budget"`          // bytes messages in transfer may hold together (default 512 MiB)
+	MaxConnections      int           `yaml:"max_connections"` // in total
+	MaxConnectionsPerIP int           `yaml:"max_connections_per_ip"`
+	ConnectionRatePerIP int           `yaml:"connection_rate_per_ip"` // new connections per minute
+	MaxErrors           int           `yaml:"max_errors"`             // refused commands per session
+	MaxCommands         int           `yaml:"max_commands"`           // MAIL/RCPT/DATA/BDAT per session
+	MaxJunkCommands     int           `yaml:"max_junk_commands"`      // NOOP/RSET/VRFY/HELP per session
+	IPv6PrefixLength    int           `yaml:"ipv6_prefix_length"`     // bits naming one IPv6 client
+	CommandTimeout      time.Duration `yaml:"command_timeout"`
+	DataTimeout         time.Duration `yaml:"data_timeout"`         // whole message
+	MaxReceived         int           `yaml:"max_received_headers"` // loop guard
+	MemoryBudget        int64         `yaml:"memory_budget"`        // bytes messages in transfer may hold together
 }
 
 // Auth checks SPF/DKIM/DMARC at the edge and signs/seals forwards (off
@@ -136,12 +133,12 @@ type Limits struct {
 type Auth struct {
 	// AuthservID names us in Authentication-Results (default: hostname).
 	AuthservID    string        `yaml:"authserv_id"`
-	LookupTimeout time.Duration `yaml:"lookup_timeout"` // each DNS lookup, default 5s
-	Timeout       time.Duration `yaml:"timeout"`        // wait after the message, default 15s
-	// SPFFail and DMARCReject: accept (default), tag or reject. A
-	// forwarder should not refuse what the final mailbox would accept.
-	SPFFail     string   `yaml:"spf_fail"`
-	DMARCReject string   `yaml:"dmarc_reject"`
+	LookupTimeout time.Duration `yaml:"lookup_timeout"` // each DNS lookup
+	Timeout       time.Duration `yaml:"timeout"`        // wait after the message
+	// SPFFail and DMARCReject: accept, tag or reject. A forwarder should
+	// not refuse what the final mailbox would accept.
+	SPFFail     Action   `yaml:"spf_fail"`
+	DMARCReject Action   `yaml:"dmarc_reject"`
 	DKIM        *AuthKey `yaml:"dkim"` // signs external forwards
 	ARC         *AuthKey `yaml:"arc"`  // seals external forwards (RSA)
 	// DMARCForwarding rewrites the From of forwards that would fail DMARC
@@ -152,7 +149,7 @@ type Auth struct {
 // DMARCForwarding: a forward of mail from a p=reject/quarantine domain
 // that passed DMARC here through SPF alone leaves with our From.
 type DMARCForwarding struct {
-	Mode string `yaml:"mode"` // rewrite (default) or off
+	Mode string `yaml:"mode"` // rewrite or off
 	// From is the address rewritten mail carries (default: forwarded@ the
 	// auth.dkim domain, else @ the organizational domain of srs.domain).
 	From string `yaml:"from"`
@@ -181,14 +178,14 @@ type SRS struct {
 	HashLength    int           `yaml:"hash_length"`
 	HashMin       int           `yaml:"hash_min"`
 	MaxAgeDays    int           `yaml:"max_age_days"`
-	FailureLimit  int           `yaml:"failure_limit"`  // invalid SRS RCPTs per client per window
-	FailureWindow time.Duration `yaml:"failure_window"` // default 10m
-	FailureBudget int           `yaml:"failure_budget"` // invalid SRS RCPTs of all clients per window (default 1000)
+	FailureLimit  int           `yaml:"failure_limit"` // invalid SRS RCPTs per client per window
+	FailureWindow time.Duration `yaml:"failure_window"`
+	FailureBudget int           `yaml:"failure_budget"` // invalid SRS RCPTs of all clients per window
 	// Store keeps the senders behind database-form addresses (senders too
 	// long to embed): a file in spool_dir by default, or a shared Redis.
 	Store SRSStore `yaml:"store"`
 	// Database is "auto" (the database form only for senders that do not
-	// fit; the default) or "always" (every ordinary sender, as postsrsd's
+	// fit) or "always" (every ordinary sender, as postsrsd's
 	// original-envelope = database).
 	Database string `yaml:"database"`
 	// LegacyUntil is the cut-over day (YYYY-MM-DD): legacy (postsrsd-
@@ -216,16 +213,16 @@ type SRSRedis struct {
 	Address      string        `yaml:"address"` // host:port
 	PasswordFile string        `yaml:"password_file"`
 	DB           int           `yaml:"db"`
-	KeyPrefix    string        `yaml:"key_prefix"` // default "PostSRSd/"
-	Timeout      time.Duration `yaml:"timeout"`    // default 2s
+	KeyPrefix    string        `yaml:"key_prefix"`
+	Timeout      time.Duration `yaml:"timeout"`
 }
 
 // SRSReverse bounds bounces to SRS addresses (relay.SRSReversePolicy).
 type SRSReverse struct {
-	AnySender     bool          `yaml:"any_sender"`     // default: only MAIL FROM:<>
-	MaxRecipients int           `yaml:"max_recipients"` // per transaction, default 1
-	Rate          int           `yaml:"rate"`           // per decoded address and window, default 20
-	Window        time.Duration `yaml:"window"`         // default 1h
+	AnySender     bool          `yaml:"any_sender"`     // also non-null senders
+	MaxRecipients int           `yaml:"max_recipients"` // per transaction
+	Rate          int           `yaml:"rate"`           // per decoded address and window
+	Window        time.Duration `yaml:"window"`
 }
 
 // Directory selects exactly one source, and its cache.
@@ -241,9 +238,9 @@ type Directory struct {
 
 // Cache bounds how long directory answers are reused.
 type Cache struct {
-	PositiveTTL *time.Duration `yaml:"positive_ttl"` // default 60s; 0 disables
-	NegativeTTL *time.Duration `yaml:"negative_ttl"` // default 10s
-	Size        int            `yaml:"size"`         // keys kept, default 10000
+	PositiveTTL time.Duration `yaml:"positive_ttl"` // 0 disables the cache
+	NegativeTTL time.Duration `yaml:"negative_ttl"`
+	Size        int           `yaml:"size"` // keys kept
 }
 
 // LDIF is a directory held in an LDIF file.
@@ -258,7 +255,7 @@ type LDIF struct {
 type Schema struct {
 	QueryAttributes   []string `yaml:"query_attributes"`
 	ResultAttributes  []string `yaml:"result_attributes"`
-	FallbackAttribute *string  `yaml:"fallback_attribute"`
+	FallbackAttribute string   `yaml:"fallback_attribute"` // "": none
 }
 
 // LDAP is an LDAP directory (389-DS, OpenLDAP).
@@ -266,14 +263,14 @@ type LDAP struct {
 	Servers          []string      `yaml:"servers"`
 	StartTLS         bool          `yaml:"start_tls"`
 	CAFile           string        `yaml:"ca_file"`
-	TLSRequireCert   *bool         `yaml:"tls_require_cert"`
+	TLSRequireCert   bool          `yaml:"tls_require_cert"`
 	BindDN           string        `yaml:"bind_dn"`
 	BindPasswordFile string        `yaml:"bind_password_file"`
 	BindPasswordEnv  string        `yaml:"bind_password_env"`
 	SearchBase       string        `yaml:"search_base"`
 	QueryFilter      string        `yaml:"query_filter"`
 	ResultAttributes []string      `yaml:"result_attributes"`
-	FallbackAttr     *string       `yaml:"fallback_attribute"`
+	FallbackAttr     string        `yaml:"fallback_attribute"` // "": none
 	Timeout          time.Duration `yaml:"timeout"`
 	PoolSize         int           `yaml:"pool_size"`
 	SizeLimit        int           `yaml:"size_limit"`
@@ -282,10 +279,10 @@ type LDAP struct {
 // Replica is the live copy of the directory that answers RCPT lookups
 // (RFC 4533 content synchronisation; docs/directory.md).
 type Replica struct {
-	Enabled *bool `yaml:"enabled"` // default true
+	Enabled bool `yaml:"enabled"`
 	// MaxStale: how old the last confirmed sync may be for known addresses
 	// to be answered from the replica while the directory is down.
-	MaxStale time.Duration `yaml:"max_stale"` // default 4h
+	MaxStale time.Duration `yaml:"max_stale"`
 }
 
 // DestinationPolicy tunes delivery to one destination.
@@ -340,12 +337,12 @@ type Delivery struct {
 	DelayWarning           time.Duration `yaml:"delay_warning"`
 	DestinationConcurrency int           `yaml:"destination_concurrency"`
 	ConnectTimeout         time.Duration `yaml:"connect_timeout"`
-	// TLSPolicy for outgoing connections: opportunistic (default: STARTTLS
-	// when offered, certificate not verified), require (verified, else the
-	// mail waits) or none. TLSPolicies overrides it per destination (a
+	// TLSPolicy for outgoing connections: opportunistic (STARTTLS when
+	// offered, certificate not verified), require (verified, else the mail
+	// waits) or none. TLSPolicies overrides it per destination (a
 	// recipient domain for MX delivery, else the next hop's host).
-	TLSPolicy   string            `yaml:"tls_policy"`
-	TLSPolicies map[string]string `yaml:"tls_policies"`
+	TLSPolicy   TLSPolicy            `yaml:"tls_policy"`
+	TLSPolicies map[string]TLSPolicy `yaml:"tls_policies"`
 	// TLSCAFile verifies next hops under the require policy and MTA-STS
 	// hosts and policy servers (default: the system's roots).
 	TLSCAFile string `yaml:"tls_ca_file"`
@@ -353,8 +350,8 @@ type Delivery struct {
 	// domain publishes either, TLS is required and verified as it says
 	// (DANE wins); elsewhere tls_policy applies. A tls_policies entry for
 	// the domain overrides both.
-	DANE   *bool  `yaml:"dane"`    // default true (needs dns.dnssec)
-	MTASTS *bool  `yaml:"mta_sts"` // default true
+	DANE   bool   `yaml:"dane"` // needs dns.dnssec
+	MTASTS bool   `yaml:"mta_sts"`
 	TLSRPT TLSRPT `yaml:"tls_rpt"`
 	// XClient / XForward pass the original client to next_hop (Postfix:
 	// smtpd_authorized_xclient_hosts / smtpd_authorized_xforward_hosts).
@@ -404,7 +401,10 @@ var unknownField = regexp.MustCompile(`line (\d+): field (\S+) not found in type
 
 // Parse decodes and validates YAML; relative paths resolve against dir.
 func Parse(b []byte, dir string) (*Config, error) {
-	c := &Config{dir: dir}
+	c, err := prefilled(b, dir)
+	if err != nil {
+		return nil, err
+	}
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(c); err != nil {
@@ -421,27 +421,99 @@ func Parse(b []byte, dir string) (*Config, error) {
 		}
 		return nil, errors.New(strings.TrimPrefix(msg, "yaml: "))
 	}
-	if err := c.importPostsrsd(); err != nil {
-		return nil, err
-	}
-	c.setDefaults()
+	c.derive(present(b))
 	if err := c.validate(); err != nil {
 		return nil, err
 	}
 	return c, nil
 }
 
-// importPostsrsd fills the srs section from srs.postsrsd_config, where
-// the section leaves a key unset.
-func (c *Config) importPostsrsd() error {
-	s := c.SRS
-	if s == nil || s.PostsrsdConfig == "" {
-		return nil
+// sections is what a first, lenient pass over the file finds: which of
+// the sections that are off unless written are there (only those keep
+// their defaults), and the few keys whose defaults depend on others.
+type sections struct {
+	TLS *struct{} `yaml:"tls"`
+	SRS *struct {
+		PostsrsdConfig string `yaml:"postsrsd_config"`
+		Store          struct {
+			Path  string    `yaml:"path"`
+			Redis *struct{} `yaml:"redis"`
+		} `yaml:"store"`
+	} `yaml:"srs"`
+	Auth *struct {
+		DKIM *struct{} `yaml:"dkim"`
+		ARC  *struct{} `yaml:"arc"`
+	} `yaml:"auth"`
+	Directory struct {
+		LDIF *struct{} `yaml:"ldif"`
+		LDAP *struct{} `yaml:"ldap"`
+	} `yaml:"directory"`
+	Limits struct {
+		MaxCommands *int `yaml:"max_commands"`
+	} `yaml:"limits"`
+}
+
+// present is the lenient pass; a file it cannot read gets its error from
+// the strict one.
+func present(b []byte) sections {
+	var s sections
+	yaml.Unmarshal(b, &s)
+	return s
+}
+
+// prefilled is what the file is decoded over: Defaults, without the
+// sections the file does not have, and with srs.postsrsd_config's values
+// over the srs defaults (the file's own srs keys are decoded over those).
+func prefilled(b []byte, dir string) (*Config, error) {
+	p := present(b)
+	c := Defaults()
+	c.dir = dir
+	if p.TLS == nil {
+		c.TLS = nil
 	}
-	path := c.Path(s.PostsrsdConfig)
+	if p.Directory.LDIF == nil {
+		c.Directory.LDIF = nil
+	}
+	if p.Directory.LDAP == nil {
+		c.Directory.LDAP = nil
+	}
+	if p.Auth == nil {
+		c.Auth = nil
+	} else {
+		if p.Auth.DKIM == nil {
+			c.Auth.DKIM = nil
+		}
+		if p.Auth.ARC == nil {
+			c.Auth.ARC = nil
+		}
+	}
+	if p.SRS == nil {
+		c.SRS = nil
+		return c, nil
+	}
+	// the file's own store wins over postsrsd's envelope-database
+	fileStore := p.SRS.Store.Path != "" || p.SRS.Store.Redis != nil
+	redis := p.SRS.Store.Redis != nil
+	if f := p.SRS.PostsrsdConfig; f != "" {
+		r, err := importPostsrsd(c.SRS, c.Path(f), !fileStore)
+		if err != nil {
+			return nil, err
+		}
+		redis = redis || r
+	}
+	if !redis {
+		c.SRS.Store.Redis = nil
+	}
+	return c, nil
+}
+
+// importPostsrsd sets s from the postsrsd.conf at path and, with store,
+// from its envelope-database: it reports whether that is a Redis (whose
+// address it sets).
+func importPostsrsd(s *SRS, path string, store bool) (redis bool, err error) {
 	p, err := LoadPostsrsd(path)
 	if err != nil {
-		return fmt.Errorf("srs.postsrsd_config: %w", err)
+		return false, fmt.Errorf("srs.postsrsd_config: %w", err)
 	}
 	rel := func(f string) string { // postsrsd.conf paths are relative to it
 		if f == "" || filepath.IsAbs(f) {
@@ -449,40 +521,41 @@ func (c *Config) importPostsrsd() error {
 		}
 		return filepath.Join(filepath.Dir(path), f)
 	}
-	if s.Domain == "" {
-		s.Domain = p.SRSDomain
+	set := func(dst *string, v string) {
+		if v != "" {
+			*dst = v
+		}
 	}
-	if s.SecretsFile == "" {
-		s.SecretsFile = rel(p.SecretsFile)
-	}
-	if s.Separator == "" {
-		s.Separator = p.Separator
-	}
-	if s.HashLength == 0 {
+	set(&s.Domain, p.SRSDomain)
+	set(&s.SecretsFile, rel(p.SecretsFile))
+	set(&s.Separator, p.Separator)
+	if p.HashLength != 0 {
 		s.HashLength = p.HashLength
 	}
-	if s.HashMin == 0 {
+	if p.HashMinimum != 0 {
 		s.HashMin = p.HashMinimum
 	}
-	if s.Database == "" && p.OriginalEnvelope == "database" {
+	if p.OriginalEnvelope == "database" {
 		s.Database = "always"
 	}
-	if s.Store.Path != "" || s.Store.Redis != nil || p.EnvelopeDatabase == "" {
-		return nil
+	if !store || p.EnvelopeDatabase == "" {
+		return false, nil
 	}
 	switch kind, where, _ := strings.Cut(p.EnvelopeDatabase, ":"); kind {
 	case "redis":
-		s.Store.Redis = &SRSRedis{Address: where}
+		s.Store.Redis.Address = where
+		return true, nil
 	case "sqlite":
-		return fmt.Errorf("srs.postsrsd_config: %s keeps its senders in sqlite:%s, which mailfwd cannot share: "+
+		return false, fmt.Errorf("srs.postsrsd_config: %s keeps its senders in sqlite:%s, which mailfwd cannot share: "+
 			"import them (mailfwd srs import-postsrsd) and set srs.store", path, where)
 	default:
-		return fmt.Errorf("srs.postsrsd_config: envelope-database %q: want sqlite:PATH or redis:HOST:PORT", p.EnvelopeDatabase)
+		return false, fmt.Errorf("srs.postsrsd_config: envelope-database %q: want sqlite:PATH or redis:HOST:PORT", p.EnvelopeDatabase)
 	}
-	return nil
 }
 
-func (c *Config) setDefaults() {
+// derive sets the defaults that depend on other keys (Defaults names
+// them).
+func (c *Config) derive(p sections) {
 	if c.Hostname == "" {
 		if h, err := os.Hostname(); err == nil {
 			c.Hostname = h
@@ -490,27 +563,28 @@ func (c *Config) setDefaults() {
 			c.Hostname = "localhost"
 		}
 	}
-	if len(c.Listen) == 0 {
-		c.Listen = []string{"127.0.0.1:2525"}
+	if c.Spool.MinFree == nil {
+		mf := c.MaxMessageSize * 3 / 2
+		c.Spool.MinFree = &mf
 	}
-	if c.SpoolDir == "" {
-		c.SpoolDir = "/var/spool/mailfwd"
+	if p.Limits.MaxCommands == nil {
+		// a transaction of max_recipients RCPTs must fit, several times over
+		c.Limits.MaxCommands = max(c.Limits.MaxCommands, 2*c.MaxRecipients+10)
+	}
+	if s := c.SRS; s != nil && s.Store.Path == "" && s.Store.Redis == nil {
+		s.Store.Path = filepath.Join(c.SpoolDir, "srs.db")
 	}
 	if a := c.Auth; a != nil {
-		f := &a.DMARCForwarding
-		if f.Mode == "" {
-			f.Mode = "rewrite"
+		if a.AuthservID == "" {
+			a.AuthservID = c.Hostname
 		}
+		f := &a.DMARCForwarding
 		if f.From == "" {
 			switch {
 			case a.DKIM != nil:
 				f.From = "forwarded@" + a.DKIM.Domain
 			case c.SRS != nil:
-				org, err := publicsuffix.EffectiveTLDPlusOne(strings.ToLower(c.SRS.Domain))
-				if err != nil {
-					org = c.SRS.Domain
-				}
-				f.From = "forwarded@" + org
+				f.From = "forwarded@" + organizational(c.SRS.Domain)
 			default:
 				f.Mode = "off" // nothing of ours would pass DMARC at the receiver
 			}
@@ -519,191 +593,23 @@ func (c *Config) setDefaults() {
 			f.Via = f.From[strings.LastIndexByte(f.From, '@')+1:]
 		}
 	}
-	if s := c.SRS; s != nil {
-		if s.Database == "" {
-			s.Database = "auto"
-		}
-		if s.Store.Path == "" && s.Store.Redis == nil {
-			s.Store.Path = filepath.Join(c.SpoolDir, "srs.db")
-		}
+	if r := &c.Delivery.TLSRPT; r.Organization == "" {
+		r.Organization = c.Hostname
 	}
-	if c.LookupTimeout == 0 {
-		c.LookupTimeout = 10 * time.Second
+	if r := &c.Delivery.TLSRPT; r.Contact == "" {
+		r.Contact = "postmaster@" + c.Hostname
 	}
-	if c.MaxMessageSize == 0 {
-		c.MaxMessageSize = 50 << 20
+}
+
+// organizational is a domain's organizational domain (the public suffix
+// list's registrable domain), lower-case; the domain itself when the list
+// has none.
+func organizational(d string) string {
+	o, err := publicsuffix.EffectiveTLDPlusOne(strings.ToLower(d))
+	if err != nil {
+		return strings.ToLower(d)
 	}
-	if c.Spool.MinFree == nil {
-		mf := c.MaxMessageSize * 3 / 2
-		c.Spool.MinFree = &mf
-	}
-	if c.MaxRecipients == 0 {
-		c.MaxRecipients = 1000
-	}
-	if l := c.Directory.LDAP; l != nil {
-		if l.QueryFilter == "" {
-			l.QueryFilter = "(|(mail=%s)(mailAlternateAddress=%s))"
-		}
-		if len(l.ResultAttributes) == 0 {
-			l.ResultAttributes = []string{"mailForwardingAddress"}
-		}
-		if l.Timeout == 0 {
-			l.Timeout = 5 * time.Second
-		}
-		if l.PoolSize == 0 {
-			l.PoolSize = 8
-		}
-	}
-	if r := &c.Directory.Replica; r.Enabled == nil {
-		on := true
-		r.Enabled = &on
-	}
-	if r := &c.Directory.Replica; r.MaxStale == 0 {
-		r.MaxStale = 4 * time.Hour
-	}
-	l := &c.Limits
-	if l.MaxConnections == 0 {
-		l.MaxConnections = 1000
-	}
-	if l.MaxConnectionsPerIP == 0 {
-		l.MaxConnectionsPerIP = 20
-	}
-	if l.ConnectionRatePerIP == 0 {
-		l.ConnectionRatePerIP = 120
-	}
-	if l.MaxErrors == 0 {
-		l.MaxErrors = 20
-	}
-	if l.MaxCommands == 0 {
-		// a transaction of max_recipients RCPTs must fit, several times over
-		l.MaxCommands = max(10000, 2*c.MaxRecipients+10)
-	}
-	if l.MaxJunkCommands == 0 {
-		l.MaxJunkCommands = 100
-	}
-	if l.IPv6PrefixLength == 0 {
-		l.IPv6PrefixLength = 84
-	}
-	if l.CommandTimeout == 0 {
-		l.CommandTimeout = 5 * time.Minute
-	}
-	if l.DataTimeout == 0 {
-		l.DataTimeout = 10 * time.Minute
-	}
-	if l.MaxReceived == 0 {
-		l.MaxReceived = 50
-	}
-	if l.MemoryBudget == 0 {
-		l.MemoryBudget = 512 << 20
-	}
-	r := &c.Routing
-	if r.RecipientDelimiter == "" {
-		r.RecipientDelimiter = "+"
-	}
-	if r.CatchAll == nil {
-		r.CatchAll = new(bool)
-	}
-	if r.PropagateUnmatchedExtensions == nil {
-		t := true
-		r.PropagateUnmatchedExtensions = &t
-	}
-	if r.UnknownRecipients == "" {
-		r.UnknownRecipients = "reject"
-	}
-	if r.RecursionLimit == 0 {
-		r.RecursionLimit = 1000
-	}
-	if r.ExpansionLimit == 0 {
-		r.ExpansionLimit = 1000
-	}
-	if r.AddressLengthLimit == 0 {
-		r.AddressLengthLimit = 1000
-	}
-	ca := &c.Directory.Cache
-	if ca.PositiveTTL == nil {
-		d := 60 * time.Second
-		ca.PositiveTTL = &d
-	}
-	if ca.NegativeTTL == nil {
-		d := 10 * time.Second
-		ca.NegativeTTL = &d
-	}
-	if ca.Size == 0 {
-		ca.Size = 10000
-	}
-	d := &c.Delivery
-	if d.Workers == 0 {
-		d.Workers = 16
-	}
-	if d.RetryMin == 0 {
-		d.RetryMin = 10 * time.Second
-	}
-	if d.RetryMax == 0 {
-		d.RetryMax = 5 * time.Minute
-	}
-	if d.ExternalRetryMin == 0 {
-		d.ExternalRetryMin = 5 * time.Minute
-	}
-	if d.ExternalRetryMax == 0 {
-		d.ExternalRetryMax = 4 * time.Hour
-	}
-	if d.Lifetime == 0 {
-		d.Lifetime = 5 * 24 * time.Hour
-	}
-	if d.DelayWarning == 0 {
-		d.DelayWarning = 4 * time.Hour
-	}
-	if d.DestinationConcurrency == 0 {
-		d.DestinationConcurrency = 20
-	}
-	if d.ExternalWorkers == 0 {
-		d.ExternalWorkers = 100
-	}
-	if d.ActiveLimit == 0 {
-		d.ActiveLimit = 5000
-	}
-	if d.InitialConcurrency == 0 {
-		d.InitialConcurrency = 5
-	}
-	if d.RecipientLimit == 0 {
-		d.RecipientLimit = 100
-	}
-	if d.DeadAfter == 0 {
-		d.DeadAfter = 3
-	}
-	if d.ForwardDSN == "" {
-		d.ForwardDSN = "authenticated"
-	}
-	if d.TLSPolicy == "" {
-		d.TLSPolicy = "opportunistic"
-	}
-	on := func(b **bool) {
-		if *b == nil {
-			t := true
-			*b = &t
-		}
-	}
-	on(&d.DANE)
-	on(&d.MTASTS)
-	on(&c.DNS.DNSSEC)
-	if d.TLSRPT.Organization == "" {
-		d.TLSRPT.Organization = c.Hostname
-	}
-	if d.TLSRPT.Contact == "" {
-		d.TLSRPT.Contact = "postmaster@" + c.Hostname
-	}
-	if d.MXPort == 0 {
-		d.MXPort = 25
-	}
-	if d.ConnectTimeout == 0 {
-		d.ConnectTimeout = 30 * time.Second
-	}
-	if c.Log.Level == "" {
-		c.Log.Level = "info"
-	}
-	if c.Log.Format == "" {
-		c.Log.Format = "text"
-	}
+	return o
 }
 
 // Spool is how the queue directory is kept.
@@ -752,11 +658,6 @@ func (c *Config) validate() error {
 	if len(c.RelayDomains) == 0 {
 		bad("relay_domains: at least one domain is needed (mailfwd refuses mail for any other domain)")
 	}
-	for _, d := range c.RelayDomains {
-		if _, err := routing.NormalizeDomain(d); err != nil {
-			bad("relay_domains: %v", err)
-		}
-	}
 	sources := 0
 	for _, set := range []bool{c.Directory.LDIF != nil, c.Directory.LDAP != nil, c.Directory.PostfixMap != ""} {
 		if set {
@@ -769,22 +670,11 @@ func (c *Config) validate() error {
 	case sources > 1:
 		bad("directory: configure one source, not several of ldif, ldap and postfix_map")
 	}
-	for from, to := range c.Routing.DomainRewrites {
-		if _, err := routing.NormalizeDomain(from); err != nil {
-			bad("routing.domain_rewrites: %v", err)
-		}
-		if _, err := routing.NormalizeDomain(to); err != nil {
-			bad("routing.domain_rewrites: %v", err)
-		}
-	}
 	if u := c.Routing.UnknownRecipients; u != "reject" && u != "pass" {
 		bad("routing.unknown_recipients: %q: want reject or pass", u)
 	}
-	if c.Routing.RecursionLimit < 0 || c.Routing.ExpansionLimit < 0 || c.Routing.AddressLengthLimit < 0 {
-		bad("routing: limits must be positive")
-	}
-	if *c.Directory.Cache.PositiveTTL < 0 || *c.Directory.Cache.NegativeTTL < 0 || c.Directory.Cache.Size < 0 {
-		bad("directory.cache: TTLs and size must not be negative")
+	if c.Directory.Cache.PositiveTTL < 0 || c.Directory.Cache.NegativeTTL < 0 {
+		bad("directory.cache: TTLs must not be negative")
 	}
 	if l := c.Directory.LDAP; l != nil {
 		if len(l.Servers) == 0 {
@@ -818,14 +708,9 @@ func (c *Config) validate() error {
 			bad("delivery.external_next_hop: %q is not host:port", h)
 		}
 	}
-	for _, d := range c.LocalDomains {
-		if _, err := routing.NormalizeDomain(d); err != nil {
-			bad("local_domains: %v", err)
-		}
-	}
 	if a := c.Auth; a != nil {
-		for name, v := range map[string]string{"spf_fail": a.SPFFail, "dmarc_reject": a.DMARCReject} {
-			if v != "" && v != "accept" && v != "tag" && v != "reject" {
+		for name, v := range map[string]Action{"spf_fail": a.SPFFail, "dmarc_reject": a.DMARCReject} {
+			if v != Accept && v != Tag && v != Reject {
 				bad("auth.%s: %q: want accept, tag or reject", name, v)
 			}
 		}
@@ -838,15 +723,8 @@ func (c *Config) validate() error {
 			bad("auth.dmarc_forwarding.mode: %q: want rewrite or off", f.Mode)
 		} else if f.Mode == "rewrite" && f.From != "" {
 			at := strings.LastIndexByte(f.From, '@')
-			dom := strings.ToLower(f.From[at+1:])
-			org := func(d string) string {
-				o, err := publicsuffix.EffectiveTLDPlusOne(strings.ToLower(d))
-				if err != nil {
-					return strings.ToLower(d)
-				}
-				return o
-			}
-			aligned := (a.DKIM != nil && org(a.DKIM.Domain) == org(dom)) || (c.SRS != nil && org(c.SRS.Domain) == org(dom))
+			dom := organizational(f.From[at+1:])
+			aligned := (a.DKIM != nil && organizational(a.DKIM.Domain) == dom) || (c.SRS != nil && organizational(c.SRS.Domain) == dom)
 			switch {
 			case at <= 0 || at == len(f.From)-1:
 				bad("auth.dmarc_forwarding.from: %q is not an address", f.From)
@@ -858,17 +736,12 @@ func (c *Config) validate() error {
 	if b := c.Limits.IPv6PrefixLength; b < 1 || b > 128 {
 		bad("limits.ipv6_prefix_length: %d: want 1..128", b)
 	}
+	if c.Limits.MaxConnections < 0 {
+		bad("limits.max_connections must not be negative (0: what the file descriptor limit carries)")
+	}
 	if s := c.SRS; s != nil {
 		if s.Domain == "" {
 			bad("srs.domain is required")
-		} else if d, err := routing.NormalizeDomain(s.Domain); err != nil {
-			bad("srs.domain: %v", err)
-		} else {
-			for _, r := range c.RelayDomains {
-				if n, _ := routing.NormalizeDomain(r); n == d {
-					bad("srs.domain %s is also a relay domain; use a dedicated SRS domain (e.g. srs.%s)", d, d)
-				}
-			}
 		}
 		if s.SecretsFile == "" {
 			bad("srs.secrets_file is required")
@@ -890,8 +763,8 @@ func (c *Config) validate() error {
 		if r := s.Store.Redis; r != nil && r.Address == "" {
 			bad("srs.store.redis.address is required")
 		}
-		if s.Reverse.MaxRecipients < 0 || s.Reverse.Rate < 0 || s.Reverse.Window < 0 {
-			bad("srs.reverse: max_recipients, rate and window must not be negative")
+		if s.HashMin > s.HashLength {
+			bad("srs.hash_min (%d) is above hash_length (%d)", s.HashMin, s.HashLength)
 		}
 	}
 	for _, srv := range c.DNS.Servers {
@@ -905,36 +778,26 @@ func (c *Config) validate() error {
 		bad("delivery.forward_dsn: %q: want authenticated, always or never", c.Delivery.ForwardDSN)
 	}
 	for dest, p := range c.Delivery.TLSPolicies {
-		if p != "none" && p != "opportunistic" && p != "require" {
+		if !p.valid() {
 			bad("delivery.tls_policies[%s]: %q: want none, opportunistic or require", dest, p)
 		}
 	}
-	if p := c.Delivery.TLSPolicy; p != "none" && p != "opportunistic" && p != "require" {
+	if p := c.Delivery.TLSPolicy; !p.valid() {
 		bad("delivery.tls_policy: %q: want none, opportunistic or require", p)
 	}
 	if c.Delivery.XClient && c.Delivery.XForward {
 		bad("delivery: set xclient or xforward, not both")
 	}
-	for k, v := range c.Delivery.Transports {
-		if _, err := nexthop.ParseTransport(v); err != nil {
-			bad("delivery.transports[%s]: %v", k, err)
-		}
-	}
 	if c.Delivery.ExternalRetryMax < c.Delivery.ExternalRetryMin {
 		bad("delivery.external_retry_max (%s) is below external_retry_min (%s)", c.Delivery.ExternalRetryMax, c.Delivery.ExternalRetryMin)
 	}
-	if c.Delivery.Lifetime < 0 {
-		bad("delivery.lifetime must be positive")
-	}
+
 	if c.Delivery.RetryMax < c.Delivery.RetryMin {
 		bad("delivery.retry_max (%s) is below retry_min (%s)", c.Delivery.RetryMax, c.Delivery.RetryMin)
 	}
-	for name, v := range map[string]int{"workers": c.Delivery.Workers, "external_workers": c.Delivery.ExternalWorkers,
-		"active_limit": c.Delivery.ActiveLimit, "initial_concurrency": c.Delivery.InitialConcurrency,
-		"recipient_limit": c.Delivery.RecipientLimit, "dead_after": c.Delivery.DeadAfter,
-		"destination_concurrency": c.Delivery.DestinationConcurrency} {
-		if v < 0 {
-			bad("delivery.%s must be positive", name)
+	for _, k := range c.positive() {
+		if k.v <= 0 {
+			bad("%s must be positive", k.key)
 		}
 	}
 	if c.Delivery.DestinationRateDelay < 0 {
@@ -979,84 +842,10 @@ func (r *Routing) Delimiter() string {
 	return r.RecipientDelimiter
 }
 
-// Limits are the expansion limits.
-func (r *Routing) Limits() routing.Limits {
-	return routing.Limits{Recursion: r.RecursionLimit, Expansion: r.ExpansionLimit, AddressLength: r.AddressLengthLimit}
-}
-
-// Rewrites returns the domain rewrites in A-label form (validated).
-func (r *Routing) Rewrites() routing.DomainRewrites {
-	out := routing.DomainRewrites{}
-	for from, to := range r.DomainRewrites {
-		f, _ := routing.NormalizeDomain(from)
-		t, _ := routing.NormalizeDomain(to)
-		out[f] = t
-	}
-	return out
-}
-
 // Path resolves a path from the config against the config's directory.
 func (c *Config) Path(p string) string {
 	if p == "" || filepath.IsAbs(p) {
 		return p
 	}
 	return filepath.Join(c.dir, p)
-}
-
-// BindPassword reads the LDAP bind password from its file or environment
-// variable. It is returned, never logged.
-func (l *LDAP) BindPassword(c *Config) (string, error) {
-	switch {
-	case l.BindPasswordFile != "":
-		b, err := os.ReadFile(c.Path(l.BindPasswordFile))
-		if err != nil {
-			return "", fmt.Errorf("directory.ldap.bind_password_file: %w", err)
-		}
-		return strings.TrimRight(string(b), "\r\n"), nil
-	case l.BindPasswordEnv != "":
-		v, ok := os.LookupEnv(l.BindPasswordEnv)
-		if !ok {
-			return "", fmt.Errorf("directory.ldap.bind_password_env: $%s is not set", l.BindPasswordEnv)
-		}
-		return v, nil
-	}
-	return "", nil
-}
-
-// routingSchema is the mailRecipient schema with the configured overrides.
-func routingSchema(query, result []string, fallback *string) routing.Schema {
-	s := routing.MailRecipientSchema
-	if len(query) > 0 {
-		s.QueryAttributes = query
-	}
-	if len(result) > 0 {
-		s.ResultAttributes = result
-	}
-	if fallback != nil {
-		s.FallbackAttribute = *fallback
-	}
-	return s
-}
-
-// Schema is the LDIF source's attribute schema.
-func (l *LDIF) RoutingSchema() routing.Schema {
-	return routingSchema(l.Schema.QueryAttributes, l.Schema.ResultAttributes, l.Schema.FallbackAttribute)
-}
-
-// LDAPConfig builds the routing LDAP configuration (reads the password).
-func (l *LDAP) LDAPConfig(c *Config) (routing.LDAPConfig, error) {
-	pw, err := l.BindPassword(c)
-	if err != nil {
-		return routing.LDAPConfig{}, err
-	}
-	require := true
-	if l.TLSRequireCert != nil {
-		require = *l.TLSRequireCert
-	}
-	return routing.LDAPConfig{
-		URLs: l.Servers, StartTLS: l.StartTLS, CAFile: c.Path(l.CAFile), RequireCert: require,
-		BindDN: l.BindDN, BindPassword: pw, Base: l.SearchBase, Filter: l.QueryFilter,
-		Schema:  routingSchema(nil, l.ResultAttributes, l.FallbackAttr),
-		Timeout: l.Timeout, PoolSize: l.PoolSize, SizeLimit: l.SizeLimit,
-	}, nil
 }

@@ -100,8 +100,8 @@ func startClockScheduler(t *testing.T, code func(time.Time, string) int, tune fu
 	clock := &fakeClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
 	hop := &clockHop{clock: clock, code: code}
 	s := openTestSpool(t)
-	q := &Scheduler{Spool: s, Hop: hop, Workers: 2, Clock: clock, Hostname: "relay.test",
-		Retry: Retry{Min: 10 * time.Second, Max: 5 * time.Minute}}
+	q := limited(&Scheduler{Spool: s, Hop: hop, Workers: 2, Clock: clock, Hostname: "relay.test",
+		Retry: Retry{Min: 10 * time.Second, Max: 5 * time.Minute}})
 	if tune != nil {
 		tune(q)
 	}

@@ -29,8 +29,8 @@ func TestForwardDSNPolicy(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			s := openTestSpool(t)
 			hop := newScriptHop(map[string][]int{"gone@outside.test": {550}})
-			q := &Scheduler{Spool: s, Hop: hop, Workers: 2, Hostname: "relay.test", ForwardDSN: c.policy,
-				Retry: Retry{Min: 20 * time.Millisecond, Max: 50 * time.Millisecond}}
+			q := limited(&Scheduler{Spool: s, Hop: hop, Workers: 2, Hostname: "relay.test", ForwardDSN: c.policy,
+				Retry: Retry{Min: 20 * time.Millisecond, Max: 50 * time.Millisecond}})
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan struct{})
 			go func() { q.Run(ctx); close(done) }()

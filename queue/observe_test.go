@@ -57,8 +57,8 @@ func TestSchedulerObservesDeliveries(t *testing.T) {
 	s := openTestSpool(t)
 	hop := newScriptHop(map[string][]int{"a@x.test": {250}, "b@x.test": {451, 250}, "c@x.test": {550}})
 	var ev events
-	q := &Scheduler{Spool: s, Hop: hop, Workers: 2, Hostname: "relay.test", Observe: ev.observe,
-		Retry: Retry{Min: 20 * time.Millisecond, Max: 50 * time.Millisecond}}
+	q := limited(&Scheduler{Spool: s, Hop: hop, Workers: 2, Hostname: "relay.test", Observe: ev.observe,
+		Retry: Retry{Min: 20 * time.Millisecond, Max: 50 * time.Millisecond}})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { q.Run(ctx); close(done) }()
@@ -113,7 +113,7 @@ func (h *blockHop) Send(_ context.Context, env *envelope.Envelope, _ string, rcp
 func TestSchedulerStatsAndHealth(t *testing.T) {
 	s := openTestSpool(t)
 	hop := &blockHop{started: make(chan string, 10), release: make(chan struct{})}
-	q := &Scheduler{Spool: s, Hop: hop, Workers: 1, Hostname: "relay.test"}
+	q := limited(&Scheduler{Spool: s, Hop: hop, Workers: 1, Hostname: "relay.test"})
 	if n, oldest := q.Stats(); n != 0 || !oldest.IsZero() {
 		t.Fatalf("empty scheduler: %d, %v", n, oldest)
 	}

@@ -116,9 +116,9 @@ func TestNoHeadOfLineBlocking(t *testing.T) {
 	slow := &slowHop{release: make(chan struct{})}
 	defer close(slow.release)
 	local, fast := &timedHop{}, &timedHop{}
-	q := &Scheduler{Spool: s, Workers: 4, ExternalWorkers: 8, DestinationConcurrency: 20, InitialConcurrency: 20,
+	q := limited(&Scheduler{Spool: s, Workers: 4, ExternalWorkers: 8, DestinationConcurrency: 20, InitialConcurrency: 20,
 		Router: domainRouter{"tarpit.test": {slow, true}, "company.com": {local, false}, "fast.test": {fast, true}},
-		Retry:  Retry{Min: time.Hour, Max: time.Hour}, ExternalRetry: Retry{Min: time.Hour, Max: time.Hour}}
+		Retry:  Retry{Min: time.Hour, Max: time.Hour}, ExternalRetry: Retry{Min: time.Hour, Max: time.Hour}})
 	runQ(t, q)
 	for i := range 40 {
 		commitTo(t, s, q, fmt.Sprintf("u%d@tarpit.test", i), true)
@@ -202,8 +202,8 @@ func TestDeadDestinationParksMail(t *testing.T) {
 	hop := &downHop{}
 	logs := &countingHandler{}
 	s := openTestSpool(t)
-	q := &Scheduler{Spool: s, Hop: hop, Workers: 4, Clock: clock, Log: slog.New(logs),
-		Retry: Retry{Min: time.Minute, Max: 4 * time.Minute}}
+	q := limited(&Scheduler{Spool: s, Hop: hop, Workers: 4, Clock: clock, Log: slog.New(logs),
+		Retry: Retry{Min: time.Minute, Max: 4 * time.Minute}})
 	c := &clockRun{q: q, s: s, clock: clock}
 	runQ(t, q)
 	const n = 50
@@ -295,9 +295,9 @@ func TestSlowDownReplies(t *testing.T) {
 	for _, throttle := range []bool{false, true} {
 		s := openTestSpool(t)
 		hop := &throttleHop{throttle: throttle}
-		q := &Scheduler{Spool: s, ExternalHop: hop, Hop: hop, ExternalWorkers: 30, DestinationConcurrency: 20,
+		q := limited(&Scheduler{Spool: s, ExternalHop: hop, Hop: hop, ExternalWorkers: 30, DestinationConcurrency: 20,
 			SlowDownPause: 5 * time.Millisecond, Hostname: "relay.test",
-			Retry: Retry{Min: time.Hour, Max: time.Hour}, ExternalRetry: Retry{Min: time.Hour, Max: time.Hour}}
+			Retry: Retry{Min: time.Hour, Max: time.Hour}, ExternalRetry: Retry{Min: time.Hour, Max: time.Hour}})
 		// All queued before the scheduler starts: the backlog, not the
 		// arrival rate, is what bounds concurrency (slow start from 5
 		// needs ~180 successes to reach 20).
@@ -336,8 +336,8 @@ func TestRetryPerRecipientClass(t *testing.T) {
 	}}
 	ext := &clockHop{name: "external", clock: clock, code: func(time.Time, string) int { return 451 }}
 	s := openTestSpool(t)
-	q := &Scheduler{Spool: s, Hop: local, ExternalHop: ext, Clock: clock,
-		Retry: Retry{Min: 10 * time.Second, Max: time.Minute}, ExternalRetry: Retry{Min: 10 * time.Minute, Max: time.Hour}}
+	q := limited(&Scheduler{Spool: s, Hop: local, ExternalHop: ext, Clock: clock,
+		Retry: Retry{Min: 10 * time.Second, Max: time.Minute}, ExternalRetry: Retry{Min: 10 * time.Minute, Max: time.Hour}})
 	c := &clockRun{q: q, s: s, clock: clock}
 	runQ(t, q)
 	c.commitAt(t, &envelope.Envelope{From: "a@example.org", Recipients: []envelope.Recipient{
@@ -364,8 +364,8 @@ func TestRetryPerRecipientClass(t *testing.T) {
 func TestActiveLimitAndMemoryAfterDrain(t *testing.T) {
 	s := openTestSpool(t)
 	gate := &gateHop{release: make(chan struct{})}
-	q := &Scheduler{Spool: s, Hop: gate, Workers: 9, DestinationConcurrency: 8, InitialConcurrency: 8, ActiveLimit: 50,
-		Retry: Retry{Min: time.Hour, Max: time.Hour}, Log: slog.New(slog.DiscardHandler)}
+	q := limited(&Scheduler{Spool: s, Hop: gate, Workers: 9, DestinationConcurrency: 8, InitialConcurrency: 8, ActiveLimit: 50,
+		Retry: Retry{Min: time.Hour, Max: time.Hour}, Log: slog.New(slog.DiscardHandler)})
 	heapInUse := func() uint64 { // live heap objects, after a full collection
 		runtime.GC()
 		runtime.GC()
@@ -434,7 +434,7 @@ func TestActiveLimitAndMemoryAfterDrain(t *testing.T) {
 func TestDeadDestinationProbesWhileMailArrives(t *testing.T) {
 	hop := &downHop{delay: 20 * time.Millisecond}
 	s := openTestSpool(t)
-	q := &Scheduler{Spool: s, Hop: hop, Workers: 16, ActiveLimit: 20, Retry: Retry{Min: 100 * time.Millisecond, Max: 400 * time.Millisecond}}
+	q := limited(&Scheduler{Spool: s, Hop: hop, Workers: 16, ActiveLimit: 20, Retry: Retry{Min: 100 * time.Millisecond, Max: 400 * time.Millisecond}})
 	runQ(t, q)
 	n := 0
 	for range 10 { // a burst: five transactions in flight when it dies
@@ -465,7 +465,7 @@ func TestDeadDestinationProbesWhileMailArrives(t *testing.T) {
 func TestFullSpoolDrains(t *testing.T) {
 	hop := &downHop{}
 	s := openTestSpool(t)
-	q := &Scheduler{Spool: s, Hop: hop, Workers: 4, Retry: Retry{Min: 50 * time.Millisecond, Max: 100 * time.Millisecond}}
+	q := limited(&Scheduler{Spool: s, Hop: hop, Workers: 4, Retry: Retry{Min: 50 * time.Millisecond, Max: 100 * time.Millisecond}})
 	const n = 20
 	for range n {
 		commitTo(t, s, q, "u@company.com", false)
@@ -501,7 +501,7 @@ func TestRecoveredBacklogKeepsActiveLimit(t *testing.T) {
 	s = openSpoolAt(t, root)
 	hop := &downHop{delay: 2 * time.Millisecond}
 	hop.up.Store(true)
-	q := &Scheduler{Spool: s, Hop: hop, Workers: 4, ActiveLimit: 100, Retry: Retry{Min: time.Hour, Max: time.Hour}}
+	q := limited(&Scheduler{Spool: s, Hop: hop, Workers: 4, ActiveLimit: 100, Retry: Retry{Min: time.Hour, Max: time.Hour}})
 	runQ(t, q)
 	peak := 0
 	deadline := time.Now().Add(30 * time.Second)

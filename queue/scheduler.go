@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -84,12 +85,6 @@ type realClock struct{}
 
 func (realClock) Now() time.Time { return time.Now() }
 
-// Defaults of the delivery policy.
-const (
-	DefaultLifetime     = 5 * 24 * time.Hour
-	DefaultDelayWarning = 4 * time.Hour
-)
-
 // DestinationLimit overrides the concurrency and pacing of one
 // destination (zero fields: the defaults).
 type DestinationLimit struct {
@@ -112,34 +107,34 @@ type Scheduler struct {
 	// Local reports whether a domain is ours; it routes our own DSNs.
 	Local func(domain string) bool
 	// Retry is the backoff towards our own next hops, ExternalRetry towards
-	// the Internet (zero: 5 min doubling to 4 h). A dead destination stays
-	// dead for the same backoff, per failed probe.
+	// the Internet. A dead destination stays dead for the same backoff, per
+	// failed probe.
 	Retry         Retry
 	ExternalRetry Retry
 	// Lifetime: pending recipients of an older message fail (DSN).
 	Lifetime time.Duration
 	// DelayWarning: a delay DSN is sent once for recipients still pending
-	// after this long (0: DefaultDelayWarning; negative: never).
+	// after this long (0 or negative: never).
 	DelayWarning time.Duration
 	// Workers deliver to our own next hops, ExternalWorkers to the
-	// Internet (defaults 16 and 100: more than one destination's
-	// concurrency, so one slow MX cannot hold them all).
+	// Internet (more of each than one destination's concurrency, so one
+	// slow MX cannot hold them all).
 	Workers         int
 	ExternalWorkers int
 	// DestinationConcurrency is the most parallel transactions to one
-	// destination (20); InitialConcurrency where its window starts (5):
+	// destination; InitialConcurrency where its window starts:
 	// it grows with each success and shrinks with failures and slow-down
 	// replies (destination.go).
 	DestinationConcurrency int
 	InitialConcurrency     int
 	// Limits, if set, overrides concurrency and pacing per destination.
 	Limits func(nexthop.Destination) DestinationLimit
-	// RecipientLimit is the most recipients in one transaction (100).
+	// RecipientLimit is the most recipients in one transaction.
 	RecipientLimit int
 	// ActiveLimit is the most messages of a class (local, external) with
-	// their envelope in memory at once (5000); the rest wait as records.
+	// their envelope in memory at once; the rest wait as records.
 	ActiveLimit int
-	// DeadAfter consecutive failed connections mark a destination dead (3).
+	// DeadAfter consecutive failed connections mark a destination dead.
 	DeadAfter int
 	// SlowDownPause is how long a destination that asked us to slow down
 	// gets no new transaction (1 s, doubling while it goes on asking).
@@ -217,48 +212,36 @@ type entry struct {
 	dest     *dest // where its mail went last (Destinations)
 }
 
+// check refuses a Scheduler with a limit unset: the queue has no defaults
+// of its own for what the config sets (cmd/mailfwd/wire.go passes them),
+// and a zero would deliver nothing or retry in a hot loop.
+func (q *Scheduler) check() error {
+	var unset []string
+	for name, v := range map[string]int64{
+		"Workers": int64(q.Workers), "ExternalWorkers": int64(q.ExternalWorkers),
+		"Retry.Min": int64(q.Retry.Min), "ExternalRetry.Min": int64(q.ExternalRetry.Min), "Lifetime": int64(q.Lifetime),
+		"DestinationConcurrency": int64(q.DestinationConcurrency), "InitialConcurrency": int64(q.InitialConcurrency),
+		"RecipientLimit": int64(q.RecipientLimit), "ActiveLimit": int64(q.ActiveLimit), "DeadAfter": int64(q.DeadAfter),
+	} {
+		if v <= 0 {
+			unset = append(unset, name)
+		}
+	}
+	if len(unset) > 0 {
+		slices.Sort(unset)
+		return fmt.Errorf("queue: Scheduler.%s must be positive", strings.Join(unset, ", Scheduler."))
+	}
+	return nil
+}
+
 func (q *Scheduler) init() {
 	q.initOnce.Do(func() {
-		if q.Workers <= 0 {
-			q.Workers = 16
+		if err := q.check(); err != nil {
+			panic(err) // a wiring bug, not a runtime condition
 		}
-		if q.ExternalWorkers <= 0 {
-			q.ExternalWorkers = 100
-		}
-		if q.Retry.Min <= 0 {
-			q.Retry.Min = 10 * time.Second
-		}
-		if q.Retry.Max < q.Retry.Min {
-			q.Retry.Max = 5 * time.Minute
-		}
-		if q.ExternalRetry.Min <= 0 {
-			q.ExternalRetry.Min = 5 * time.Minute
-		}
-		if q.ExternalRetry.Max < q.ExternalRetry.Min {
-			q.ExternalRetry.Max = 4 * time.Hour
-		}
-		if q.Lifetime <= 0 {
-			q.Lifetime = DefaultLifetime
-		}
-		if q.DelayWarning == 0 {
-			q.DelayWarning = DefaultDelayWarning
-		}
-		if q.DestinationConcurrency <= 0 {
-			q.DestinationConcurrency = 20
-		}
-		if q.InitialConcurrency <= 0 {
-			q.InitialConcurrency = 5
-		}
+		q.Retry.Max = max(q.Retry.Max, q.Retry.Min)
+		q.ExternalRetry.Max = max(q.ExternalRetry.Max, q.ExternalRetry.Min)
 		q.InitialConcurrency = min(q.InitialConcurrency, q.DestinationConcurrency)
-		if q.RecipientLimit <= 0 {
-			q.RecipientLimit = 100
-		}
-		if q.ActiveLimit <= 0 {
-			q.ActiveLimit = 5000
-		}
-		if q.DeadAfter <= 0 {
-			q.DeadAfter = 3
-		}
 		if q.SlowDownPause <= 0 {
 			q.SlowDownPause = time.Second
 		}

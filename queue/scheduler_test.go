@@ -70,7 +70,7 @@ func (h *scriptHop) triesOf(r string) int {
 
 func runScheduler(t *testing.T, s *Spool, hop nexthop.Hop) (*Scheduler, func()) {
 	t.Helper()
-	q := &Scheduler{Spool: s, Hop: hop, Workers: 2, Hostname: "relay.test", Retry: Retry{Min: 20 * time.Millisecond, Max: 50 * time.Millisecond}}
+	q := limited(&Scheduler{Spool: s, Hop: hop, Workers: 2, Hostname: "relay.test", Retry: Retry{Min: 20 * time.Millisecond, Max: 50 * time.Millisecond}})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { q.Run(ctx); close(done) }()
@@ -185,7 +185,7 @@ func TestSchedulerPersistsNextAttemptBeforeRetry(t *testing.T) {
 	s := openTestSpool(t)
 	block := make(chan struct{})
 	hop := &blockingHop{block: block, started: make(chan *envelope.Envelope, 4)}
-	q := &Scheduler{Spool: s, Hop: hop, Workers: 1, Retry: Retry{Min: time.Hour, Max: time.Hour}}
+	q := limited(&Scheduler{Spool: s, Hop: hop, Workers: 1, Retry: Retry{Min: time.Hour, Max: time.Hour}})
 	ctx, cancel := context.WithCancel(context.Background())
 	stopped := make(chan struct{})
 	go func() { q.Run(ctx); close(stopped) }()
@@ -321,7 +321,7 @@ func (h *recordingHop) got() []string {
 func TestSchedulerSplitsBySenderAndHop(t *testing.T) {
 	s := openTestSpool(t)
 	local, ext := &recordingHop{name: "local"}, &recordingHop{name: "external"}
-	q := &Scheduler{Spool: s, Hop: local, ExternalHop: ext, Workers: 1, Retry: Retry{Min: time.Second, Max: time.Second}}
+	q := limited(&Scheduler{Spool: s, Hop: local, ExternalHop: ext, Workers: 1, Retry: Retry{Min: time.Second, Max: time.Second}})
 	ctx, cancel := context.WithCancel(context.Background())
 	stopped := make(chan struct{})
 	go func() { q.Run(ctx); close(stopped) }()
@@ -377,7 +377,7 @@ func (h *gateHop) Send(ctx context.Context, _ *envelope.Envelope, _ string, rcpt
 func TestDestinationConcurrency(t *testing.T) {
 	s := openTestSpool(t)
 	hop := &gateHop{release: make(chan struct{})}
-	q := &Scheduler{Spool: s, Hop: hop, Workers: 8, DestinationConcurrency: 2, Retry: Retry{Min: time.Hour, Max: time.Hour}}
+	q := limited(&Scheduler{Spool: s, Hop: hop, Workers: 8, DestinationConcurrency: 2, Retry: Retry{Min: time.Hour, Max: time.Hour}})
 	ctx, cancel := context.WithCancel(context.Background())
 	stopped := make(chan struct{})
 	go func() { q.Run(ctx); close(stopped) }()

@@ -121,7 +121,7 @@ func quietRelayListen(t *testing.T, lim ListenLimits) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { spool.Close() })
-	be, err := NewBackend(Config{Hostname: "relay.test", RelayDomains: []string{"company.com"}},
+	be, err := NewBackend(limited(Config{Hostname: "relay.test", RelayDomains: []string{"company.com"}}),
 		&routing.Expander{Source: seedSource(t)}, spool, func(*envelope.Envelope) {}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)

@@ -133,7 +133,7 @@ func startTestRelay(t testing.TB, o relayOpts) *testRelay {
 			sched.Submit(env)
 		}
 	}
-	be, err := NewBackend(cfg, o.exp, committer, submit, log)
+	be, err := NewBackend(limited(cfg), o.exp, committer, submit, log)
 	if err != nil {
 		t.Fatal(err)
 	}

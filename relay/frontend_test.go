@@ -44,7 +44,7 @@ func startFront(t *testing.T, cfg Config, lim ListenLimits) *front {
 	if cfg.RelayDomains == nil {
 		cfg.RelayDomains = []string{"domain.com", "domain.ro", "company.com"}
 	}
-	be, err := NewBackend(cfg, &routing.Expander{Source: seedSource(t)}, spool, func(*envelope.Envelope) {}, nil)
+	be, err := NewBackend(limited(cfg), &routing.Expander{Source: seedSource(t)}, spool, func(*envelope.Envelope) {}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -305,7 +305,7 @@ func TestReload(t *testing.T) {
 	old.reply()
 	old.cmd("EHLO a.test")
 	old.cmd("MAIL FROM:<a@example.org>")
-	if err := f.be.Reload(Config{Hostname: "relay.test", RelayDomains: []string{"domain.ro"}}, &routing.Expander{Source: seedSource(t)}); err != nil {
+	if err := f.be.Reload(limited(Config{Hostname: "relay.test", RelayDomains: []string{"domain.ro"}}), &routing.Expander{Source: seedSource(t)}); err != nil {
 		t.Fatal(err)
 	}
 	expectPrefix(t, "old session, old policy", old.cmd("RCPT TO:<sales@company.com>"), "250")
@@ -315,7 +315,7 @@ func TestReload(t *testing.T) {
 	d.cmd("MAIL FROM:<a@example.org>")
 	expectPrefix(t, "new session, company.com dropped", d.cmd("RCPT TO:<sales@company.com>"), "554 5.7.1")
 	expectPrefix(t, "new session, domain.ro kept", d.cmd("RCPT TO:<new.address@domain.ro>"), "250")
-	if err := f.be.Reload(Config{RelayDomains: []string{"bad..domain"}}, nil); err == nil {
+	if err := f.be.Reload(limited(Config{RelayDomains: []string{"bad..domain"}}), nil); err == nil {
 		t.Fatal("a bad config was accepted by Reload")
 	}
 }

@@ -8,21 +8,18 @@ import (
 // windowCounter): a flood of addresses cannot grow it further.
 const maxClients = 100000
 
-// DefaultIPv6Prefix is how much of an IPv6 address names one client for
-// the per-client limits, as Postfix ≥ 3.8's smtpd_client_ipv6_prefix_length:
-// one host's /64 (or more) would otherwise be 2^64 clients, each with its
-// own fresh limits.
-const DefaultIPv6Prefix = 84
-
 // clientKey is the per-client limits' key for ip: the address for IPv4,
-// its /bits prefix for IPv6.
+// its /bits prefix for IPv6 (as Postfix ≥ 3.8's
+// smtpd_client_ipv6_prefix_length: one host's /64 or more would otherwise
+// be 2^64 clients, each with its own fresh limits); bits outside 1..128
+// count the whole address.
 func clientKey(ip netip.Addr, bits int) string {
 	ip = ip.Unmap()
 	if !ip.Is6() {
 		return ip.String()
 	}
 	if bits <= 0 || bits > 128 {
-		bits = DefaultIPv6Prefix
+		bits = 128
 	}
 	p, err := ip.Prefix(bits)
 	if err != nil {

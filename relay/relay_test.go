@@ -130,8 +130,8 @@ func startRelayWith(t *testing.T, src routing.Source, spoolDir string, sink, ext
 	if extHop != nil {
 		sched.ExternalHop = extHop
 	}
-	be, err := NewBackend(Config{Hostname: "relay.test", RelayDomains: []string{"domain.com", "domain.ro", "company.com"}, LookupTimeout: time.Second,
-		SRS: srs, SRSFailureLimit: 3}, &routing.Expander{Source: src}, spool, sched.Submit, nil)
+	be, err := NewBackend(limited(Config{Hostname: "relay.test", RelayDomains: []string{"domain.com", "domain.ro", "company.com"}, LookupTimeout: time.Second,
+		SRS: srs, SRSFailureLimit: 3}), &routing.Expander{Source: src}, spool, sched.Submit, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -306,7 +306,7 @@ func TestIDNRelayDomains(t *testing.T) {
 	}
 	defer spool.Close()
 	src := mapSource{"info@bücher.example": "info@bücher.example", "info@xn--bcher-kva.example": "info@xn--bcher-kva.example"}
-	be, err := NewBackend(Config{Hostname: "relay.test", RelayDomains: []string{"Bücher.Example"}},
+	be, err := NewBackend(limited(Config{Hostname: "relay.test", RelayDomains: []string{"Bücher.Example"}}),
 		&routing.Expander{Source: src}, spool, func(*envelope.Envelope) {}, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -60,7 +61,7 @@ type Config struct {
 	SRSFailureWindow time.Duration
 	SRSFailureBudget int
 	// IPv6Prefix: the bits of an IPv6 address that name one client for the
-	// per-client limits (default 84).
+	// per-client limits.
 	IPv6Prefix int
 	// SRSReverse bounds what a valid SRS address may be used for.
 	SRSReverse SRSReversePolicy
@@ -103,7 +104,7 @@ type Config struct {
 	// TLS, if set, offers STARTTLS (certificates may change under it).
 	TLS *tls.Config
 	// MemoryBudget bounds the memory messages in transfer may hold
-	// together (bytes; default 512 MiB): each DATA reserves its worst case
+	// together (bytes): each DATA reserves its worst case
 	// (header copies for the checks, the DKIM pipe, buffers) before it
 	// reads, and past the budget gets 451 4.3.2 instead of growing the heap
 	// until the kernel kills us.
@@ -136,6 +137,42 @@ type policy struct {
 	expander Expander
 }
 
+// check refuses a Config with a limit unset: the relay has no defaults of
+// its own (the config package has them, cmd/mailfwd/wire.go passes them),
+// and a zero limit would refuse every client or none.
+func (c Config) check() error {
+	var unset []string
+	for name, v := range map[string]int64{
+		"LookupTimeout": int64(c.LookupTimeout), "MaxRecipients": int64(c.MaxRecipients), "FirstRetry": int64(c.FirstRetry),
+		"MaxErrors": int64(c.MaxErrors), "MaxCommands": int64(c.MaxCommands), "MaxJunkCommands": int64(c.MaxJunkCommands),
+		"CommandTimeout": int64(c.CommandTimeout), "DataTimeout": int64(c.DataTimeout), "MaxReceived": int64(c.MaxReceived),
+		"MemoryBudget": c.MemoryBudget, "IPv6Prefix": int64(c.IPv6Prefix),
+	} {
+		if v <= 0 {
+			unset = append(unset, name)
+		}
+	}
+	if c.SRS != nil {
+		for name, v := range map[string]int64{
+			"SRSFailureLimit": int64(c.SRSFailureLimit), "SRSFailureWindow": int64(c.SRSFailureWindow),
+			"SRSFailureBudget": int64(c.SRSFailureBudget), "SRSReverse.MaxRecipients": int64(c.SRSReverse.MaxRecipients),
+			"SRSReverse.Rate": int64(c.SRSReverse.Rate), "SRSReverse.Window": int64(c.SRSReverse.Window),
+		} {
+			if v <= 0 {
+				unset = append(unset, name)
+			}
+		}
+	}
+	if len(unset) > 0 {
+		slices.Sort(unset)
+		return fmt.Errorf("relay: Config.%s must be positive", strings.Join(unset, ", Config."))
+	}
+	if c.IPv6Prefix > 128 {
+		return fmt.Errorf("relay: Config.IPv6Prefix %d is over 128", c.IPv6Prefix)
+	}
+	return nil
+}
+
 // NewBackend returns a backend; submit is called with each committed
 // message (to schedule its delivery).
 func NewBackend(cfg Config, exp Expander, spool Committer, submit func(*envelope.Envelope), log *slog.Logger) (*Backend, error) {
@@ -165,48 +202,8 @@ func (b *Backend) Reload(cfg Config, exp Expander) error {
 }
 
 func newPolicy(cfg Config, exp Expander) (*policy, error) {
-	if cfg.LookupTimeout <= 0 {
-		cfg.LookupTimeout = 10 * time.Second
-	}
-	if cfg.MaxRecipients <= 0 {
-		cfg.MaxRecipients = 1000
-	}
-	if cfg.FirstRetry <= 0 {
-		cfg.FirstRetry = 10 * time.Second
-	}
-	if cfg.SRSFailureLimit <= 0 {
-		cfg.SRSFailureLimit = 10
-	}
-	if cfg.SRSFailureWindow <= 0 {
-		cfg.SRSFailureWindow = 10 * time.Minute
-	}
-	if cfg.SRSFailureBudget <= 0 {
-		cfg.SRSFailureBudget = 1000
-	}
-	if cfg.IPv6Prefix <= 0 {
-		cfg.IPv6Prefix = DefaultIPv6Prefix
-	}
-	cfg.SRSReverse = cfg.SRSReverse.withDefaults()
-	if cfg.MaxErrors <= 0 {
-		cfg.MaxErrors = 20
-	}
-	if cfg.MaxCommands <= 0 {
-		cfg.MaxCommands = max(10000, 2*cfg.MaxRecipients+10)
-	}
-	if cfg.MaxJunkCommands <= 0 {
-		cfg.MaxJunkCommands = 100
-	}
-	if cfg.CommandTimeout <= 0 {
-		cfg.CommandTimeout = 5 * time.Minute
-	}
-	if cfg.DataTimeout <= 0 {
-		cfg.DataTimeout = 10 * time.Minute
-	}
-	if cfg.MaxReceived <= 0 {
-		cfg.MaxReceived = 50
-	}
-	if cfg.MemoryBudget <= 0 {
-		cfg.MemoryBudget = 512 << 20
+	if err := cfg.check(); err != nil {
+		return nil, err
 	}
 	p := &policy{cfg: cfg, domains: map[string]bool{}, local: map[string]bool{}, expander: exp}
 	for _, d := range cfg.RelayDomains {

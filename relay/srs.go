@@ -25,26 +25,12 @@ type SRSReversePolicy struct {
 	// behaviour): some challenge-response systems and list managers reply
 	// to the envelope sender with a sender of their own.
 	AnySender bool
-	// MaxRecipients per transaction (default 1); more get 452 4.5.3, which
-	// makes the client send them in another transaction.
+	// MaxRecipients per transaction; more get 452 4.5.3, which makes the
+	// client send them in another transaction.
 	MaxRecipients int
-	// Rate bounces per decoded address per Window (default 20 per hour);
-	// past it 450 4.7.1.
+	// Rate bounces per decoded address per Window; past it 450 4.7.1.
 	Rate   int
 	Window time.Duration
-}
-
-func (p SRSReversePolicy) withDefaults() SRSReversePolicy {
-	if p.MaxRecipients <= 0 {
-		p.MaxRecipients = 1
-	}
-	if p.Rate <= 0 {
-		p.Rate = 20
-	}
-	if p.Window <= 0 {
-		p.Window = time.Hour
-	}
-	return p
 }
 
 // forwardSender is the envelope sender for external forwards: the SRS form

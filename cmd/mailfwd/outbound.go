@@ -28,7 +28,7 @@ func newDNS(c *config.Config) *resolve.Resolver {
 // deliveryDNS is r as MX delivery asks it: with dns.dnssec off, the AD
 // bit is hidden, so no answer is secure and DANE never applies.
 func deliveryDNS(c *config.Config, r *resolve.Resolver) nexthop.DNS {
-	if !*c.DNS.DNSSEC {
+	if !c.DNS.DNSSEC {
 		return dnssecDNS{r}
 	}
 	return r
@@ -57,15 +57,15 @@ func (d dnssecDNS) LookupMX(ctx context.Context, domain string) (resolve.MXResul
 // directory, so they outlive restarts.
 func newSecurity(c *config.Config, roots *x509.CertPool, dns *resolve.Resolver, log *slog.Logger, report bool) (*nexthop.Security, error) {
 	d := c.Delivery
-	s := &nexthop.Security{DANE: *d.DANE && *c.DNS.DNSSEC, RootCAs: roots,
+	s := &nexthop.Security{DANE: d.DANE && c.DNS.DNSSEC, RootCAs: roots,
 		Override: func(domain string) (string, bool) {
 			p, ok := d.TLSPolicies[strings.ToLower(domain)]
-			return p, ok
+			return tlsPolicy[p], ok
 		}}
 	if metrics != nil {
 		s.Observe = metrics.ObserveOutboundTLS
 	}
-	if *d.MTASTS {
+	if d.MTASTS {
 		client := &http.Client{Timeout: time.Minute, Transport: &http.Transport{
 			TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
 			DialContext:     dialVia(dns),

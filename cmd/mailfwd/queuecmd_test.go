@@ -138,7 +138,9 @@ func TestQueueCommandThroughDaemon(t *testing.T) {
 	}
 	defer s.Close()
 	hop := &countingHop{}
-	sched := &queue.Scheduler{Spool: s, Hop: hop, Workers: 2, Retry: queue.Retry{Min: time.Hour, Max: time.Hour}, Log: slogT(t)}
+	sched := &queue.Scheduler{Spool: s, Hop: hop, Workers: 2, ExternalWorkers: 2, Retry: queue.Retry{Min: time.Hour, Max: time.Hour},
+		ExternalRetry: queue.Retry{Min: time.Hour, Max: time.Hour}, Lifetime: 24 * time.Hour, DestinationConcurrency: 2, InitialConcurrency: 2,
+		RecipientLimit: 100, ActiveLimit: 100, DeadAfter: 3, Log: slogT(t)}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan struct{})

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -19,36 +18,12 @@ import (
 
 	"github.com/emersion/go-smtp"
 
-	"mailfwd/auth"
 	"mailfwd/config"
-	"mailfwd/deploy"
 	"mailfwd/queue"
-	"mailfwd/queue/nexthop"
-	"mailfwd/queue/nexthop/resolve"
 	"mailfwd/queue/nexthop/tlsrpt"
 	"mailfwd/relay"
 	"mailfwd/routing"
 )
-
-func loadConfig(fs *flag.FlagSet, args []string) (*config.Config, string, error) {
-	path := fs.String("config", "", "config file (default: the embedded default)")
-	if err := fs.Parse(args); err != nil {
-		return nil, "", err
-	}
-	if *path == "" {
-		wd, err := os.Getwd()
-		if err != nil {
-			return nil, "", err
-		}
-		c, err := config.Parse(deploy.DefaultConfig, wd)
-		if err != nil {
-			return nil, "", fmt.Errorf("embedded default config: %w", err)
-		}
-		return c, "(embedded default)", nil
-	}
-	c, err := config.Load(*path)
-	return c, *path, err
-}
 
 func checkConfig(args []string) error {
 	c, name, err := loadConfig(flag.NewFlagSet("check-config", flag.ContinueOnError), args)
@@ -81,61 +56,6 @@ func newLogger(c *config.Config) *slog.Logger {
 		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, opts))
-}
-
-func newSource(c *config.Config, log *slog.Logger) (routing.Source, error) {
-	switch {
-	case c.Directory.PostfixMap != "":
-		return postfixMapSource(c.Path(c.Directory.PostfixMap), log)
-	case c.Directory.LDAP != nil:
-		lc, err := c.Directory.LDAP.LDAPConfig(c)
-		if err != nil {
-			return nil, err
-		}
-		return routing.NewLDAPSource(lc, log)
-	case c.Directory.LDIF.File == "":
-		return routing.NewLDIFBytes(deploy.SeedLDIF, c.Directory.LDIF.RoutingSchema())
-	default:
-		return routing.NewLDIFFile(c.Path(c.Directory.LDIF.File), c.Directory.LDIF.RoutingSchema(), log)
-	}
-}
-
-// newExpander is the routing of a config: its directory behind a cache,
-// and for LDAP (ldap or postfix_map) a live replica in front of both (nil when off or when the
-// filter cannot be answered locally: then the cache alone, as before),
-// then the static domain rewrites, expanded with the configured rules.
-// Serve and lookup share it, so `mailfwd lookup` answers what the relay
-// does. The caller runs the replica (Replica.Run).
-func newExpander(c *config.Config, log *slog.Logger) (*routing.Expander, *routing.Replica, error) {
-	src, err := newSource(c, log)
-	if err != nil {
-		return nil, nil, err
-	}
-	ldapSrc, _ := src.(*routing.LDAPSource)
-	src = observeDirectory(c, src)
-	ca := c.Directory.Cache
-	cache := routing.NewCache(src, *ca.PositiveTTL, *ca.NegativeTTL, ca.Size)
-	observeCache(cache)
-	var front routing.Source = cache
-	var replica *routing.Replica
-	if rc := c.Directory.Replica; ldapSrc != nil && *rc.Enabled {
-		replica, err = routing.NewLDAPReplica(ldapSrc, cache, routing.ReplicaConfig{MaxStale: rc.MaxStale})
-		if err != nil {
-			log.Warn("directory replica off: lookups are live queries behind the cache", "err", err)
-			replica = nil
-		} else {
-			replica.OnDown(cache.Flush)
-			observeReplica(replica)
-			front = replica
-		}
-	}
-	// A Postfix map is expanded exactly as Postfix would: catch-all lookups
-	// are part of virtual_alias_maps.
-	catchAll := *c.Routing.CatchAll || c.Directory.PostfixMap != ""
-	return &routing.Expander{
-		Source: front, Limits: c.Routing.Limits(), Delimiter: c.Routing.Delimiter(),
-		CatchAll: catchAll, KeepExtension: *c.Routing.PropagateUnmatchedExtensions, Rewrites: c.Routing.Rewrites(),
-	}, replica, nil
 }
 
 // reload applies a changed config to a running relay. Settings that need a
@@ -196,176 +116,6 @@ func (rr *replicaRunner) start(r *routing.Replica) {
 }
 
 func (rr *replicaRunner) stop() { rr.start(nil) }
-
-// newRouter builds delivery routing from the config: one pooled SMTP hop
-// per server, shared by every route to it.
-func newRouter(c *config.Config, dns *resolve.Resolver, log *slog.Logger) (*nexthop.TransportRouter, func(), error) {
-	d := c.Delivery
-	roots, err := deliveryRoots(c)
-	if err != nil {
-		return nil, nil, err
-	}
-	var mu sync.Mutex
-	hops := map[string]*nexthop.SMTPHop{}
-	factory := func(addr string, lmtp bool, dest string, passClient bool, sec *nexthop.HostTLS) nexthop.Hop {
-		policy := d.TLSPolicy
-		if p, ok := d.TLSPolicies[strings.ToLower(dest)]; ok {
-			policy = p
-		}
-		key := fmt.Sprintf("%s|%s|%v", addr, policy, passClient)
-		if sec != nil {
-			key = fmt.Sprintf("%s|%s|%v", addr, sec.Key, passClient)
-		}
-		mu.Lock()
-		defer mu.Unlock()
-		if h, ok := hops[key]; ok {
-			return h
-		}
-		h := &nexthop.SMTPHop{Addr: addr, LocalName: c.Hostname, Timeout: d.ConnectTimeout, LMTP: lmtp, TLSPolicy: policy}
-		if !passClient {
-			h.LineLimit = 998 // the Internet's MXes; our next hop takes any line, as we do
-		}
-		switch {
-		case sec != nil:
-			h.TLSPolicy, h.TLSConfig = sec.Policy, sec.Config
-		case policy == "require":
-			h.TLSConfig = &tls.Config{RootCAs: roots, ServerName: dest, MinVersion: tls.VersionTLS12}
-		}
-		if passClient {
-			h.XClient, h.XForward = d.XClient, d.XForward
-		}
-		hops[key] = h
-		return h
-	}
-	closeAll := func() {
-		mu.Lock()
-		defer mu.Unlock()
-		for _, h := range hops {
-			h.Close()
-		}
-	}
-	local, err := hostPortTransport(d.NextHop)
-	if err != nil {
-		return nil, nil, fmt.Errorf("delivery.next_hop: %w", err)
-	}
-	local.PassClient = true
-	sec, err := newSecurity(c, roots, dns, log, true)
-	if err != nil {
-		return nil, nil, err
-	}
-	tr := &nexthop.TransportRouter{Local: local, Hops: factory, MXPort: d.MXPort, Transports: map[string]nexthop.Transport{},
-		DNS: deliveryDNS(c, dns), Security: sec, Roots: roots}
-	if d.ExternalNextHop != "" {
-		sh, err := hostPortTransport(d.ExternalNextHop)
-		if err != nil {
-			return nil, nil, fmt.Errorf("delivery.external_next_hop: %w", err)
-		}
-		tr.Smarthost = &sh
-	}
-	for k, v := range d.Transports {
-		t, err := nexthop.ParseTransport(v)
-		if err != nil {
-			return nil, nil, err
-		}
-		tr.Transports[strings.ToLower(k)] = t
-	}
-	return tr, closeAll, nil
-}
-
-// deliveryRoots is delivery.tls_ca_file's pool (nil: the system's roots).
-func deliveryRoots(c *config.Config) (*x509.CertPool, error) {
-	d := c.Delivery
-	if d.TLSCAFile == "" {
-		return nil, nil
-	}
-	pem, err := os.ReadFile(c.Path(d.TLSCAFile))
-	if err != nil {
-		return nil, fmt.Errorf("delivery.tls_ca_file: %w", err)
-	}
-	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("delivery.tls_ca_file %s holds no PEM certificate", d.TLSCAFile)
-	}
-	return roots, nil
-}
-
-// hostPortTransport is the transport of a "host:port" setting: that host,
-// no MX lookup.
-func hostPortTransport(hp string) (nexthop.Transport, error) {
-	h, p, err := net.SplitHostPort(hp)
-	if err != nil {
-		return nexthop.Transport{}, err
-	}
-	return nexthop.ParseTransport("smtp:[" + h + "]:" + p)
-}
-
-// relayConfig is the front end's policy from a config: what SIGHUP
-// re-reads.
-func relayConfig(c *config.Config, certs *certStore, srsRT *srsRuntime) (relay.Config, error) {
-	rc := relay.Config{
-		Hostname: c.Hostname, RelayDomains: c.RelayDomains, LookupTimeout: c.LookupTimeout,
-		MaxRecipients: c.MaxRecipients, MaxSize: c.MaxMessageSize, FirstRetry: c.Delivery.RetryMin,
-		LocalDomains: c.LocalDomains, PassUnknown: c.Routing.UnknownRecipients == "pass", DryRun: c.Routing.DryRun,
-		Postmaster: c.Routing.Postmaster,
-		MaxErrors:  c.Limits.MaxErrors, MaxCommands: c.Limits.MaxCommands, MaxJunkCommands: c.Limits.MaxJunkCommands,
-		IPv6Prefix:     c.Limits.IPv6PrefixLength,
-		CommandTimeout: c.Limits.CommandTimeout, DataTimeout: c.Limits.DataTimeout, MaxReceived: c.Limits.MaxReceived,
-		MemoryBudget: c.Limits.MemoryBudget,
-	}
-	if c.SRS != nil {
-		srs, err := newSRS(c, srsRT)
-		if err != nil {
-			return rc, err
-		}
-		observeSRS(srs)
-		rc.SRS, rc.SRSFailureLimit, rc.SRSFailureWindow, rc.SRSFailureBudget = srs, c.SRS.FailureLimit, c.SRS.FailureWindow, c.SRS.FailureBudget
-		r := c.SRS.Reverse
-		rc.SRSReverse = relay.SRSReversePolicy{AnySender: r.AnySender, MaxRecipients: r.MaxRecipients, Rate: r.Rate, Window: r.Window}
-	}
-	if c.Auth != nil {
-		a, err := newAuthenticator(c)
-		if err != nil {
-			return rc, err
-		}
-		rc.Auth = a
-		for _, k := range c.Auth.DMARCForwarding.OffFor {
-			if rc.FromRewriteOff == nil {
-				rc.FromRewriteOff = map[string]bool{}
-			}
-			rc.FromRewriteOff[strings.ToLower(k)] = true
-		}
-		if metrics != nil {
-			rc.ObserveForwarding = metrics.ObserveForwarding
-		}
-	}
-	if c.TLS != nil {
-		if err := certs.load(c.Path(c.TLS.CertFile), c.Path(c.TLS.KeyFile)); err != nil {
-			return rc, err
-		}
-		rc.TLS = &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: certs.get}
-	}
-	return rc, nil
-}
-
-// destinationLimits applies delivery.destination_rate_delay and the
-// per-destination policies (matched by recipient domain for MX delivery,
-// else by the next hop's host).
-func destinationLimits(d config.Delivery) func(nexthop.Destination) queue.DestinationLimit {
-	policies := map[string]config.DestinationPolicy{}
-	for k, v := range d.Destinations {
-		policies[strings.ToLower(strings.TrimSuffix(k, "."))] = v
-	}
-	return func(dest nexthop.Destination) queue.DestinationLimit {
-		l := queue.DestinationLimit{RateDelay: d.DestinationRateDelay}
-		if p, ok := policies[strings.ToLower(dest.Name)]; ok {
-			l.Concurrency = p.Concurrency
-			if p.RateDelay > 0 {
-				l.RateDelay = p.RateDelay
-			}
-		}
-		return l
-	}
-}
 
 // fdReserve is what the relay keeps of its file descriptors for itself:
 // spool files, directory and next-hop connections, listeners, logs.
@@ -458,27 +208,9 @@ func serve(args []string) error {
 		return err
 	}
 	defer closeHops()
-	d := c.Delivery
-	sched := &queue.Scheduler{
-		Spool: spool, Router: router, Workers: d.Workers, ExternalWorkers: d.ExternalWorkers, Log: log, Hostname: c.Hostname,
-		Retry:         queue.Retry{Min: d.RetryMin, Max: d.RetryMax},
-		ExternalRetry: queue.Retry{Min: d.ExternalRetryMin, Max: d.ExternalRetryMax},
-		Lifetime:      d.Lifetime, DelayWarning: d.DelayWarning, DestinationConcurrency: d.DestinationConcurrency,
-		InitialConcurrency: d.InitialConcurrency, RecipientLimit: d.RecipientLimit, ActiveLimit: d.ActiveLimit, DeadAfter: d.DeadAfter,
-		Limits:     destinationLimits(d),
-		ForwardDSN: queue.ForwardDSN(d.ForwardDSN), RevealForward: d.DSNRevealForward,
-	}
-	if d.ForwardDSN == "authenticated" && c.Auth == nil {
-		log.Warn("delivery.forward_dsn is authenticated but there is no auth section: no sender is authenticated, so no DSN goes out for failed forwards (set forward_dsn: always to send them anyway)")
-	}
-	if c.Auth != nil && c.Auth.DKIM != nil {
-		// Our DSNs are signed with the forward-signing key: From is
-		// MAILER-DAEMON@hostname, so sign with a key of that domain.
-		key, err := auth.LoadKey(c.Auth.DKIM.Domain, c.Auth.DKIM.Selector, c.Path(c.Auth.DKIM.KeyFile))
-		if err != nil {
-			return err
-		}
-		sched.SignDSN = func() queue.DSNSigner { return auth.NewSignStream(key) }
+	sched, err := newScheduler(c, spool, router, log)
+	if err != nil {
+		return err
 	}
 	be, err := relay.NewBackend(rc, exp, spool, sched.Submit, log)
 	if err != nil {

@@ -115,43 +115,6 @@ func srsCutover(c *config.Config, now time.Time) (time.Time, error) {
 	return time.Parse("2006-01-02", day)
 }
 
-// newSRS builds the codec of a config (reads the secrets file) around the
-// long-lived runtime.
-func newSRS(c *config.Config, rt *srsRuntime) (*routing.SRS, error) {
-	s := c.SRS
-	secrets, err := routing.LoadSRSSecrets(c.Path(s.SecretsFile))
-	if err != nil {
-		return nil, fmt.Errorf("srs.secrets_file: %w", err)
-	}
-	r := &routing.SRS{Secrets: secrets, Domain: s.Domain, HashLength: s.HashLength, HashMin: s.HashMin,
-		MaxAgeDays: s.MaxAgeDays, DatabaseAlways: s.Database == "always"}
-	if s.Separator != "" {
-		r.Separator = s.Separator[0]
-	}
-	if rt != nil {
-		r.Store, r.LegacyUntil = rt.store, rt.cutover
-	}
-	if err := r.Validate(); err != nil {
-		return nil, fmt.Errorf("srs: %w", err)
-	}
-	return r, nil
-}
-
-// redisStore is the srs.store.redis client of a config.
-func redisStore(c *config.Config, maxAge int) (*srsstore.Redis, error) {
-	r := c.SRS.Store.Redis
-	pw := ""
-	if r.PasswordFile != "" {
-		b, err := os.ReadFile(c.Path(r.PasswordFile))
-		if err != nil {
-			return nil, fmt.Errorf("srs.store.redis.password_file: %w", err)
-		}
-		pw = strings.TrimRight(string(b), "\r\n")
-	}
-	return srsstore.NewRedis(srsstore.RedisOptions{Addr: r.Address, Password: pw, DB: r.DB,
-		Prefix: r.KeyPrefix, Timeout: r.Timeout, MaxAgeDays: maxAge})
-}
-
 // pingSRSStore checks that a shared (Redis) store answers (check-config:
 // a Bolt file is the running relay's, and not opened).
 func pingSRSStore(ctx context.Context, c *config.Config) error {
