@@ -2,6 +2,12 @@
 // unknown or misspelt key is an error naming the key and its line, because
 // a silently ignored setting in a mail relay means mail going where the
 // admin did not intend.
+//
+// It is data only: types, decoding, validation. Every default is in
+// Defaults (defaults.go), and docs/configuration.md is checked against it;
+// what the settings build (routing, queue, relay objects) is built by
+// cmd/mailfwd/wire.go, the one package that imports this one
+// (leaf_test.go).
 package config
 
 import (

@@ -113,7 +113,7 @@ func (q *Scheduler) deliver(ctx context.Context, j *job) (outcome, string) {
 	external := false
 	for i, r := range j.rcpts {
 		addrs[i] = r.Addr
-		external = external || r.External
+		external = external || r.Forward
 	}
 	start := time.Now()
 	replies, err := q.send(ctx, j.d.hop, env, j.from, addrs, external, j.rewrite)

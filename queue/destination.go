@@ -60,9 +60,9 @@ func (q *Scheduler) destLocked(dd nexthop.Destination) *dest {
 	if d := q.dests[dd.Key]; d != nil {
 		return d
 	}
-	d := &dest{key: dd.Key, hop: dd.Hop, external: dd.External, class: classLocal,
+	d := &dest{key: dd.Key, hop: dd.Hop, external: dd.Internet, class: classLocal,
 		window: float64(q.InitialConcurrency), max: q.DestinationConcurrency, lastUsed: q.now()}
-	if dd.External {
+	if dd.Internet {
 		d.class = classExternal
 	}
 	if q.Limits != nil {
@@ -75,7 +75,7 @@ func (q *Scheduler) destLocked(dd nexthop.Destination) *dest {
 	// One destination never takes every worker of its class: the others
 	// must get theirs (Postfix: 20 per destination of 100 processes).
 	workers := q.Workers
-	if dd.External {
+	if dd.Internet {
 		workers = q.ExternalWorkers
 	}
 	d.max = max(1, min(d.max, workers-1))

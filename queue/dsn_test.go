@@ -38,7 +38,7 @@ func TestForwardDSNPolicy(t *testing.T) {
 			w, _ := s.Create()
 			w.Write([]byte("Subject: x\r\n\r\nx\r\n"))
 			env := &envelope.Envelope{From: "alice@example.org", SenderAuth: c.senderAuth,
-				Recipients: []envelope.Recipient{{Addr: "gone@outside.test", OrigTo: "john@company.test", External: c.external, Status: envelope.Pending}}}
+				Recipients: []envelope.Recipient{{Addr: "gone@outside.test", OrigTo: "john@company.test", Forward: c.external, Status: envelope.Pending}}}
 			if err := w.Commit(env); err != nil {
 				t.Fatal(err)
 			}
@@ -69,8 +69,8 @@ func TestFromRewriteDelivery(t *testing.T) {
 		FromRewrite: &envelope.FromRewrite{Offset: int64(from), Length: int64(len("From: Alice <alice@example.org>\r\n")),
 			Fields: "From: \"Alice via us\" <fwd@us.test>\r\nX-Original-From: Alice <alice@example.org>\r\n", ForwardHeader: "DKIM-Signature: rewritten\r\n"},
 		Recipients: []envelope.Recipient{
-			{Addr: "a@outside.test", External: true, RewriteFrom: true, Status: envelope.Pending},
-			{Addr: "b@outside.test", External: true, Status: envelope.Pending},
+			{Addr: "a@outside.test", Forward: true, RewriteFrom: true, Status: envelope.Pending},
+			{Addr: "b@outside.test", Forward: true, Status: envelope.Pending},
 		}}
 	if err := w.Commit(env); err != nil {
 		t.Fatal(err)

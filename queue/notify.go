@@ -38,7 +38,7 @@ func (q *Scheduler) notify(env *envelope.Envelope, kind dsn.Kind, due func(*enve
 		switch {
 		case env.From == "" || !r.Wants(want):
 			mark(r) // nothing to send: reported as far as it will ever be
-		case r.External && !q.forwardDSN(env):
+		case r.Forward && !q.forwardDSN(env):
 			mark(r)
 			q.Log.Info("no DSN for a failed forward: the sender was not authenticated (it would be backscatter)",
 				"queue_id", env.ID, "from", env.From, "orig_to", r.OrigTo, "kind", want)
@@ -75,7 +75,7 @@ func (q *Scheduler) notify(env *envelope.Envelope, kind dsn.Kind, due func(*enve
 		external = !q.Local(env.From[i+1:])
 	}
 	notice := &envelope.Envelope{From: "", Received: now, NextAttempt: now.Add(q.Retry.Min),
-		Recipients: []envelope.Recipient{{Addr: env.From, Status: envelope.Pending, External: external, DSNNotify: "NEVER"}}}
+		Recipients: []envelope.Recipient{{Addr: env.From, Status: envelope.Pending, Forward: external, DSNNotify: "NEVER"}}}
 	if signer != nil {
 		h, err := signer.Finish()
 		if err != nil {

@@ -32,7 +32,7 @@ type domainRouter map[string]struct {
 func (r domainRouter) Route(rc *envelope.Recipient) nexthop.Destination {
 	d := rc.Addr[strings.LastIndexByte(rc.Addr, '@')+1:]
 	h := r[d]
-	return nexthop.Destination{Key: "test:" + d, Hop: h.hop, External: h.external}
+	return nexthop.Destination{Key: "test:" + d, Hop: h.hop, Internet: h.external}
 }
 
 // slowHop holds each transaction until released (a tarpitting MX).
@@ -90,7 +90,7 @@ func runQ(t *testing.T, q *Scheduler) {
 func commitTo(t *testing.T, s *Spool, q *Scheduler, rcpt string, external bool) *envelope.Envelope {
 	t.Helper()
 	env := commitEnv(t, s, &envelope.Envelope{From: "alice@example.org", Received: time.Now(),
-		Recipients: []envelope.Recipient{{Addr: rcpt, OrigTo: rcpt, Status: envelope.Pending, External: external}}})
+		Recipients: []envelope.Recipient{{Addr: rcpt, OrigTo: rcpt, Status: envelope.Pending, Forward: external}}})
 	q.Submit(env)
 	return env
 }
@@ -342,7 +342,7 @@ func TestRetryPerRecipientClass(t *testing.T) {
 	runQ(t, q)
 	c.commitAt(t, &envelope.Envelope{From: "a@example.org", Recipients: []envelope.Recipient{
 		{Addr: "u@company.com", Status: envelope.Pending},
-		{Addr: "x@gmail.example", Status: envelope.Pending, External: true},
+		{Addr: "x@gmail.example", Status: envelope.Pending, Forward: true},
 	}}, "x\r\n")
 	c.run(t, time.Second, time.Minute, func() bool { return len(local.transactions()) == 2 })
 	tx := local.transactions()

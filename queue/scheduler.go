@@ -269,8 +269,8 @@ func (q *Scheduler) init() {
 type hopRouter struct{ local, external nexthop.Hop }
 
 func (r hopRouter) Route(rc *envelope.Recipient) nexthop.Destination {
-	if rc.External && r.external != nil {
-		return nexthop.Destination{Key: r.external.String(), Hop: r.external, External: true}
+	if rc.Forward && r.external != nil {
+		return nexthop.Destination{Key: r.external.String(), Hop: r.external, Internet: true}
 	}
 	return nexthop.Destination{Key: r.local.String(), Hop: r.local}
 }
@@ -307,7 +307,7 @@ func (q *Scheduler) addLocked(e *entry) {
 // one of our own next hops.
 func (q *Scheduler) classOf(env *envelope.Envelope) class {
 	for _, r := range env.Pending() {
-		if !q.Router.Route(r).External {
+		if !q.Router.Route(r).Internet {
 			return classLocal
 		}
 	}

@@ -331,9 +331,9 @@ func TestSchedulerSplitsBySenderAndHop(t *testing.T) {
 	srs := "SRS0=abcd=KH=example.org=alice@srs.test"
 	env := &envelope.Envelope{From: "alice@example.org", Recipients: []envelope.Recipient{
 		{Addr: "central@company.com", Status: envelope.Pending},
-		{Addr: "x@gmail.com", Status: envelope.Pending, External: true, MailFrom: srs},
+		{Addr: "x@gmail.com", Status: envelope.Pending, Forward: true, MailFrom: srs},
 		{Addr: "new@domain.ro", Status: envelope.Pending},
-		{Addr: "y@gmail.com", Status: envelope.Pending, External: true, MailFrom: srs},
+		{Addr: "y@gmail.com", Status: envelope.Pending, Forward: true, MailFrom: srs},
 	}}
 	if err := w.Commit(env); err != nil {
 		t.Fatal(err)

@@ -299,7 +299,7 @@ func (s *Spool) Queue(from, to string, external bool, msg []byte, now time.Time)
 		return nil, err
 	}
 	env := &envelope.Envelope{From: from, Received: now, NextAttempt: now,
-		Recipients: []envelope.Recipient{{Addr: to, Status: envelope.Pending, External: external, DSNNotify: "NEVER"}}}
+		Recipients: []envelope.Recipient{{Addr: to, Status: envelope.Pending, Forward: external, DSNNotify: "NEVER"}}}
 	if err := w.Commit(env); err != nil {
 		return nil, err
 	}

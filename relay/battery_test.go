@@ -112,8 +112,8 @@ func startTestRelay(t testing.TB, o relayOpts) *testRelay {
 		go extSrv.Serve(el)
 		hop := &nexthop.SMTPHop{Addr: sl.Addr().String(), LocalName: "relay.test", Timeout: 2 * time.Second}
 		extHop := &nexthop.SMTPHop{Addr: el.Addr().String(), LocalName: "relay.test", Timeout: 2 * time.Second}
-		sched = &queue.Scheduler{Spool: spool, Hop: hop, ExternalHop: extHop, Workers: 4,
-			Retry: queue.Retry{Min: 50 * time.Millisecond, Max: 200 * time.Millisecond}}
+		sched = delivering(&queue.Scheduler{Spool: spool, Hop: hop, ExternalHop: extHop, Workers: 4,
+			Retry: queue.Retry{Min: 50 * time.Millisecond, Max: 200 * time.Millisecond}})
 		cleanups = append(cleanups, func() { hop.Close(); extHop.Close(); sinkSrv.Close(); extSrv.Close() })
 	}
 	cfg := Config{Hostname: "relay.test", RelayDomains: relayDomains, LookupTimeout: time.Second, SRS: o.srs, SRSFailureLimit: 3, TLS: o.tls}

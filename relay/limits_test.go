@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"mailfwd/queue"
 )
 
 // limited is cfg with each limit it leaves unset given a test value: the
@@ -61,4 +63,18 @@ func TestConfigCheckRefusesUnsetLimits(t *testing.T) {
 	if err := c.check(); err != nil {
 		t.Errorf("limited config: %v", err)
 	}
+}
+
+// delivering is a scheduler for tests that deliver what the relay accepts
+// (q sets the spool, hops, workers and retry): the rest of its limits,
+// which these tests do not exercise.
+func delivering(q *queue.Scheduler) *queue.Scheduler {
+	q.ExternalWorkers = max(q.ExternalWorkers, q.Workers)
+	if q.ExternalRetry.Min == 0 {
+		q.ExternalRetry = q.Retry
+	}
+	q.Lifetime = 24 * time.Hour
+	q.DestinationConcurrency, q.InitialConcurrency = 8, 8
+	q.RecipientLimit, q.ActiveLimit, q.DeadAfter = 100, 1000, 3
+	return q
 }

@@ -3,15 +3,8 @@ package relay
 import (
 	"strings"
 
-	"github.com/emersion/go-smtp"
-
 	"mailfwd/routing"
 )
-
-// replyNeedMail refuses a recipient outside a transaction. go-smtp answers
-// RCPT before any MAIL itself (502 5.5.1), but after a refused MAIL it
-// still holds the earlier, accepted one while our session was reset.
-var replyNeedMail = &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "need MAIL command"}
 
 // routingChars are the characters that make a local part a route to
 // another host: user@host (also quoted: "user@host"@relay.domain, which

@@ -126,7 +126,7 @@ func startRelayWith(t *testing.T, src routing.Source, spoolDir string, sink, ext
 		t.Fatal(err)
 	}
 	hop := &nexthop.SMTPHop{Addr: sl.Addr().String(), LocalName: "relay.test", Timeout: 2 * time.Second}
-	sched := &queue.Scheduler{Spool: spool, Hop: hop, Workers: 4, Retry: queue.Retry{Min: 50 * time.Millisecond, Max: 200 * time.Millisecond}}
+	sched := delivering(&queue.Scheduler{Spool: spool, Hop: hop, Workers: 4, Retry: queue.Retry{Min: 50 * time.Millisecond, Max: 200 * time.Millisecond}})
 	if extHop != nil {
 		sched.ExternalHop = extHop
 	}

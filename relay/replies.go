@@ -8,6 +8,10 @@ var (
 	replyRelayDenied = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "relay access denied"}
 	replyBadRcpt     = &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: "bad recipient address syntax"}
 	replyBadSender   = &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 1, 7}, Message: "bad sender address syntax"}
+	// A recipient outside a transaction. go-smtp answers RCPT before any
+	// MAIL itself (502 5.5.1), but after a refused MAIL it still holds the
+	// earlier, accepted one while our session was reset (checkRecipient).
+	replyNeedMail = &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "need MAIL command"}
 	// RFC 6531 3.4: a non-ASCII address only in a transaction that
 	// announced SMTPUTF8 (the next hop must then be able to take it).
 	replyNeedUTF8    = &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 6, 7}, Message: "non-ASCII address without SMTPUTF8"}

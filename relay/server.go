@@ -536,14 +536,9 @@ func (s *session) rcpt(to string, opts *smtp.RcptOptions) error {
 	}
 	// The sender for external forwards is settled before any recipient of
 	// this RCPT is added, so a refusal leaves none of them behind.
-	fwdFrom := s.from
-	for _, f := range finals {
-		if !s.isLocal(f) {
-			if fwdFrom, err = s.forwardSender(ctx); err != nil {
-				return err
-			}
-			break
-		}
+	fwdFrom, err := s.forwardFrom(ctx, finals)
+	if err != nil {
+		return err
 	}
 	// All of this RCPT's new recipients fit, or none is added.
 	fresh := map[string]bool{}
@@ -562,13 +557,7 @@ func (s *session) rcpt(to string, opts *smtp.RcptOptions) error {
 			continue
 		}
 		rc := envelope.Recipient{Addr: f, OrigTo: routing.External(to), Status: envelope.Pending, DSNNotify: s.notify, ORcpt: s.orcpt}
-		if !s.isLocal(f) {
-			rc.External = true
-			rc.RewriteFrom = s.p.cfg.Auth != nil && !s.rewriteOff(addr)
-			if fwdFrom != s.from {
-				rc.MailFrom = fwdFrom
-			}
-		}
+		s.decideForward(&rc, addr, fwdFrom)
 		s.seen[k] = true
 		s.rcpts = append(s.rcpts, rc)
 		added++
@@ -590,19 +579,6 @@ func (s *session) postmaster(addr string, finals []string, err error) ([]string,
 	}
 	s.log.Info("postmaster: not in the directory, delivered to "+to, "to", addr)
 	return []string{to}, nil
-}
-
-// rewriteOff reports whether the RCPT address or its domain turned
-// DMARC-aware forwarding off.
-func (s *session) rewriteOff(a routing.Address) bool {
-	off := s.p.cfg.FromRewriteOff
-	return len(off) > 0 && (off[strings.ToLower(a.Local+"@"+a.Domain)] || off[a.Domain])
-}
-
-// isLocal reports whether a final recipient is in one of our domains.
-func (s *session) isLocal(addr string) bool {
-	i := strings.LastIndexByte(addr, '@')
-	return i >= 0 && s.p.isLocal(addr[i+1:])
 }
 
 // rcptError maps a routing error to the RCPT reply.
@@ -664,21 +640,21 @@ func (s *session) data(r io.Reader) error {
 		// what is spooled and checked alike.
 		external := false
 		for _, rc := range s.rcpts {
-			external = external || rc.External
+			external = external || rc.Forward
 		}
 		chk = a.Start(auth.Inbound{ClientIP: net.ParseIP(s.clientIP), Helo: s.helo, MailFrom: s.from, Forward: external})
 		defer chk.Abort()
 		r = io.TeeReader(auth.StripForged(r, a.AuthServID()), chk)
 	}
-	hops := &hopCounter{w: w, max: s.p.cfg.MaxReceived}
-	if _, err := io.Copy(hops, r); err != nil {
+	recv := &receivedCounter{w: w, max: s.p.cfg.MaxReceived}
+	if _, err := io.Copy(recv, r); err != nil {
 		w.Abort()
 		var ne net.Error
 		switch {
 		case errors.Is(err, smtp.ErrDataTooLarge):
 			return replyTooBig
-		case errors.Is(err, errTooManyHops):
-			s.log.Warn("reject: mail loop", "from", s.from, "received_headers", hops.received)
+		case errors.Is(err, errTooManyReceived):
+			s.log.Warn("reject: mail loop", "from", s.from, "received_headers", recv.received)
 			return replyLoop
 		case errors.As(err, &ne) && ne.Timeout():
 			s.closeAfterReply()
@@ -733,7 +709,7 @@ func (s *session) data(r io.Reader) error {
 		ClientAddr:    s.clientIP,
 		ClientHelo:    s.helo,
 		SMTPUTF8:      s.opts.UTF8,
-		UTF8Header:    hops.utf8Header,
+		UTF8Header:    recv.utf8Header,
 		Body8Bit:      s.opts.Body == smtp.Body8BitMIME,
 		DSNRet:        string(s.opts.Return),
 		DSNEnvID:      s.opts.EnvelopeID,

@@ -10,8 +10,9 @@
 //	mailfwd srs forward|reverse ...      SRS-rewrite a sender, decode a bounce address
 //	mailfwd tls-report [-day D] [-send]  a day's TLS-RPT reports
 //
-// The wiring of the relay from its config is serve.go (and outbound.go
-// for delivery's DNS, DANE, MTA-STS and TLS-RPT).
+// The wiring of the relay from its config is wire.go (and outbound.go for
+// delivery's DNS, DANE, MTA-STS and TLS-RPT); serve.go runs what it built:
+// listeners, signals, reloads, the orderly stop.
 package main
 
 import (

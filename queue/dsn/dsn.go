@@ -101,7 +101,7 @@ func Write(w io.Writer, rep Report) error {
 		}
 		if r.LastReply != "" {
 			typ := "smtp"
-			if r.Expired && r.External && !reveal {
+			if r.Expired && r.Forward && !reveal {
 				typ = "X-Mailfwd" // no SMTP reply to quote
 			}
 			fmt.Fprintf(bw, "Diagnostic-Code: %s; %s\r\n", typ, diagnostic(r, reveal))
@@ -132,7 +132,7 @@ func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 
 // shown is the recipient a DSN names.
 func shown(r *envelope.Recipient, reveal bool) string {
-	if r.External && !reveal && r.OrigTo != "" {
+	if r.Forward && !reveal && r.OrigTo != "" {
 		return r.OrigTo
 	}
 	return r.Addr
@@ -140,7 +140,7 @@ func shown(r *envelope.Recipient, reveal bool) string {
 
 // diagnostic is the reply a DSN quotes for r.
 func diagnostic(r *envelope.Recipient, reveal bool) string {
-	if !r.External || reveal {
+	if !r.Forward || reveal {
 		return oneLine(r.LastReply)
 	}
 	f := strings.Fields(r.LastReply)

@@ -23,13 +23,13 @@ func TestDSNGolden(t *testing.T) {
 	env := &envelope.Envelope{ID: "6619B0A1B2C3D4E5F60", From: "alice@example.org", Received: now.Add(-2 * time.Hour), DSNEnvID: "env-42"}
 	local := &envelope.Recipient{Addr: "central@company.com", OrigTo: "sales@company.com", Status: envelope.Failed,
 		LastReply: "550 5.1.1 <central@company.com>: Recipient address rejected: User unknown"}
-	fwd := &envelope.Recipient{Addr: "john.private@gmail.example", OrigTo: "john@company.com", External: true, Status: envelope.Failed,
+	fwd := &envelope.Recipient{Addr: "john.private@gmail.example", OrigTo: "john@company.com", Forward: true, Status: envelope.Failed,
 		LastReply: "550 5.1.1 The email account <john.private@gmail.example> that you tried to reach does not exist"}
-	expired := &envelope.Recipient{Addr: "john.private@gmail.example", OrigTo: "john@company.com", External: true, Status: envelope.Failed,
+	expired := &envelope.Recipient{Addr: "john.private@gmail.example", OrigTo: "john@company.com", Forward: true, Status: envelope.Failed,
 		LastReply: "message expired after 120h0m0s in the queue; last error: 451 4.7.1 <john.private@gmail.example> greylisted", Expired: true}
-	delayed := &envelope.Recipient{Addr: "john.private@gmail.example", OrigTo: "john@company.com", External: true, Status: envelope.Pending,
+	delayed := &envelope.Recipient{Addr: "john.private@gmail.example", OrigTo: "john@company.com", Forward: true, Status: envelope.Pending,
 		LastReply: "421 4.7.0 [192.0.2.9] try again later, john.private@gmail.example"}
-	utf8 := &envelope.Recipient{Addr: "j\u00f6rg@gmail.example", OrigTo: "john@company.com", External: true, Status: envelope.Failed,
+	utf8 := &envelope.Recipient{Addr: "j\u00f6rg@gmail.example", OrigTo: "john@company.com", Forward: true, Status: envelope.Failed,
 		LastReply: "553 5.6.7 SMTPUTF8 is required (the recipient address is not ASCII), but was not offered by host smtp:[192.0.2.9:25]"}
 	orig := "Received: from client.example\r\nFrom: Alice <alice@example.org>\r\nTo: john@company.com\r\nSubject: lunch\r\nMessage-ID: <m1@example.org>\r\n\r\nthe body\r\n"
 	for _, c := range []struct {
@@ -62,10 +62,10 @@ func TestDSNGolden(t *testing.T) {
 			if got != string(want) {
 				t.Errorf("DSN differs from %s:\n%s", path, got)
 			}
-			hidden := !c.reveal && c.rcpts[0].External
+			hidden := !c.reveal && c.rcpts[0].Forward
 			if leaks := strings.Contains(got, "john.private@gmail.example"); hidden && leaks {
 				t.Errorf("the DSN names the outside address:\n%s", got)
-			} else if !hidden && c.rcpts[0].External && !leaks {
+			} else if !hidden && c.rcpts[0].Forward && !leaks {
 				t.Errorf("revealed, but the outside address is missing:\n%s", got)
 			}
 		})

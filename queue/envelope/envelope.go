@@ -31,9 +31,11 @@ type Recipient struct {
 	OrigTo    string `json:"orig_to,omitempty"`
 	Status    Status `json:"status"`
 	LastReply string `json:"last_reply,omitempty"`
-	// External recipients are forwards to domains that are not ours: they
-	// go to the external next hop, with MailFrom as their sender.
-	External bool `json:"external,omitempty"`
+	// Forward marks an external forward: a recipient in a domain that is
+	// not ours (relay/forward.go decides), delivered to the Internet with
+	// MailFrom as its sender. (Its JSON name is from before the rename:
+	// queue files on disk keep it.)
+	Forward bool `json:"external,omitempty"`
 	// MailFrom is this recipient's envelope sender when it differs from
 	// the message's (the SRS-rewritten sender of an external forward).
 	MailFrom string `json:"mail_from,omitempty"`
@@ -144,7 +146,7 @@ type FromRewrite struct {
 
 // RewritesFrom reports whether r leaves with env's rewritten From.
 func (r *Recipient) RewritesFrom(env *Envelope) bool {
-	return r.External && r.RewriteFrom && env.FromRewrite != nil
+	return r.Forward && r.RewriteFrom && env.FromRewrite != nil
 }
 
 // Pending returns the recipients still to deliver.

@@ -27,7 +27,8 @@ type Destination struct {
 	// for MX delivery, else the next hop's host.
 	Name string
 	Hop  Hop
-	// External destinations (the Internet's MXes) back off slowly; our own
-	// next hops (Postfix, a smarthost) are retried soon.
-	External bool
+	// Internet: the destination is the Internet's MXes (or the smarthost
+	// towards them): it has its own workers and backs off slowly; our own
+	// next hops (Postfix) are retried soon.
+	Internet bool
 }

@@ -206,24 +206,24 @@ func TestTransportRouter(t *testing.T) {
 		external bool
 	}{
 		{envelope.Recipient{Addr: "central@company.com"}, "smtp:[127.0.0.1]:10025", false},
-		{envelope.Recipient{Addr: "x@gmail.com", External: true}, "smtp:gmail.com:25", true},
-		{envelope.Recipient{Addr: "VIP@gmail.com", External: true}, "lmtp:[127.0.0.1]:24", false},
-		{envelope.Recipient{Addr: "a@Example.org", External: true}, "smtp:[192.0.2.1]:25", false},
+		{envelope.Recipient{Addr: "x@gmail.com", Forward: true}, "smtp:gmail.com:25", true},
+		{envelope.Recipient{Addr: "VIP@gmail.com", Forward: true}, "lmtp:[127.0.0.1]:24", false},
+		{envelope.Recipient{Addr: "a@Example.org", Forward: true}, "smtp:[192.0.2.1]:25", false},
 	}
 	for _, c := range cases {
 		d := tr.Route(&c.rcpt)
-		if d.Key != c.key || d.External != c.external {
-			t.Errorf("%s: %s external=%v, want %s %v", c.rcpt.Addr, d.Key, d.External, c.key, c.external)
+		if d.Key != c.key || d.Internet != c.external {
+			t.Errorf("%s: %s external=%v, want %s %v", c.rcpt.Addr, d.Key, d.Internet, c.key, c.external)
 		}
 	}
 	tr.Smarthost = &sh
 	// The smarthost carries Internet mail: the external class, even when
 	// it is the local next hop too.
-	if d := tr.Route(&envelope.Recipient{Addr: "x@gmail.com", External: true}); d.Key != "smtp:[10.0.0.9]:587 (external)" || !d.External {
-		t.Errorf("with a smarthost: %s external=%v", d.Key, d.External)
+	if d := tr.Route(&envelope.Recipient{Addr: "x@gmail.com", Forward: true}); d.Key != "smtp:[10.0.0.9]:587 (external)" || !d.Internet {
+		t.Errorf("with a smarthost: %s external=%v", d.Key, d.Internet)
 	}
 	tr.Smarthost = &tr.Local
-	if d := tr.Route(&envelope.Recipient{Addr: "x@gmail.com", External: true}); d.Key == tr.Route(&envelope.Recipient{Addr: "central@company.com"}).Key || !d.External {
+	if d := tr.Route(&envelope.Recipient{Addr: "x@gmail.com", Forward: true}); d.Key == tr.Route(&envelope.Recipient{Addr: "central@company.com"}).Key || !d.Internet {
 		t.Errorf("smarthost = next hop: one destination for both classes (%s)", d.Key)
 	}
 	for _, bad := range []string{"smtp", "ftp:[x]:1", "smtp:[x", "smtp:[x]:99999", "smtp:[]:25"} {
@@ -247,7 +247,7 @@ func TestLocalAndSmarthostSameAddress(t *testing.T) {
 	}
 	tr.Smarthost = &Transport{Host: "127.0.0.1", Port: 10025}
 	local := tr.Route(&envelope.Recipient{Addr: "central@company.com"})
-	ext := tr.Route(&envelope.Recipient{Addr: "x@gmail.com", External: true})
+	ext := tr.Route(&envelope.Recipient{Addr: "x@gmail.com", Forward: true})
 	if local.Key == ext.Key || local.Hop == ext.Hop {
 		t.Fatalf("one destination for both: %s / %s", local.Key, ext.Key)
 	}

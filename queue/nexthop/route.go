@@ -127,7 +127,7 @@ func (tr *TransportRouter) Route(r *envelope.Recipient) Destination {
 	if t, ok := tr.Transports[domain]; ok {
 		return tr.destination(t, false)
 	}
-	if !r.External {
+	if !r.Forward {
 		return tr.destination(tr.Local, false)
 	}
 	if tr.Smarthost != nil {
@@ -159,9 +159,9 @@ func (tr *TransportRouter) destination(t Transport, external bool) Destination {
 	}
 	var d Destination
 	if t.MX {
-		d = Destination{Key: key, Name: t.Host, External: true, Hop: &MXHop{Domain: t.Host, Port: t.Port, DNS: tr.DNS, Security: tr.Security, Hops: tr.Hops}}
+		d = Destination{Key: key, Name: t.Host, Internet: true, Hop: &MXHop{Domain: t.Host, Port: t.Port, DNS: tr.DNS, Security: tr.Security, Hops: tr.Hops}}
 	} else {
-		d = Destination{Key: key, Name: t.Host, External: external, Hop: tr.Hops(net.JoinHostPort(t.Host, strconv.Itoa(t.Port)), t.LMTP, t.Host, t.PassClient, nil)}
+		d = Destination{Key: key, Name: t.Host, Internet: external, Hop: tr.Hops(net.JoinHostPort(t.Host, strconv.Itoa(t.Port)), t.LMTP, t.Host, t.PassClient, nil)}
 	}
 	tr.dest[key] = d
 	return d

@@ -6,13 +6,13 @@ import (
 	"io"
 )
 
-var errTooManyHops = errors.New("too many Received headers")
+var errTooManyReceived = errors.New("too many Received headers")
 
-// hopCounter passes the message through and counts Received header fields
+// receivedCounter passes the message through and counts Received header fields
 // in its header section, failing once there are more than max: two
 // forwarders that point at each other must not pass a message back and
 // forth forever.
-type hopCounter struct {
+type receivedCounter struct {
 	w        io.Writer
 	max      int
 	received int
@@ -23,7 +23,7 @@ type hopCounter struct {
 	utf8Header bool
 }
 
-func (h *hopCounter) Write(p []byte) (int, error) {
+func (h *receivedCounter) Write(p []byte) (int, error) {
 	if !h.inBody {
 		for _, c := range p {
 			if c == '\n' {
@@ -41,13 +41,13 @@ func (h *hopCounter) Write(p []byte) (int, error) {
 			}
 		}
 		if h.received > h.max {
-			return 0, errTooManyHops
+			return 0, errTooManyReceived
 		}
 	}
 	return h.w.Write(p)
 }
 
-func (h *hopCounter) endLine() {
+func (h *receivedCounter) endLine() {
 	l := bytes.TrimRight(h.line, "\r")
 	switch {
 	case len(l) == 0:
