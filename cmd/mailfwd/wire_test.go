@@ -53,22 +53,15 @@ func TestLDAPConfigDefaults(t *testing.T) {
 }
 
 func TestLDAPConfigSettings(t *testing.T) {
-	y := strings.Replace(ldapMinimal, "    servers: [ldap://127.0.0.1:389]\n    search_base: dc=example,dc=com\n", `    servers: [ldaps://a:636, ldap://b:389]
-    start_tls: true
-    ca_file: ca.pem
-    tls_require_cert: false
-    bind_dn: uid=relay,dc=x
-    bind_password_env: MAILFWD_TEST_PW
-    search_base: dc=x
-    query_filter: (&(uid=%u)(dc=%d))
-    result_attributes: [mailRoutingAddress, mailForwardingAddress]
-    fallback_attribute: ""
-    timeout: 2s
-    pool_size: 3
-    size_limit: 50
-`, 1)
+	c := parse(t, ldapMinimal, "/etc/mailfwd")
+	*c.Directory.LDAP = config.LDAP{
+		Servers: []string{"ldaps://a:636", "ldap://b:389"}, StartTLS: true, CAFile: "ca.pem", TLSRequireCert: false,
+		BindDN: "uid=relay,dc=x", BindPasswordEnv: "MAILFWD_TEST_PW", SearchBase: "dc=x", QueryFilter: "(&(uid=%u)(dc=%d))",
+		ResultAttributes: []string{"mailRoutingAddress", "mailForwardingAddress"}, FallbackAttr: "",
+		Timeout: 2 * time.Second, PoolSize: 3, SizeLimit: 50,
+	}
 	t.Setenv("MAILFWD_TEST_PW", "pw from env")
-	rc, err := ldapConfig(parse(t, y, "/etc/mailfwd"))
+	rc, err := ldapConfig(c)
 	if err != nil {
 		t.Fatal(err)
 	}
