@@ -5,6 +5,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/emersion/go-msgauth/authres"
 )
@@ -13,7 +14,7 @@ import (
 func (e *env) hop2(t *testing.T) *Authenticator {
 	k := &Key{Domain: "other.example", Selector: "arc", Signer: rsaA}
 	e.dns.publish(k)
-	a, err := New(Config{AuthServID: "mx.other.example", Resolver: e.dns, ARCKey: k})
+	a, err := New(Config{AuthServID: "mx.other.example", Resolver: e.dns, LookupTimeout: time.Second, Timeout: 3 * time.Second, ARCKey: k})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -32,19 +32,6 @@ const (
 
 func (a Action) String() string { return [...]string{"accept", "tag", "reject"}[a] }
 
-// ParseAction parses "accept" (or ""), "tag" or "reject".
-func ParseAction(s string) (Action, error) {
-	switch strings.ToLower(s) {
-	case "", "accept":
-		return Accept, nil
-	case "tag":
-		return Tag, nil
-	case "reject":
-		return Reject, nil
-	}
-	return Accept, fmt.Errorf("auth: unknown action %q (accept, tag or reject)", s)
-}
-
 // TagHeader is the field added when the policy tags a message.
 const TagHeader = "X-Mailfwd-Auth"
 
@@ -55,10 +42,10 @@ type Config struct {
 	AuthServID string
 	// Resolver answers DNS; nil is net.DefaultResolver.
 	Resolver Resolver
-	// LookupTimeout bounds each DNS lookup (default 5s).
+	// LookupTimeout bounds each DNS lookup. Required.
 	LookupTimeout time.Duration
 	// Timeout bounds the wait in Finish for checks still running at the end
-	// of the message (default 15s); what is unfinished is a temperror.
+	// of the message; what is unfinished is a temperror. Required.
 	Timeout time.Duration
 	// SPFFail is done with messages whose SPF result is fail.
 	SPFFail Action
@@ -90,11 +77,8 @@ func New(cfg Config) (*Authenticator, error) {
 	if cfg.Resolver == nil {
 		cfg.Resolver = net.DefaultResolver
 	}
-	if cfg.LookupTimeout <= 0 {
-		cfg.LookupTimeout = 5 * time.Second
-	}
-	if cfg.Timeout <= 0 {
-		cfg.Timeout = 15 * time.Second
+	if cfg.LookupTimeout <= 0 || cfg.Timeout <= 0 {
+		return nil, errors.New("auth: LookupTimeout and Timeout must be positive")
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now

@@ -266,16 +266,11 @@ func TestNewValidation(t *testing.T) {
 	if _, err := New(Config{}); err == nil {
 		t.Error("no authserv-id accepted")
 	}
-	if _, err := New(Config{AuthServID: "x", ARCKey: &Key{Domain: "d", Selector: "s", Signer: edA}}); err == nil {
+	if _, err := New(Config{AuthServID: "x", LookupTimeout: time.Second, Timeout: time.Second, ARCKey: &Key{Domain: "d", Selector: "s", Signer: edA}}); err == nil {
 		t.Error("Ed25519 ARC key accepted")
 	}
-	for s, want := range map[string]Action{"": Accept, "TAG": Tag, "reject": Reject} {
-		if a, err := ParseAction(s); err != nil || a != want {
-			t.Errorf("%q: %v %v", s, a, err)
-		}
-	}
-	if _, err := ParseAction("drop"); err == nil {
-		t.Error("drop accepted")
+	if _, err := New(Config{AuthServID: "x", LookupTimeout: time.Second}); err == nil {
+		t.Error("no Timeout accepted")
 	}
 }
 

@@ -46,7 +46,7 @@ var authDNS = txtDNS{
 // is gone, the spooled body is the client's bytes; a DMARC p=reject
 // failure is refused when the policy says so.
 func TestAuthAtTheEdge(t *testing.T) {
-	a, err := auth.New(auth.Config{AuthServID: "relay.test", Resolver: authDNS, DMARCReject: auth.Reject, LookupTimeout: time.Second})
+	a, err := auth.New(auth.Config{AuthServID: "relay.test", Resolver: authDNS, DMARCReject: auth.Reject, LookupTimeout: time.Second, Timeout: 3 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

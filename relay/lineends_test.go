@@ -19,7 +19,7 @@ import (
 // delivering to a sink.
 func authRelay(t *testing.T) (addr string, sink *sinkMTA) {
 	t.Helper()
-	a, err := auth.New(auth.Config{AuthServID: "relay.test", Resolver: authDNS, LookupTimeout: time.Second})
+	a, err := auth.New(auth.Config{AuthServID: "relay.test", Resolver: authDNS, LookupTimeout: time.Second, Timeout: 3 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
