@@ -11,7 +11,6 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
-	"fmt"
 	"io"
 	"net"
 	"os"
@@ -204,7 +203,7 @@ func TestAuthInteropDkimpy(t *testing.T) {
 
 	newAuth := func(dkimKey *auth.Key) *auth.Authenticator {
 		a, err := auth.New(auth.Config{AuthServID: "mx.relay.example.net", Resolver: py.dns,
-			LookupTimeout: 2 * time.Second, DKIMKey: dkimKey, ARCKey: relayKey,
+			LookupTimeout: 2 * time.Second, Timeout: 15 * time.Second, DKIMKey: dkimKey, ARCKey: relayKey,
 			SPFFail: auth.Reject, DMARCReject: auth.Reject})
 		if err != nil {
 			t.Fatal(err)
@@ -348,34 +347,15 @@ func TestAuthRelayDkimpy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := filepath.Join(dir, "mailfwd.yaml")
-	os.WriteFile(cfg, []byte(fmt.Sprintf(`hostname: mx.relay.example.net
-listen: [%q]
-relay_domains: [domain.com, domain.ro, company.com]
-spool_dir: spool
-directory:
-  ldif: {file: ""}
-delivery:
-  next_hop: %q
-  external_next_hop: %q
-  retry_min: 300ms
-  retry_max: 1s
-auth:
-  authserv_id: mx.relay.example.net
-  lookup_timeout: 1s
-  timeout: 3s
-  dkim: {domain: relay.example.net, selector: fwd, key_file: %q}
-  arc: {domain: relay.example.net, selector: fwd, key_file: %q}
-log:
-  level: debug
-`, addr, servers["PF_SMTP"], servers["SINK_ADDR"], relayPEM, relayPEM)), 0o600)
-	p, err := startRelayConfig(dir, cfg, addr, "")
+	cfg := writeConfig(t, filepath.Join(dir, "mailfwd.yaml"), "auth/mailfwd.yaml", vars{"Listen": addr,
+		"NextHop": suite.servers["PF_SMTP"], "ExternalNextHop": suite.servers["SINK_ADDR"], "KeyFile": relayPEM})
+	p, err := suite.startRelayConfig(dir, cfg, addr, "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer p.stop()
 
-	tok := token(t)
+	tok := suite.token(t)
 	orig := "From: Alice <alice@example.org>\r\n" +
 		"To: internal.user@company.com\r\n" +
 		"Subject: " + tok + "\r\n" +
@@ -396,7 +376,7 @@ log:
 	}
 	c.Quit()
 
-	d := arrived(t, tok, map[string]int{"external.user@gmail.com": 1}, 30*time.Second)
+	d := suite.arrived(t, tok, map[string]int{"external.user@gmail.com": 1}, 30*time.Second)
 	got := strings.ReplaceAll(string(d[0].Raw), "\n", "\r\n") // smtp-sink stores LF line ends
 	if !strings.Contains(got, "ARC-Seal: i=1;") || !strings.Contains(got, "Authentication-Results: mx.relay.example.net;") {
 		t.Fatalf("no ARC set or Authentication-Results of ours:\n%s", d[0].RawHeader)

@@ -293,9 +293,9 @@ func TestCrashHarness(t *testing.T) {
 	}
 	began := time.Now()
 	load := &crashLoad{prefix: fmt.Sprintf("crash-%d-%d-", os.Getpid(), seed), refused: map[string]int{}}
-	sink := newSinkScanner(servers["SINK_DIR"], load.prefix, began.Add(-2*time.Second))
+	sink := newSinkScanner(suite.servers["SINK_DIR"], load.prefix, began.Add(-2*time.Second))
 
-	p, err := startMailfwd(dir)
+	p, err := suite.startMailfwd(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -362,7 +362,7 @@ func TestCrashHarness(t *testing.T) {
 		t.Logf("cycle %2d: killed after %v, %d sessions waiting for the DATA reply, spool: %d committed, %d partial %v; accepted so far %d",
 			cycle, d.Round(time.Millisecond), inData, len(snap.committed), len(snap.partial), abbrev(snap.partial, 4), load.acceptedCount())
 
-		if p, err = startMailfwd(dir); err != nil {
+		if p, err = suite.startMailfwd(dir); err != nil {
 			t.Fatalf("restart after cycle %d: %v", cycle, err)
 		}
 		alive = true

@@ -27,7 +27,7 @@ func TestSystemdUnit(t *testing.T) {
 		}
 	}
 	p := filepath.Join(t.TempDir(), "mailfwd.service")
-	os.WriteFile(p, []byte(strings.ReplaceAll(string(unit), "/usr/local/bin/mailfwd", binary)), 0o644)
+	os.WriteFile(p, []byte(strings.ReplaceAll(string(unit), "/usr/local/bin/mailfwd", suite.binary)), 0o644)
 	out, err := exec.Command("systemd-analyze", "verify", p).CombinedOutput()
 	if err != nil || len(strings.TrimSpace(string(out))) > 0 {
 		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
@@ -50,7 +50,7 @@ func TestComposeFile(t *testing.T) {
 		}
 	}
 	// The config the stack mounts is valid for this binary.
-	if out, err := exec.Command(binary, "check-config", "-config", "../deploy/compose/mailfwd.yaml").CombinedOutput(); err != nil &&
+	if out, err := exec.Command(suite.binary, "check-config", "-config", "../deploy/compose/mailfwd.yaml").CombinedOutput(); err != nil &&
 		!strings.Contains(string(out), "no such file") {
 		t.Fatalf("compose mailfwd.yaml: %v\n%s", err, out)
 	}
@@ -78,18 +78,18 @@ func TestComposeTopologyNative(t *testing.T) {
 	native := strings.NewReplacer(
 		`"0.0.0.0:2525"`, fmt.Sprintf("%q", addr),
 		`"127.0.0.1:9925"`, fmt.Sprintf("%q", admin),
-		"ldap://dirsrv:3389", servers["DS_URL"],
-		`"postfix:25"`, fmt.Sprintf("%q", servers["PF_SMTP"]),
+		"ldap://dirsrv:3389", suite.servers["DS_URL"],
+		`"postfix:25"`, fmt.Sprintf("%q", suite.servers["PF_SMTP"]),
 		"/etc/mailfwd/", dir+"/",
 		"/var/spool/mailfwd", filepath.Join(dir, "spool"),
 	).Replace(string(cfg))
 	cfgPath := filepath.Join(dir, "mailfwd.yaml")
 	os.WriteFile(cfgPath, []byte(native), 0o600)
-	if out, err := exec.Command(binary, "check-config", "-config", cfgPath).CombinedOutput(); err != nil {
+	if out, err := exec.Command(suite.binary, "check-config", "-config", cfgPath).CombinedOutput(); err != nil {
 		t.Fatalf("check-config: %v\n%s\n%s", err, out, native)
 	}
 	logf, _ := os.Create(filepath.Join(dir, "log"))
-	cmd := exec.Command(binary, "serve", "-config", cfgPath)
+	cmd := exec.Command(suite.binary, "serve", "-config", cfgPath)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -97,18 +97,18 @@ func TestComposeTopologyNative(t *testing.T) {
 	defer func() { cmd.Process.Kill(); cmd.Wait() }()
 	waitListening(t, addr)
 
-	tok := token(t)
+	tok := suite.token(t)
 	sendSwaks(t, addr, tok, "old.address@domain.com")
-	arrived(t, tok, map[string]int{"new.address@domain.ro": 1}, 30*time.Second)
-	tok = token(t)
+	suite.arrived(t, tok, map[string]int{"new.address@domain.ro": 1}, 30*time.Second)
+	tok = suite.token(t)
 	sendSwaks(t, addr, tok, "internal.user@company.com")
-	fwd := arrived(t, tok, map[string]int{"external.user@gmail.com": 1}, 30*time.Second)[0]
+	fwd := suite.arrived(t, tok, map[string]int{"external.user@gmail.com": 1}, 30*time.Second)[0]
 	if !strings.HasPrefix(fwd.MailFrom, "SRS0=") || !strings.HasSuffix(fwd.MailFrom, "@srs.example.net") {
 		t.Errorf("external forward sent from <%s>, want the stack's SRS domain", fwd.MailFrom)
 	}
-	tok = token(t)
+	tok = suite.token(t)
 	sendSwaks(t, addr, tok, "sales@company.com", "info@company.com", "support@company.com")
-	arrived(t, tok, map[string]int{"central@company.com": 1}, 30*time.Second)
+	suite.arrived(t, tok, map[string]int{"central@company.com": 1}, 30*time.Second)
 	out, _ := swaks(t, addr, "--to", "nobody@company.com", "--quit-after", "RCPT")
 	if got := replyTo(out, "RCPT TO:"); !strings.HasPrefix(got, "550 5.1.1") {
 		t.Fatalf("unknown recipient: %q", got)

@@ -181,32 +181,14 @@ var differentialPostfixes = []struct {
 	{"slapd", "SLAPD_URL", "postfix-alias-slapd", "10028"},
 }
 
-func stopDifferentialPostfixes() {
+// stopDifferentialPostfixes stops the differential test's Postfixes
+// (stopServers calls it: E2E_KEEP=1 keeps them for the next run).
+func (s *harness) stopDifferentialPostfixes() {
 	for _, p := range differentialPostfixes {
-		if _, err := runScriptEnv("stop-postfix.sh", "PF_DIR="+serverDir(p.dirName)); err != nil {
+		if _, err := s.runScriptVars("stop-postfix.sh", "PF_DIR="+s.serverDir(p.dirName)); err != nil {
 			fmt.Fprintln(os.Stderr, "e2e teardown:", err)
 		}
 	}
-}
-
-// runScriptEnv runs a start/stop script with extra environment and returns
-// its KEY='value' lines without touching the shared servers map.
-func runScriptEnv(name string, env ...string) (map[string]string, error) {
-	cmd := exec.Command(scriptPath(name))
-	cmd.Env = scriptEnv(env...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Run(); err != nil {
-		return nil, fmt.Errorf("%s %v: %v\n%s%s", name, env, err, out.String(), errb.String())
-	}
-	vars := map[string]string{}
-	re := regexp.MustCompile(`^([A-Z_]+)='(.*)'$`)
-	for _, l := range strings.Split(out.String(), "\n") {
-		if m := re.FindStringSubmatch(strings.TrimSpace(l)); m != nil {
-			vars[m[1]] = m[2]
-		}
-	}
-	return vars, nil
 }
 
 func TestDifferentialPostfix(t *testing.T) {
@@ -223,13 +205,13 @@ func TestDifferentialPostfix(t *testing.T) {
 	oracle := map[string]*[]postfixResult{}
 	for _, p := range differentialPostfixes {
 		t.Run(p.name, func(t *testing.T) {
-			url := servers[p.urlKey]
+			url := suite.servers[p.urlKey]
 			if url == "" {
-				t.Fatalf("%s not started by TestMain (servers: %v)", p.urlKey, servers)
+				t.Fatalf("%s not started by TestMain (servers: %v)", p.urlKey, suite.servers)
 			}
 			got := new([]postfixResult)
 			oracle[p.name] = got
-			differential(t, url, serverDir(p.dirName), p.port, got)
+			differential(t, url, suite.serverDir(p.dirName), p.port, got)
 		})
 	}
 	// The corpus is meant to behave the same on both servers: if Postfix
@@ -275,7 +257,7 @@ func differential(t *testing.T, ldapURL, pfDir, pfPort string, oracle *[]postfix
 	}
 
 	// a fresh oracle Postfix (a kept one could have an older main.cf)
-	pf := startFreshPostfix(t, pfDir, pfPort, "postfix-alias.test", "virtual_alias_maps = ldap:"+cf+"\n"+
+	pf := suite.startFreshPostfix(t, pfDir, pfPort, "postfix-alias.test", "virtual_alias_maps = ldap:"+cf+"\n"+
 		"recipient_delimiter = +\n"+
 		"propagate_unmatched_extensions = canonical, virtual\n")
 	t.Cleanup(func() {
@@ -359,7 +341,7 @@ func differential(t *testing.T, ldapURL, pfDir, pfPort string, oracle *[]postfix
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	dumps, err := ReadSinkDumps(servers["SINK_DIR"])
+	dumps, err := ReadSinkDumps(suite.servers["SINK_DIR"])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -409,7 +391,7 @@ func differential(t *testing.T, ldapURL, pfDir, pfPort string, oracle *[]postfix
 		t.Errorf("%d of %d addresses differ between Postfix and mailfwd lookup (%s):\n%s", nd, n, ldapURL, diffs.String())
 	}
 	if missing > 0 {
-		t.Errorf("%s: mailfwd lookup unusable for %d addresses (see the table above)", binary, missing)
+		t.Errorf("%s: mailfwd lookup unusable for %d addresses (see the table above)", suite.binary, missing)
 	}
 }
 
@@ -508,7 +490,7 @@ func sendOracle(addr, tok, rcpt string) (r postfixResult) {
 func mailfwdLookup(cf, addr string) (l lookupResult) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, binary, "lookup", "-postfix-map", cf, "-json", addr)
+	cmd := exec.CommandContext(ctx, suite.binary, "lookup", "-postfix-map", cf, "-json", addr)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()

@@ -29,7 +29,7 @@ func TestDiskFull(t *testing.T) {
 	// open for writing would make the read-only remount below fail (EBUSY).
 	mnt, unmount := mountSpoolTmpfs(t, dir, "2m")
 	defer unmount()
-	p, err := startMailfwdExtra(dir, unsafeSpool)
+	p, err := suite.startMailfwdExtra(dir, unsafeSpool)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,7 +40,7 @@ func TestDiskFull(t *testing.T) {
 		}
 	}()
 	prefix := fmt.Sprintf("diskfull-%d-%d-", os.Getpid(), time.Now().UnixNano())
-	sink := newSinkScanner(servers["SINK_DIR"], prefix, time.Now().Add(-2*time.Second))
+	sink := newSinkScanner(suite.servers["SINK_DIR"], prefix, time.Now().Add(-2*time.Second))
 	seq := 0
 	tok := func() string { seq++; return fmt.Sprintf("%s%d", prefix, seq) }
 	rcpts := []string{"sales@company.com"} // through Postfix as central@company.com
@@ -307,13 +307,12 @@ func TestSpoolOnTmpfsRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := relayConfig(dir, "tmpfs.e2e.test", addr, "", servers["PF_SMTP"], "")
+	relay := vars{"Hostname": "tmpfs.e2e.test", "Listen": addr}
+	cfgPath, err := suite.relayConfig(dir, "relay/mailfwd.yaml", relay)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfgPath := filepath.Join(dir, "mailfwd.yaml")
-	os.WriteFile(cfgPath, []byte(cfg), 0o600)
-	cmd := exec.Command(binary, "serve", "-config", cfgPath)
+	cmd := exec.Command(suite.binary, "serve", "-config", cfgPath)
 	done := make(chan struct{})
 	var out []byte
 	go func() { out, err = cmd.CombinedOutput(); close(done) }()
@@ -329,8 +328,11 @@ func TestSpoolOnTmpfsRefused(t *testing.T) {
 	}
 	t.Logf("refused: %s", strings.TrimSpace(string(out)))
 
-	os.WriteFile(cfgPath, []byte(cfg+unsafeSpool), 0o600)
-	p, err := startRelayConfig(dir, cfgPath, addr, "")
+	relay["Extra"] = unsafeSpool
+	if _, err := suite.relayConfig(dir, "relay/mailfwd.yaml", relay); err != nil {
+		t.Fatal(err)
+	}
+	p, err := suite.startRelayConfig(dir, cfgPath, addr, "")
 	if err != nil {
 		t.Fatalf("with spool.unsafe_filesystem: %v", err)
 	}

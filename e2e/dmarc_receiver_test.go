@@ -104,19 +104,19 @@ PublicSuffixList /usr/share/publicsuffix/public_suffix_list.dat
 	waitPort("8891")
 	waitPort("8893")
 	r := &receiver{addr: ip + ":25"}
-	sinkRoot := serverDir("sink-rcv")
+	sinkRoot := suite.serverDir("sink-rcv")
 	sink := n.in("rcv", scriptPath("start-sink.sh"))
-	sink.Env = scriptEnv("SINK_ROOT="+sinkRoot, "SINK_PORT=10099", "SINK_HOSTNAME=store.gmail.example")
+	sink.Env = suite.scriptEnv("SINK_ROOT="+sinkRoot, "SINK_PORT=10099", "SINK_HOSTNAME=store.gmail.example")
 	if out, err := sink.CombinedOutput(); err != nil {
 		t.Fatalf("sink in rcv: %v\n%s", err, out)
 	}
 	r.sinkDir = filepath.Join(sinkRoot, "dump")
 	t.Cleanup(func() {
 		c := n.in("rcv", scriptPath("stop-sink.sh"))
-		c.Env = scriptEnv("SINK_ROOT=" + sinkRoot)
+		c.Env = suite.scriptEnv("SINK_ROOT=" + sinkRoot)
 		c.Run()
 	})
-	pfDir := serverDir("postfix-rcv")
+	pfDir := suite.serverDir("postfix-rcv")
 	extra := strings.Join([]string{
 		"relay_domains = " + strings.Join(domains, " "),
 		"smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination",
@@ -125,7 +125,7 @@ PublicSuffixList /usr/share/publicsuffix/public_suffix_list.dat
 		"milter_default_action = tempfail",
 	}, "\n")
 	pf := n.in("rcv", scriptPath("start-postfix.sh"))
-	pf.Env = scriptEnv("PF_DIR="+pfDir, "PF_PORT=25", "PF_ADDR="+ip, "SINK_PORT=10099",
+	pf.Env = suite.scriptEnv("PF_DIR="+pfDir, "PF_PORT=25", "PF_ADDR="+ip, "SINK_PORT=10099",
 		"PF_HOSTNAME=mx.gmail.example", "PF_MAIN_EXTRA="+extra)
 	if out, err := pf.CombinedOutput(); err != nil {
 		t.Fatalf("postfix in rcv: %v\n%s", err, out)
@@ -133,7 +133,7 @@ PublicSuffixList /usr/share/publicsuffix/public_suffix_list.dat
 	r.pf = map[string]string{"PF_LOG": filepath.Join(pfDir, "maillog")}
 	t.Cleanup(func() {
 		c := exec.Command(scriptPath("stop-postfix.sh"))
-		c.Env = scriptEnv("PF_DIR=" + pfDir)
+		c.Env = suite.scriptEnv("PF_DIR=" + pfDir)
 		c.Run()
 	})
 	return r
@@ -198,23 +198,13 @@ func TestForwardsJudgedByDMARCReceiver(t *testing.T) {
 	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(relayKey)})
 	os.WriteFile(filepath.Join(dir, "dkim.pem"), keyPEM, 0o600)
 	addr, admin := mustFreePort(t), mustFreePort(t)
-	cfg, err := relayConfig(dir, "mx.company.com", addr, admin, servers["PF_SMTP"], `auth:
-  dkim: {domain: company.com, selector: fwd, key_file: dkim.pem}
-dns:
-  servers: ["`+simDNSIP+`:53"]
-log:
-  level: debug
-`)
+	relay := vars{"Hostname": "mx.company.com", "Listen": addr, "Admin": admin, "ExternalNextHop": rcv.addr,
+		"DNS": simDNSIP + ":53", "DMARCForwarding": ""}
+	cfgPath, err := suite.relayConfig(dir, "dmarc/mailfwd.yaml", relay)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg = strings.Replace(cfg, fmt.Sprintf("external_next_hop: %q", servers["SINK_ADDR"]), fmt.Sprintf("external_next_hop: %q", rcv.addr), 1)
-	if !strings.Contains(cfg, rcv.addr) {
-		t.Fatalf("config has no receiver:\n%s", cfg)
-	}
-	cfgPath := filepath.Join(dir, "mailfwd.yaml")
-	os.WriteFile(cfgPath, []byte(cfg), 0o600)
-	m, err := startRelayConfig(dir, cfgPath, addr, admin)
+	m, err := suite.startRelayConfig(dir, cfgPath, addr, admin)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -242,7 +232,7 @@ log:
 	type row struct{ kind, form, verdict, from, bounce string }
 	var rows []row
 	for _, c := range cases {
-		tok := token(t)
+		tok := suite.token(t)
 		msg := fmt.Sprintf("From: %s\r\nTo: internal.user@company.com\r\nSubject: %s\r\nDate: %s\r\nMessage-ID: <%s@%s>\r\n\r\nHello,\r\nthis is %s.\r\n",
 			c.from, tok, time.Now().Format(time.RFC1123Z), tok, "client.example", c.kind)
 		if c.sign {
@@ -299,7 +289,7 @@ log:
 				t.Errorf("%s: SRS form %s (<%s>), want %s", c.kind, r.form, got.MailFrom, c.wantForm)
 			}
 			// The receiver's SMTP peer bounces to the SRS address.
-			btok := token(t)
+			btok := suite.token(t)
 			bounce := fmt.Sprintf("From: MAILER-DAEMON@mx.gmail.example\r\nTo: %s\r\nSubject: %s\r\n\r\nundeliverable\r\n", got.MailFrom, btok)
 			sendRaw(t, m.addr, "", got.MailFrom, bounce)
 			if b := rcvArrived(t, rcv, btok, m, "", 20*time.Second); b != nil && len(b.Rcpts) == 1 && strings.EqualFold(b.Rcpts[0], c.mailFrom) {
@@ -338,7 +328,7 @@ log:
 	t.Logf("%-34s %-9s %-10s %-24s %s", "real sender (p=reject, SPF)", "SRS form", "From", "receiver", "bounce")
 	for _, rs := range realSenders {
 		dom := rs.addr[strings.LastIndexByte(rs.addr, '@')+1:]
-		tok := token(t)
+		tok := suite.token(t)
 		msg := fmt.Sprintf("From: Sender <news@%s>\r\nTo: internal.user@company.com\r\nSubject: %s\r\nMessage-ID: <%s@client.example>\r\n\r\nnews\r\n", dom, tok, tok)
 		id := sendRaw(t, m.addr, rs.addr, "internal.user@company.com", msg)
 		got := rcvArrived(t, rcv, tok, m, id, 20*time.Second)
@@ -370,7 +360,7 @@ log:
 			f := strings.SplitN(rs.addr[5:strings.IndexByte(rs.addr, '@')], "=", 3)
 			want = strings.ToLower("SRS0" + f[2] + "@" + f[1])
 		}
-		btok := token(t)
+		btok := suite.token(t)
 		sendRaw(t, m.addr, "", got.MailFrom, fmt.Sprintf("From: MAILER-DAEMON@mx.gmail.example\r\nSubject: %s\r\n\r\nbounce\r\n", btok))
 		bounce := "NOT REVERSED"
 		if b := rcvArrived(t, rcv, btok, m, "", 20*time.Second); b != nil && len(b.Rcpts) == 1 && strings.EqualFold(b.Rcpts[0], want) {
@@ -383,23 +373,20 @@ log:
 
 	// Negative control: the same p=reject, SPF-only mail through a relay
 	// with DMARC-aware forwarding off is refused by the receiver.
-	offCfg := strings.Replace(cfg, "  dkim: {domain: company.com, selector: fwd, key_file: dkim.pem}\n",
-		"  dkim: {domain: company.com, selector: fwd, key_file: dkim.pem}\n  dmarc_forwarding: {mode: \"off\"}\n", 1)
 	offAddr, offAdmin := mustFreePort(t), mustFreePort(t)
-	offCfg = strings.NewReplacer(addr, offAddr, admin, offAdmin).Replace(offCfg)
 	offDir := filepath.Join(t.TempDir(), "relay-off")
 	os.MkdirAll(offDir, 0o700)
-	for _, f := range []string{"dkim.pem", "srs.secrets", "ldap.secret"} {
-		b, _ := os.ReadFile(filepath.Join(dir, f))
-		os.WriteFile(filepath.Join(offDir, f), b, 0o600)
+	os.WriteFile(filepath.Join(offDir, "dkim.pem"), keyPEM, 0o600)
+	relay["Listen"], relay["Admin"], relay["DMARCForwarding"] = offAddr, offAdmin, "off"
+	if _, err := suite.relayConfig(offDir, "dmarc/mailfwd.yaml", relay); err != nil {
+		t.Fatal(err)
 	}
-	os.WriteFile(filepath.Join(offDir, "mailfwd.yaml"), []byte(offCfg), 0o600)
-	off, err := startRelayConfig(offDir, filepath.Join(offDir, "mailfwd.yaml"), offAddr, offAdmin)
+	off, err := suite.startRelayConfig(offDir, filepath.Join(offDir, "mailfwd.yaml"), offAddr, offAdmin)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer off.stop()
-	tok := token(t)
+	tok := suite.token(t)
 	id := sendRaw(t, off.addr, "alice@reject-spf.example", "internal.user@company.com",
 		"From: Alice <alice@reject-spf.example>\r\nTo: internal.user@company.com\r\nSubject: "+tok+"\r\n\r\nHello\r\n")
 	if got := rcvArrived(t, rcv, tok, off, id, 20*time.Second); got != nil {

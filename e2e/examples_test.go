@@ -113,10 +113,10 @@ func exampleContent(t *testing.T, p string) []byte {
 	base := filepath.Base(p)
 	switch {
 	case strings.HasSuffix(base, ".key"):
-		_, key := exampleCert(t)
+		_, key := suite.exampleCerts(t)
 		return key
 	case strings.HasSuffix(base, ".crt"), strings.HasSuffix(base, ".pem"):
-		cert, _ := exampleCert(t)
+		cert, _ := suite.exampleCerts(t)
 		return cert
 	case base == "ldap.secret":
 		return []byte("postfix-ldap-secret\n")
@@ -135,70 +135,19 @@ bind_dn = uid=postfix-ldap,ou=system,dc=example,dc=net
 bind_pw = postfix-ldap-secret
 version = 3
 timeout = 5
-`, servers["DS_URL"]))
+`, suite.servers["DS_URL"]))
 	}
 	t.Fatalf("an example names %s: no idea what to generate for it", p)
 	return nil
 }
 
-var exampleCertPEM, exampleKeyPEM []byte
-
-// exampleCert is a self-signed certificate (usable as its own CA) and key.
-func exampleCert(t *testing.T) (cert, key []byte) {
-	if exampleCertPEM == nil {
-		exampleCertPEM, exampleKeyPEM = selfSignedCA(t, "mx1.example.net", []string{"mx1.example.net", "localhost"}, nil)
+// exampleCerts is a self-signed certificate (usable as its own CA) and key,
+// the same for every example of the run.
+func (s *harness) exampleCerts(t *testing.T) (cert, key []byte) {
+	if s.exampleCert == nil {
+		s.exampleCert, s.exampleKey = selfSignedCA(t, "mx1.example.net", []string{"mx1.example.net", "localhost"}, nil)
 	}
-	return exampleCertPEM, exampleKeyPEM
-}
-
-// startRelayConfig starts the binary on an existing config file whose
-// SMTP listener is addr and waits until it listens. The log goes to
-// dir/mailfwd.log (appended: a restart on the same dir keeps the history).
-func startRelayConfig(dir, cfgPath, addr, admin string) (*mailfwdProc, error) {
-	return startRelayConfigWith(dir, cfgPath, addr, admin, nil)
-}
-
-// startRelayConfigWith runs the relay under wrap (e.g. prlimit ... --).
-func startRelayConfigWith(dir, cfgPath, addr, admin string, wrap []string) (*mailfwdProc, error) {
-	if out, err := exec.Command(binary, "check-config", "-config", cfgPath).CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("check-config %s: %v: %s", cfgPath, err, out)
-	}
-	logf, err := os.OpenFile(filepath.Join(dir, "mailfwd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	p := &mailfwdProc{dir: dir, addr: addr, log: logf, done: make(chan error, 1)}
-	if admin != "" {
-		p.admin = "http://" + admin
-	}
-	argv := append(append([]string{}, wrap...), binary, "serve", "-config", cfgPath)
-	p.cmd = exec.Command(argv[0], argv[1:]...)
-	p.cmd.Stdout, p.cmd.Stderr = logf, logf
-	if err := p.cmd.Start(); err != nil {
-		logf.Close()
-		return nil, err
-	}
-	go func() { p.done <- p.cmd.Wait() }()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
-		if err == nil {
-			c.Close()
-			return p, nil
-		}
-		select {
-		case err := <-p.done:
-			logf.Close()
-			b, _ := os.ReadFile(logf.Name())
-			return nil, fmt.Errorf("mailfwd exited: %v\n%s", err, b)
-		default:
-		}
-		if time.Now().After(deadline) {
-			p.kill()
-			return nil, fmt.Errorf("mailfwd not listening on %s", addr)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	return s.exampleCert, s.exampleKey
 }
 
 // logHas waits until the relay's log has a line containing every one of
@@ -253,7 +202,7 @@ func TestExamplesCheckConfig(t *testing.T) {
 				}
 			}
 			e := exampleCopy(t, name)
-			out, err := exec.Command(binary, "check-config", "-config", e.path).CombinedOutput()
+			out, err := exec.Command(suite.binary, "check-config", "-config", e.path).CombinedOutput()
 			if err != nil || !strings.Contains(string(out), ": ok (") {
 				t.Fatalf("check-config: %v\n%s\nconfig:\n%s", err, out, e.text)
 			}
@@ -276,17 +225,17 @@ func TestExamplesCheckConfig(t *testing.T) {
 func TestExamplesMigrationShim(t *testing.T) {
 	addr, _ := freePort()
 	admin, _ := freePort()
-	pf := servers["PF_SMTP"]
+	pf := suite.servers["PF_SMTP"]
 	_, pfPort, _ := net.SplitHostPort(pf)
 	e := exampleCopy(t, "migration-shim.yaml",
 		`listen: ["0.0.0.0:25"]`, fmt.Sprintf("listen: [%q]", addr),
 		"admin_listen: 127.0.0.1:9925", "admin_listen: "+admin,
-		"ldaps://ldap.old.example:636", servers["DS_LDAPS_URL"],
+		"ldaps://ldap.old.example:636", suite.servers["DS_LDAPS_URL"],
 		"next_hop: old-mta.old.example:25", "next_hop: "+pf,
 		`"smtp:[mx.new.example]:25"`, fmt.Sprintf(`"smtp:[127.0.0.1]:%s"`, pfPort),
 	)
 	// The suite's 389-DS has its own CA: the example's ca_file gets it.
-	ca, err := os.ReadFile(servers["DS_CA_CERT"])
+	ca, err := os.ReadFile(suite.servers["DS_CA_CERT"])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -296,33 +245,33 @@ func TestExamplesMigrationShim(t *testing.T) {
 	// Fast retries in case Postfix is slow; nothing else changes.
 	e.set(t, "  tls_policy: opportunistic\n", "  tls_policy: opportunistic\n  retry_min: 500ms\n  retry_max: 2s\n")
 
-	p, err := startRelayConfig(e.dir, e.path, addr, admin)
+	p, err := suite.startRelayConfig(e.dir, e.path, addr, admin)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer p.stop()
 
 	// (a) dry run.
-	tok := token(t)
+	tok := suite.token(t)
 	user := "dry." + strings.ToLower(strings.ReplaceAll(tok, "_", "-"))
 	sendSwaks(t, addr, tok, user+"@old.example")
-	arrived(t, tok, map[string]int{user + "@old.example": 1}, 30*time.Second)
+	suite.arrived(t, tok, map[string]int{user + "@old.example": 1}, 30*time.Second)
 	l := logHas(t, p, 5*time.Second, "dry-run: would rewrite", "to="+user+"@old.example")
 	if !strings.Contains(l, user+"@new.example") {
 		t.Errorf("dry-run line does not name the rewrite to %s@new.example: %s", user, l)
 	}
 	t.Logf("dry run: %s", l)
-	tok = token(t)
+	tok = suite.token(t)
 	sendSwaks(t, addr, tok, "sales@company.com")
-	arrived(t, tok, map[string]int{"sales@company.com": 1}, 30*time.Second)
+	suite.arrived(t, tok, map[string]int{"sales@company.com": 1}, 30*time.Second)
 	l = logHas(t, p, 5*time.Second, "dry-run: would rewrite", "to=sales@company.com", "central@company.com")
 	t.Logf("dry run: %s", l)
 	// An address the directory does not know: with unknown_recipients: pass
 	// it is delivered unchanged either way; see what the dry run says.
-	tok = token(t)
+	tok = suite.token(t)
 	unknown := "nobody." + strings.ToLower(strings.ReplaceAll(tok, "_", "-")) + "@company.com"
 	sendSwaks(t, addr, tok, unknown)
-	arrived(t, tok, map[string]int{unknown: 1}, 30*time.Second)
+	suite.arrived(t, tok, map[string]int{unknown: 1}, 30*time.Second)
 	t.Logf("dry run, unknown address: %s", logHas(t, p, 5*time.Second, "dry-run", "to="+unknown))
 
 	// (b) the switch: dry_run: false and a reload, no restart.
@@ -332,23 +281,23 @@ func TestExamplesMigrationShim(t *testing.T) {
 	}
 	logHas(t, p, 10*time.Second, "reloaded")
 
-	tok = token(t)
+	tok = suite.token(t)
 	user = "live." + strings.ToLower(strings.ReplaceAll(tok, "_", "-"))
 	sendSwaks(t, addr, tok, user+"@old.example")
-	d := arrived(t, tok, map[string]int{user + "@new.example": 1}, 30*time.Second)
+	d := suite.arrived(t, tok, map[string]int{user + "@new.example": 1}, 30*time.Second)
 	if !strings.Contains(string(d[0].Raw), "by mx-shim.old.example (mailfwd)") {
 		t.Errorf("no Received header from the shim in the delivered message:\n%s", d[0].Raw)
 	}
 
-	tok = token(t)
+	tok = suite.token(t)
 	unknown = "nobody." + strings.ToLower(strings.ReplaceAll(tok, "_", "-")) + "@company.com"
 	sendSwaks(t, addr, tok, unknown)
-	arrived(t, tok, map[string]int{unknown: 1}, 30*time.Second)
+	suite.arrived(t, tok, map[string]int{unknown: 1}, 30*time.Second)
 	logHas(t, p, 5*time.Second, "pass-through: not in the directory, delivered unchanged", "to="+unknown)
 
-	tok = token(t)
+	tok = suite.token(t)
 	sendSwaks(t, addr, tok, "sales@company.com", "old.address@domain.com")
-	arrived(t, tok, map[string]int{"central@company.com": 1, "new.address@domain.ro": 1}, 30*time.Second)
+	suite.arrived(t, tok, map[string]int{"central@company.com": 1, "new.address@domain.ro": 1}, 30*time.Second)
 
 	// Not a relay domain: still refused, the shim is no open relay.
 	out, _ := swaks(t, addr, "--to", "someone@example.org", "--quit-after", "RCPT")
@@ -356,7 +305,7 @@ func TestExamplesMigrationShim(t *testing.T) {
 		t.Errorf("RCPT for a domain that is not a relay domain: %q, want 554 5.7.1", got)
 	}
 	// mailfwd lookup with the same file answers what the relay does.
-	lk := exec.Command(binary, "lookup", "-config", e.path, "x@old.example")
+	lk := exec.Command(suite.binary, "lookup", "-config", e.path, "x@old.example")
 	lo, err := lk.CombinedOutput()
 	if err != nil || strings.TrimSpace(string(lo)) != "x@new.example" {
 		t.Errorf("mailfwd lookup x@old.example: %v %q, want x@new.example", err, lo)
@@ -375,16 +324,16 @@ func TestExamplesMXRelay(t *testing.T) {
 		"admin_listen: 127.0.0.1:9925", "admin_listen: "+admin,
 		"servers: [ldaps://ldap1.example.net:636, ldaps://ldap2.example.net:636]",
 		// A first server that refuses connections: the failover the example describes.
-		fmt.Sprintf("servers: [ldaps://127.0.0.1:1, %s]", servers["DS_LDAPS_URL"]),
-		"next_hop: 127.0.0.1:10025", "next_hop: "+servers["PF_SMTP"],
-		"external_next_hop: 127.0.0.1:10027", "external_next_hop: "+servers["SINK_ADDR"],
+		fmt.Sprintf("servers: [ldaps://127.0.0.1:1, %s]", suite.servers["DS_LDAPS_URL"]),
+		"next_hop: 127.0.0.1:10025", "next_hop: "+suite.servers["PF_SMTP"],
+		"external_next_hop: 127.0.0.1:10027", "external_next_hop: "+suite.servers["SINK_ADDR"],
 	)
-	ca, err := os.ReadFile(servers["DS_CA_CERT"])
+	ca, err := os.ReadFile(suite.servers["DS_CA_CERT"])
 	if err != nil {
 		t.Fatal(err)
 	}
 	os.WriteFile(filepath.Join(e.dir, "etc/mailfwd/ldap-ca.pem"), ca, 0o600)
-	p, err := startRelayConfig(e.dir, e.path, addr, admin)
+	p, err := suite.startRelayConfig(e.dir, e.path, addr, admin)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -392,9 +341,9 @@ func TestExamplesMXRelay(t *testing.T) {
 
 	// STARTTLS with the example's certificate, verified as mx1.example.net
 	// (swaks needs Net::SSLeay for TLS, which the suite does not install).
-	tok := token(t)
+	tok := suite.token(t)
 	roots := x509.NewCertPool()
-	cert, _ := exampleCert(t)
+	cert, _ := suite.exampleCerts(t)
 	roots.AppendCertsFromPEM(cert)
 	c, err := smtp.DialStartTLS(addr, &tls.Config{ServerName: "mx1.example.net", RootCAs: roots})
 	if err != nil {
@@ -408,7 +357,7 @@ func TestExamplesMXRelay(t *testing.T) {
 		t.Fatalf("no TLS, or not the example's certificate: %v %v", ok, st.PeerCertificates)
 	}
 	c.Quit()
-	ds := arrived(t, tok, map[string]int{"new.address@domain.ro": 1, "external.user@gmail.com": 1}, 30*time.Second)
+	ds := suite.arrived(t, tok, map[string]int{"new.address@domain.ro": 1, "external.user@gmail.com": 1}, 30*time.Second)
 	for _, d := range ds {
 		if d.Rcpts[0] == "external.user@gmail.com" && (!strings.HasPrefix(d.MailFrom, "SRS0=") || !strings.HasSuffix(d.MailFrom, "@srs.example.net")) {
 			t.Errorf("external forward sent from <%s>, want an SRS0 address in srs.example.net", d.MailFrom)
@@ -438,12 +387,12 @@ func TestExamplesPostfixMap(t *testing.T) {
 		"old.address@domain.com":    "new.address@domain.ro",
 		"internal.user@company.com": "external.user@gmail.com",
 	} {
-		out, err := exec.Command(binary, "lookup", "-config", e.path, addr).CombinedOutput()
+		out, err := exec.Command(suite.binary, "lookup", "-config", e.path, addr).CombinedOutput()
 		if err != nil || strings.TrimSpace(string(out)) != want {
 			t.Errorf("lookup %s: %v %q, want %s", addr, err, out, want)
 		}
 	}
-	cmd := exec.Command(binary, "lookup", "-config", e.path, "nobody@company.com")
+	cmd := exec.Command(suite.binary, "lookup", "-config", e.path, "nobody@company.com")
 	out, _ := cmd.CombinedOutput()
 	if code := cmd.ProcessState.ExitCode(); code != 1 {
 		t.Errorf("lookup nobody@company.com: exit %d, want 1 (not found)\n%s", code, out)

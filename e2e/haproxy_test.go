@@ -57,7 +57,7 @@ type haInstance struct {
 
 func (in *haInstance) start(t *testing.T) {
 	t.Helper()
-	p, err := startRelayConfig(in.dir, in.cfg, in.addr, in.admin)
+	p, err := suite.startRelayConfig(in.dir, in.cfg, in.addr, in.admin)
 	if err != nil {
 		t.Fatalf("%s: %v", in.name, err)
 	}
@@ -69,8 +69,8 @@ func (in *haInstance) spooled() int {
 	return len(spoolGlob(filepath.Join(in.dir, "spool", "msg"), "*.msg"))
 }
 
-// newHAInstance writes an instance's config: like startMailfwd's, plus
-// proxy_protocol_from for HAProxy on loopback.
+// newHAInstance writes an instance's config (testdata/haproxy/mailfwd.yaml):
+// like startMailfwd's, plus proxy_protocol_from for HAProxy on loopback.
 func newHAInstance(t *testing.T, root, name, nextHop string) *haInstance {
 	t.Helper()
 	in := &haInstance{name: name, dir: filepath.Join(root, name)}
@@ -79,13 +79,9 @@ func newHAInstance(t *testing.T, root, name, nextHop string) *haInstance {
 	}
 	in.addr, _ = freePort()
 	in.admin, _ = freePort()
-	cfg, err := relayConfig(in.dir, name+".e2e.test", in.addr, in.admin, nextHop,
-		"proxy_protocol_from: [127.0.0.1/32]   # HAProxy; the header is required from it\n")
+	var err error
+	in.cfg, err = suite.relayConfig(in.dir, "haproxy/mailfwd.yaml", vars{"Hostname": name + ".e2e.test", "Listen": in.addr, "Admin": in.admin, "NextHop": nextHop})
 	if err != nil {
-		t.Fatal(err)
-	}
-	in.cfg = filepath.Join(in.dir, "mailfwd.yaml")
-	if err := os.WriteFile(in.cfg, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return in
@@ -239,7 +235,7 @@ func TestHAProxyTwoInstances(t *testing.T) {
 	if _, err := exec.LookPath("haproxy"); err != nil {
 		t.Fatalf("haproxy is not installed (e2e/scripts/install-deps.sh): %v", err)
 	}
-	if c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(haClientIP)}}).Dial("tcp", servers["PF_SMTP"]); err != nil {
+	if c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(haClientIP)}}).Dial("tcp", suite.servers["PF_SMTP"]); err != nil {
 		t.Fatalf("cannot use %s as a client address: %v", haClientIP, err)
 	} else {
 		c.Close()
@@ -253,8 +249,8 @@ func TestHAProxyTwoInstances(t *testing.T) {
 	// mx1 reaches Postfix through a gate that stays shut until after its
 	// restart, so the kill finds messages in its spool (accepted, not yet
 	// delivered); mx2 reaches Postfix directly.
-	gate := newHAGate(t, servers["PF_SMTP"])
-	mx := []*haInstance{newHAInstance(t, root, "mx1", gate.addr), newHAInstance(t, root, "mx2", servers["PF_SMTP"])}
+	gate := newHAGate(t, suite.servers["PF_SMTP"])
+	mx := []*haInstance{newHAInstance(t, root, "mx1", gate.addr), newHAInstance(t, root, "mx2", suite.servers["PF_SMTP"])}
 	defer func() {
 		for _, in := range mx {
 			if in.alive {
@@ -276,32 +272,7 @@ func TestHAProxyTwoInstances(t *testing.T) {
 	front, _ := freePort()
 	haCfg := filepath.Join(root, "haproxy.cfg")
 	haSock := filepath.Join(root, "haproxy.sock")
-	os.WriteFile(haCfg, []byte(fmt.Sprintf(`global
-    log stdout format raw local0
-    maxconn 4096
-    stats socket %s mode 600 level admin
-
-defaults
-    mode tcp
-    log global
-    option tcplog
-    timeout connect 2s
-    timeout client 60s
-    timeout server 60s
-    retries 3
-    option redispatch
-
-frontend smtp
-    bind %s
-    default_backend mailfwd
-
-backend mailfwd
-    balance roundrobin
-    option smtpchk EHLO haproxy.e2e.test
-    default-server check inter 500ms fall 2 rise 2 send-proxy-v2
-    server mx1 %s
-    server mx2 %s
-`, haSock, front, mx[0].addr, mx[1].addr)), 0o600)
+	writeConfig(t, haCfg, "haproxy/haproxy.cfg", vars{"Socket": haSock, "Front": front, "MX1": mx[0].addr, "MX2": mx[1].addr})
 	if out, err := exec.Command("haproxy", "-c", "-f", haCfg).CombinedOutput(); err != nil {
 		t.Fatalf("haproxy -c: %v\n%s", err, out)
 	}
@@ -386,7 +357,7 @@ backend mailfwd
 	// The load: haClients clients, each message on its own connection through
 	// HAProxy, retried until it gets a 250 (as a real MTA would).
 	prefix := fmt.Sprintf("ha-%d-%d-", os.Getpid(), time.Now().UnixNano())
-	sink := &haSink{dir: servers["SINK_DIR"], prefix: prefix, since: time.Now().Add(-2 * time.Second), seen: map[string]bool{}, got: map[string][]haArrival{}}
+	sink := &haSink{dir: suite.servers["SINK_DIR"], prefix: prefix, since: time.Now().Add(-2 * time.Second), seen: map[string]bool{}, got: map[string][]haArrival{}}
 	sink.scan() // older files: skipped from now on
 	msgs := make([]*haMsg, haMessages)
 	for i := range msgs {

@@ -93,25 +93,12 @@ func TestHostileClients(t *testing.T) {
 	os.MkdirAll(dir, 0o700)
 	addr, admin := mustFreePort(t), mustFreePort(t)
 	dns := hangingDKIMDNS(t)
-	cfg, err := relayConfig(dir, "mx.hostile.test", addr, admin, servers["PF_SMTP"], fmt.Sprintf(`auth:
-  authserv_id: mx.hostile.test
-  lookup_timeout: 3s
-  timeout: 5s
-dns:
-  servers: ["%s"]
-`, dns))
+	cfgPath, err := suite.relayConfig(dir, "hostile/mailfwd.yaml", vars{"Hostname": "mx.hostile.test", "Listen": addr, "Admin": admin, "DNS": dns})
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg = strings.Replace(cfg, "limits: {max_connections_per_ip: 1000, connection_rate_per_ip: 1000000}",
-		"limits: {max_connections: 300, max_connections_per_ip: 10, connection_rate_per_ip: 600, max_junk_commands: 50, command_timeout: 20s}", 1)
-	if !strings.Contains(cfg, "max_connections: 300") {
-		t.Fatalf("limits not replaced:\n%s", cfg)
-	}
-	cfgPath := filepath.Join(dir, "mailfwd.yaml")
-	os.WriteFile(cfgPath, []byte(cfg), 0o600)
 	// 256 descriptors: the flood below runs the relay out of them
-	m, err := startRelayConfigWith(dir, cfgPath, addr, admin, []string{"prlimit", "--nofile=256:256", "--"})
+	m, err := suite.startRelayConfigWith(dir, cfgPath, addr, admin, []string{"prlimit", "--nofile=256:256", "--"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -269,7 +256,7 @@ dns:
 		}
 	})
 	// 6. bare-CR forgery and 7. BDAT cut off by RSET, checked at the sink
-	forged := token(t)
+	forged := suite.token(t)
 	attack("forgery", 1, func(i int) {
 		msg := "X-Pad: x\rAuthentication-Results: mx.hostile.test; spf=pass; dkim=pass; dmarc=pass " + forged + "\r\n" +
 			"From: a@example.org\r\nSubject: " + forged + "\r\n\r\nbody\r\n"
@@ -313,7 +300,7 @@ dns:
 	var honestFail []string
 	deadline := time.Now().Add(20 * time.Second)
 	for n := 0; time.Now().Before(deadline); n++ {
-		tok := fmt.Sprintf("%s-honest-%d", token(t), n)
+		tok := fmt.Sprintf("%s-honest-%d", suite.token(t), n)
 		t0 := time.Now()
 		err := sendFromAddr("127.0.9.1", addr, "alice@example.org", "sales@company.com",
 			"From: alice@example.org\r\nSubject: "+tok+"\r\n\r\nhonest\r\n")
@@ -381,7 +368,7 @@ dns:
 		t.Errorf("%d BDAT messages after an aborted transfer were answered wrongly", bdatWrong.Load())
 	}
 	// nothing forged reached the next hop
-	dumps, _ := ReadSinkDumps(servers["SINK_DIR"])
+	dumps, _ := ReadSinkDumps(suite.servers["SINK_DIR"])
 	for _, d := range dumps {
 		if strings.Contains(string(d.Raw), "dmarc=pass "+forged) {
 			t.Errorf("a forged Authentication-Results reached the next hop:\n%s", d.Raw)

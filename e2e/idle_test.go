@@ -40,16 +40,8 @@ func TestIdleConnectionsMemory(t *testing.T) {
 	seed, _ := os.ReadFile("../deploy/seed.ldif")
 	os.WriteFile(filepath.Join(dir, "dir.ldif"), seed, 0o600)
 	addr, _ := freePort()
-	os.WriteFile(filepath.Join(dir, "mailfwd.yaml"), []byte(fmt.Sprintf(`listen: [%q]
-relay_domains: [company.com]
-spool_dir: spool
-limits: {max_connections: 1001, max_connections_per_ip: 1500, connection_rate_per_ip: 5000}
-directory:
-  ldif: {file: dir.ldif}
-delivery:
-  next_hop: %q
-`, addr, servers["SINK_ADDR"])), 0o600)
-	cmd := exec.Command(binary, "serve", "-config", filepath.Join(dir, "mailfwd.yaml"))
+	cfg := writeConfig(t, filepath.Join(dir, "mailfwd.yaml"), "idle/mailfwd.yaml", vars{"Listen": addr, "NextHop": suite.servers["SINK_ADDR"]})
+	cmd := exec.Command(suite.binary, "serve", "-config", cfg)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

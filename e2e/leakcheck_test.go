@@ -20,16 +20,16 @@ func TestLeakcheckFailure(t *testing.T) {
 	if mode != "fail" && mode != "interrupt" {
 		t.Fatalf("LEAKCHECK_MODE=%q: want fail or interrupt (run through scripts/leakcheck.sh)", mode)
 	}
-	if _, err := startMailfwd(filepath.Join(serverRoot, "..", "leaked-relay")); err != nil {
+	if _, err := suite.startMailfwd(filepath.Join(suite.root, "..", "leaked-relay")); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := runScriptEnv("start-postfix.sh", "PF_DIR="+serverDir("postfix-leaked"), "PF_PORT=10030",
+	if _, err := suite.runScriptVars("start-postfix.sh", "PF_DIR="+suite.serverDir("postfix-leaked"), "PF_PORT=10030",
 		"PF_HOSTNAME=postfix-leaked.test"); err != nil {
 		t.Fatal(err)
 	}
 	if mode == "interrupt" {
 		// the script waits for this file, then sends SIGINT
-		if err := os.WriteFile(filepath.Join(serverRoot, "..", "hanging"), nil, 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(suite.root, "..", "hanging"), nil, 0o644); err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(10 * time.Minute)

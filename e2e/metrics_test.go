@@ -67,14 +67,14 @@ func waitHealthy(t *testing.T, p *mailfwdProc) {
 // The relay's admin listener answers /healthz, and /metrics counts what a
 // session, the directory, SRS and delivery did.
 func TestMetricsAndHealth(t *testing.T) {
-	waitHealthy(t, relay)
-	before := scrapeMetrics(t, relay)
+	waitHealthy(t, suite.relay)
+	before := scrapeMetrics(t, suite.relay)
 
 	// One accepted internal and one external (SRS) recipient, one unknown,
 	// one foreign: the refusals in a session of their own.
-	tok := token(t)
-	sendSwaks(t, relay.addr, tok, "sales@company.com", "internal.user@company.com")
-	c, err := smtp.Dial(relay.addr)
+	tok := suite.token(t)
+	sendSwaks(t, suite.relay.addr, tok, "sales@company.com", "internal.user@company.com")
+	c, err := smtp.Dial(suite.relay.addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +84,7 @@ func TestMetricsAndHealth(t *testing.T) {
 	c.Rcpt("nobody-"+strconv.Itoa(time.Now().Nanosecond())+"@company.com", nil) // not in the directory: the replica says so
 	c.Rcpt("someone@example.org", nil)
 	c.Quit()
-	arrived(t, tok, map[string]int{"central@company.com": 1, "external.user@gmail.com": 1}, 30*time.Second)
+	suite.arrived(t, tok, map[string]int{"central@company.com": 1, "external.user@gmail.com": 1}, 30*time.Second)
 
 	var after map[string]float64
 	want := map[string]float64{ // at least this much more than before
@@ -101,7 +101,7 @@ func TestMetricsAndHealth(t *testing.T) {
 	}
 	// Deliveries are counted right after the next hop's reply: wait a little.
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		after = scrapeMetrics(t, relay)
+		after = scrapeMetrics(t, suite.relay)
 		short := ""
 		for k, d := range want {
 			if after[k]-before[k] < d {
@@ -136,7 +136,7 @@ func TestMetricsHealthzSpool(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "healthz")
 	mnt, unmount := mountSpoolTmpfs(t, dir, "1m")
 	defer unmount()
-	p, err := startMailfwdExtra(dir, unsafeSpool)
+	p, err := suite.startMailfwdExtra(dir, unsafeSpool)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -53,35 +53,9 @@ func outboundRelay(t *testing.T, s *internet.Scenario, extra string) (*mailfwdPr
 		t.Fatal(err)
 	}
 	addr, admin := mustFreePort(t), mustFreePort(t)
-	cfg := fmt.Sprintf(`hostname: mx.company.com
-listen: [%q]
-admin_listen: %q
-relay_domains: [company.com]
-spool_dir: spool
-directory:
-  ldif: {file: dir.ldif}
-srs:
-  domain: %s
-  secrets_file: srs.secrets
-dns:
-  servers: [%q]
-delivery:
-  next_hop: %q
-  tls_ca_file: %q
-  retry_min: 300ms
-  retry_max: 1s
-  external_retry_min: 1s
-  external_retry_max: 2s
-  connect_timeout: 5s
-  tls_rpt: {enabled: true, organization: mailfwd e2e, contact: postmaster@company.com}
-log:
-  level: debug
-%s`, addr, admin, srsDomain, s.Resolver(), servers["PF_SMTP"], s.CAFile(), extra)
-	cfgPath := filepath.Join(dir, "mailfwd.yaml")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	p, err := startRelayConfig(dir, cfgPath, addr, admin)
+	cfgPath := writeConfig(t, filepath.Join(dir, "mailfwd.yaml"), "outbound/mailfwd.yaml", vars{"Listen": addr, "Admin": admin,
+		"SRSDomain": srsDomain, "Resolver": s.Resolver(), "NextHop": suite.servers["PF_SMTP"], "CAFile": s.CAFile(), "Extra": extra})
+	p, err := suite.startRelayConfig(dir, cfgPath, addr, admin)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,7 +108,7 @@ func tlsOf(m *internet.Message) string {
 func TestOutboundSecurity(t *testing.T) {
 	s := internet.Standard(t)
 	p, fwd := outboundRelay(t, s, "")
-	tok := token(t)
+	tok := suite.token(t)
 	for from := range fwd {
 		if err := sendGo(p.addr, tok+"-"+strings.TrimSuffix(from, "@company.com"), []string{from}); err != nil {
 			t.Fatalf("%s: %v", from, err)
@@ -195,7 +169,7 @@ func TestOutboundSecurity(t *testing.T) {
 		"fwd-sts-enforce@company.com": {"MTA-STS enforce", "MTA-STS enforce: TLS verified for mx.sts-enforce.test"},
 		"fwd-notls@company.com":       {"no MTA-STS policy", "the default TLS policy"},
 	} {
-		out, err := exec.Command(binary, "lookup", "-v", "-config", filepath.Join(p.dir, "mailfwd.yaml"), from).CombinedOutput()
+		out, err := exec.Command(suite.binary, "lookup", "-v", "-config", filepath.Join(p.dir, "mailfwd.yaml"), from).CombinedOutput()
 		if err != nil {
 			t.Errorf("lookup -v %s: %v\n%s", from, err, out)
 			continue
@@ -213,11 +187,11 @@ func TestOutboundSecurity(t *testing.T) {
 	cfgPath := filepath.Join(p.dir, "mailfwd.yaml")
 	// the relay's admin address, for the restart that sends the mailto: reports
 	adminAddr := strings.TrimPrefix(p.admin, "http://")
-	out, err := exec.Command(binary, "tls-report", "-config", cfgPath, "-day", "today").Output()
+	out, err := exec.Command(suite.binary, "tls-report", "-config", cfgPath, "-day", "today").Output()
 	if err != nil {
 		t.Fatalf("tls-report -day today: %v\n%s", err, out)
 	}
-	if out, err := exec.Command(binary, "tls-report", "-config", cfgPath, "-day", "today", "-send").CombinedOutput(); err != nil {
+	if out, err := exec.Command(suite.binary, "tls-report", "-config", cfgPath, "-day", "today", "-send").CombinedOutput(); err != nil {
 		t.Fatalf("tls-report -send: %v\n%s", err, out)
 	}
 	reports := s.TLSRPT.WaitReports(t, 4, 30*time.Second)
@@ -258,7 +232,7 @@ func TestOutboundSecurity(t *testing.T) {
 
 	// The mailto: reports were queued in the spool: the relay sends them
 	// through its own queue when it starts again.
-	p2, err := startRelayConfig(p.dir, cfgPath, p.addr, adminAddr)
+	p2, err := suite.startRelayConfig(p.dir, cfgPath, p.addr, adminAddr)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -53,7 +53,7 @@ func postmapQuery(t *testing.T, cf, key string) pfAnswer {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "postmap", "-c", servers["PF_CONF"], "-q", key, "ldap:"+cf)
+	cmd := exec.CommandContext(ctx, "postmap", "-c", suite.servers["PF_CONF"], "-q", key, "ldap:"+cf)
 	var out, errb strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
@@ -88,7 +88,7 @@ func postmapBatch(t *testing.T, cf string, keys []string) map[string]pfAnswer {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "postmap", "-c", servers["PF_CONF"], "-q", "-", "ldap:"+cf)
+	cmd := exec.CommandContext(ctx, "postmap", "-c", suite.servers["PF_CONF"], "-q", "-", "ldap:"+cf)
 	cmd.Stdin = strings.NewReader(strings.Join(batch, "\n") + "\n")
 	var stdout, stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -209,11 +209,11 @@ func pfEntries(ou string) []*ldap.AddRequest {
 
 func dmConn(t *testing.T) *ldap.Conn {
 	t.Helper()
-	c, err := ldap.DialURL(servers["DS_URL"])
+	c, err := ldap.DialURL(suite.servers["DS_URL"])
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Bind(servers["DS_ROOT_DN"], servers["DS_ROOT_PW"]); err != nil {
+	if err := c.Bind(suite.servers["DS_ROOT_DN"], suite.servers["DS_ROOT_PW"]); err != nil {
 		c.Close()
 		t.Fatal(err)
 	}
@@ -224,7 +224,7 @@ func dmConn(t *testing.T) *ldap.Conn {
 // (removed when t ends) and returns it, with a Directory Manager connection.
 func pfTree(t *testing.T) (string, *ldap.Conn) {
 	t.Helper()
-	base := servers["DS_BASE"]
+	base := suite.servers["DS_BASE"]
 	if base == "" {
 		base = "dc=example,dc=net"
 	}
@@ -271,7 +271,7 @@ bind_dn = %s
 bind_pw = %s
 timeout = 5
 version = 3
-`, first, servers["DS_URL"], ou, servers["DS_ROOT_DN"], servers["DS_ROOT_PW"])
+`, first, suite.servers["DS_URL"], ou, suite.servers["DS_ROOT_DN"], suite.servers["DS_ROOT_PW"])
 }
 
 // TestPostfixCFGroups: special, leaf and terminal result attributes,
@@ -405,7 +405,7 @@ search_base = dc=example,dc=net
 bind_dn = uid=postfix-ldap,ou=system,dc=example,dc=net
 bind_pw = postfix-ldap-secret
 timeout = 5
-`, servers["DS_URL"])
+`, suite.servers["DS_URL"])
 	maps := map[string]string{
 		"seed": `query_filter = (|(mail=%s)
         (mailAlternateAddress=%s))
@@ -525,7 +525,7 @@ func TestPostfixCFReplica(t *testing.T) {
 	// A member outside the search base: that lookup is a live query.
 	live := r.Stats().Live
 	m = ldap.NewModifyRequest("cn=big,"+ou, nil)
-	m.Add("uniqueMember", []string{servers["DS_ROOT_DN"]})
+	m.Add("uniqueMember", []string{suite.servers["DS_ROOT_DN"]})
 	if err := c.Modify(m); err != nil {
 		t.Fatal(err)
 	}

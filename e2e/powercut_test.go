@@ -88,7 +88,7 @@ func TestPowerCut(t *testing.T) {
 
 	var results []string
 	t.Run("mailfwd", func(t *testing.T) {
-		r := runPowerCuts(t, kernel, binary, cuts, seed, false)
+		r := runPowerCuts(t, kernel, suite.binary, cuts, seed, false)
 		results = append(results, "mailfwd: "+r.String())
 		if r.cuts < cuts {
 			t.Errorf("only %d power cuts, want %d", r.cuts, cuts)
@@ -158,7 +158,7 @@ func runPowerCuts(t *testing.T, k guestKernel, relay string, cuts int, seed uint
 	_, smtpPort, _ := net.SplitHostPort(smtpAddr)
 	g := &powerGuest{dir: dir, kernel: k, smtpAddr: smtpAddr, smtpPort: smtpPort}
 	g.initrd = filepath.Join(dir, "initrd.cpio")
-	if err := writeGuestInitramfs(g.initrd, k, relay, powerGuestConfig(sinkPort)); err != nil {
+	if err := writeGuestInitramfs(g.initrd, k, relay, powerGuestConfig(t, sinkPort)); err != nil {
 		t.Fatal(err)
 	}
 	g.disk = filepath.Join(dir, "disk.img")
@@ -280,30 +280,16 @@ func runPowerCuts(t *testing.T, k guestKernel, relay string, cuts int, seed uint
 	return r
 }
 
-// powerGuestConfig is the relay's config inside the guest: the seed
-// directory built into the binary, the spool on the test disk, both next
-// hops on the host's sink (10.0.2.2 is the host under qemu's user network).
-func powerGuestConfig(sinkPort string) string {
-	return fmt.Sprintf(`hostname: guest.powercut.test
-listen: ["0.0.0.0:2525"]
-admin_listen: 127.0.0.1:2580
-relay_domains: [domain.com, domain.ro, company.com]
-spool_dir: /spool/spool
-limits: {max_connections_per_ip: 1000, connection_rate_per_ip: 1000000}
-directory:
-  ldif:
-    file: ""
-delivery:
-  next_hop: 10.0.2.2:%s
-  external_next_hop: 10.0.2.2:%s
-  retry_min: 1s
-  retry_max: 3s
-  external_retry_min: 1s   # the external forwards drain at the end as fast as the rest
-  external_retry_max: 3s
-  connect_timeout: 2s
-log:
-  level: info
-`, sinkPort, sinkPort)
+// powerGuestConfig is the relay's config inside the guest
+// (testdata/powercut/mailfwd.yaml), both next hops on the host's sink at
+// sinkPort.
+func powerGuestConfig(t *testing.T, sinkPort string) string {
+	t.Helper()
+	cfg, err := renderConfig("powercut/mailfwd.yaml", vars{"SinkPort": sinkPort})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
 }
 
 // powerGuest boots the guest on its disk, one boot per cycle.

@@ -128,20 +128,8 @@ func qmgrRelay(t *testing.T, nextHop, external, extra string) *mailfwdProc {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := filepath.Join(dir, "mailfwd.yaml")
-	os.WriteFile(cfg, []byte(fmt.Sprintf(`hostname: mailfwd-qmgr.e2e.test
-listen: [%q]
-relay_domains: [domain.com, domain.ro, company.com]
-spool_dir: spool
-limits: {max_connections_per_ip: 1000, connection_rate_per_ip: 1000000}
-directory:
-  ldif: {file: ""}
-delivery:
-  next_hop: %q
-  external_next_hop: %q
-  connect_timeout: 30s
-%s`, addr, nextHop, external, extra)), 0o600)
-	p, err := startRelayConfig(dir, cfg, addr, "")
+	cfg := writeConfig(t, filepath.Join(dir, "mailfwd.yaml"), "qmgr/mailfwd.yaml", vars{"Listen": addr, "NextHop": nextHop, "ExternalNextHop": external, "Delivery": extra})
+	p, err := suite.startRelayConfig(dir, cfg, addr, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,7 +145,7 @@ func localLatencies(t *testing.T, addr string, n int, gap time.Duration) []time.
 	t.Helper()
 	sent := map[string]time.Time{}
 	for i := 0; i < n; i++ {
-		tok := token(t)
+		tok := suite.token(t)
 		if err := sendGo(addr, tok, []string{"sales@company.com"}); err != nil {
 			t.Fatal(err)
 		}
@@ -167,7 +155,7 @@ func localLatencies(t *testing.T, addr string, n int, gap time.Duration) []time.
 	var lat []time.Duration
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		dumps, err := ReadSinkDumps(servers["SINK_DIR"])
+		dumps, err := ReadSinkDumps(suite.servers["SINK_DIR"])
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -213,8 +201,8 @@ func TestLocalLatencyBehindStuckInternet(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			mx, conns := tc.mx(t)
-			quiet := qmgrRelay(t, servers["PF_SMTP"], servers["SINK_ADDR"], "")
-			stuck := qmgrRelay(t, servers["PF_SMTP"], mx, "")
+			quiet := qmgrRelay(t, suite.servers["PF_SMTP"], suite.servers["SINK_ADDR"], "")
+			stuck := qmgrRelay(t, suite.servers["PF_SMTP"], mx, "")
 			for _, p := range []*mailfwdProc{quiet, stuck} {
 				localLatencies(t, p.addr, 5, 0) // warm: Postfix's connection open, caches filled
 			}
@@ -228,7 +216,7 @@ func TestLocalLatencyBehindStuckInternet(t *testing.T) {
 				go func() {
 					defer wg.Done()
 					for range work {
-						if err := sendGo(stuck.addr, token(t), []string{"internal.user@company.com"}); err != nil {
+						if err := sendGo(stuck.addr, suite.token(t), []string{"internal.user@company.com"}); err != nil {
 							failed.Add(1)
 						}
 					}
@@ -341,7 +329,7 @@ func TestDeadNextHopBacklogIsIdle(t *testing.T) {
 		}
 	}()
 	// Dead time 10 s, doubling to 40 s: a probe every 40 s at most.
-	p := qmgrRelay(t, down.Addr().String(), servers["SINK_ADDR"], "  retry_min: 10s\n  retry_max: 40s\n")
+	p := qmgrRelay(t, down.Addr().String(), suite.servers["SINK_ADDR"], "  retry_min: 10s\n  retry_max: 40s\n")
 
 	start := time.Now()
 	out, err := exec.Command("smtp-source", "-c", "-m", strconv.Itoa(backlog), "-s", "10", "-l", "300",

@@ -76,20 +76,11 @@ func startReplicaRelayList(t *testing.T, urls []string, server, wantState string
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := relayConfig(dir, "mailfwd.e2e.test", addr, admin, servers["PF_SMTP"], "log:\n  level: debug\n")
+	cfgPath, err := suite.relayConfig(dir, "relay/mailfwd.yaml", vars{"Listen": addr, "Admin": admin, "Directory": urls, "Extra": "log:\n  level: debug\n"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	var quoted []string
-	for _, u := range urls {
-		quoted = append(quoted, fmt.Sprintf("%q", u))
-	}
-	cfg = strings.Replace(cfg, fmt.Sprintf("servers: [%q]", servers["DS_URL"]), "servers: ["+strings.Join(quoted, ", ")+"]", 1)
-	cfgPath := filepath.Join(dir, "mailfwd.yaml")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	p, err := startRelayConfig(dir, cfgPath, addr, admin)
+	p, err := suite.startRelayConfig(dir, cfgPath, addr, admin)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,8 +145,8 @@ func rcptReply(addr, to string) (int, error) {
 func TestReplicaFollowsLDAPModify(t *testing.T) {
 	const rounds = 20
 	for _, d := range []directoryAdmin{
-		{"389-DS", servers["DS_URL"], servers["DS_ROOT_DN"], servers["DS_ROOT_PW"]},
-		{"OpenLDAP", servers["SLAPD_URL"], servers["SLAPD_ROOT_DN"], servers["SLAPD_ROOT_PW"]},
+		{"389-DS", suite.servers["DS_URL"], suite.servers["DS_ROOT_DN"], suite.servers["DS_ROOT_PW"]},
+		{"OpenLDAP", suite.servers["SLAPD_URL"], suite.servers["SLAPD_ROOT_DN"], suite.servers["SLAPD_ROOT_PW"]},
 	} {
 		t.Run(d.name, func(t *testing.T) {
 			p := startReplicaRelay(t, d.url, "synced")
@@ -174,7 +165,7 @@ func TestReplicaFollowsLDAPModify(t *testing.T) {
 				wg     sync.WaitGroup
 			)
 			send := func(t *testing.T, what, rcpt, to string) {
-				tok := token(t) + "-" + what
+				tok := suite.token(t) + "-" + what
 				if err := sendGo(p.addr, tok, []string{rcpt}); err != nil {
 					t.Errorf("%s: sending to %s: %v", what, rcpt, err)
 					return
@@ -216,7 +207,7 @@ func TestReplicaFollowsLDAPModify(t *testing.T) {
 			}
 			wg.Wait()
 			for _, e := range expect {
-				arrived(t, e.tok, map[string]int{e.to: 1}, 30*time.Second)
+				suite.arrived(t, e.tok, map[string]int{e.to: 1}, 30*time.Second)
 			}
 			m := scrapeMetrics(t, p)
 			t.Logf("%s: %d messages, each to where the directory said one second before; answers: replica %.0f, live %.0f; LDAP queries %.0f",
@@ -307,7 +298,7 @@ func TestReplicaDirectoryOutage(t *testing.T) {
 			t.Fatalf("E2E_OUTAGE: %v", err)
 		}
 	}
-	d := directoryAdmin{"389-DS", servers["DS_URL"], servers["DS_ROOT_DN"], servers["DS_ROOT_PW"]}
+	d := directoryAdmin{"389-DS", suite.servers["DS_URL"], suite.servers["DS_ROOT_DN"], suite.servers["DS_ROOT_PW"]}
 	pre := fmt.Sprintf("out%d", os.Getpid())
 	var cns []string
 	var b strings.Builder
@@ -412,11 +403,11 @@ func TestReplicaDirectoryOutage(t *testing.T) {
 	close(stop)
 	wg.Wait()
 
-	tok := token(t)
+	tok := suite.token(t)
 	if err := sendGo(p.addr, tok, []string{pre + "-0@company.com", pre + "-during@company.com"}); err != nil {
 		t.Fatalf("after the outage: %v", err)
 	}
-	arrived(t, tok, map[string]int{pre + "-0.moved@gmail.com": 1, pre + "-during@company.com": 1}, 30*time.Second)
+	suite.arrived(t, tok, map[string]int{pre + "-0.moved@gmail.com": 1, pre + "-during@company.com": 1}, 30*time.Second)
 
 	var bads []string
 	bad.Range(func(k, v any) bool {
@@ -446,7 +437,7 @@ func TestReplicaDirectoryOutage(t *testing.T) {
 // first here is down), and lookups are answered from the replica.
 func TestReplicaServerList(t *testing.T) {
 	dead, _ := freePort() // nothing listens there
-	p := startReplicaRelayList(t, []string{"ldap://" + dead, servers["DS_URL"]}, servers["DS_URL"], "synced")
+	p := startReplicaRelayList(t, []string{"ldap://" + dead, suite.servers["DS_URL"]}, suite.servers["DS_URL"], "synced")
 	if code, err := rcptReply(p.addr, "sales@company.com"); err != nil || code != 250 {
 		t.Fatalf("RCPT: %d %v", code, err)
 	}
@@ -463,7 +454,7 @@ func TestReplicaServerList(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if want := "ok\ndirectory replica: synced with " + servers["DS_URL"]; resp.StatusCode != 200 || !strings.HasPrefix(string(body), want) {
+	if want := "ok\ndirectory replica: synced with " + suite.servers["DS_URL"]; resp.StatusCode != 200 || !strings.HasPrefix(string(body), want) {
 		t.Errorf("/healthz: %d %q, want 200 and %q...", resp.StatusCode, body, want)
 	}
 }
@@ -475,30 +466,30 @@ func TestReplicaPersistentSearch(t *testing.T) {
 	port, _ := freePort()
 	_, p, _ := net.SplitHostPort(port)
 	env := []string{"DS_DIR=" + filepath.Join(dir, "389ds"), "DS_PORT=" + p, "DS_TLS_PORT=0", "DS_SYNC=0"}
-	if _, err := runScriptVars("start-389ds.sh", env...); err != nil {
+	if _, err := suite.runScriptVars("start-389ds.sh", env...); err != nil {
 		t.Fatal(err)
 	}
-	defer runScriptVars("stop-389ds.sh", env...)
+	defer suite.runScriptVars("stop-389ds.sh", env...)
 	url := "ldap://" + port
-	d := directoryAdmin{"389-DS without sync", url, servers["DS_ROOT_DN"], servers["DS_ROOT_PW"]}
+	d := directoryAdmin{"389-DS without sync", url, suite.servers["DS_ROOT_DN"], suite.servers["DS_ROOT_PW"]}
 	relay := startReplicaRelay(t, url, "synced")
 	logHas(t, relay, 5*time.Second, "following a persistent search instead")
 	for i := range 5 {
 		cn := fmt.Sprintf("ps%d-%d", os.Getpid(), i)
 		d.addRecipient(t, cn, cn+"@company.com")
 		time.Sleep(time.Second)
-		tok := token(t)
+		tok := suite.token(t)
 		if err := sendGo(relay.addr, tok, []string{cn + "@company.com"}); err != nil {
 			t.Fatalf("round %d, new address: %v", i, err)
 		}
-		arrived(t, tok, map[string]int{cn + "@company.com": 1}, 30*time.Second)
+		suite.arrived(t, tok, map[string]int{cn + "@company.com": 1}, 30*time.Second)
 		d.modify(t, "dn: cn="+cn+",ou=people,dc=example,dc=net\nchangetype: modify\nreplace: mailForwardingAddress\nmailForwardingAddress: "+cn+".ps@gmail.com\n")
 		time.Sleep(time.Second)
-		tok = token(t)
+		tok = suite.token(t)
 		if err := sendGo(relay.addr, tok, []string{cn + "@company.com"}); err != nil {
 			t.Fatalf("round %d, changed forwarding: %v", i, err)
 		}
-		arrived(t, tok, map[string]int{cn + ".ps@gmail.com": 1}, 30*time.Second)
+		suite.arrived(t, tok, map[string]int{cn + ".ps@gmail.com": 1}, 30*time.Second)
 		d.deleteEntries(t, []string{cn})
 		time.Sleep(time.Second)
 		if code, err := rcptReply(relay.addr, cn+"@company.com"); err != nil || code != 550 {
@@ -518,10 +509,10 @@ func TestReplicaUnsupportedServer(t *testing.T) {
 	port, _ := freePort()
 	_, p, _ := net.SplitHostPort(port)
 	env := []string{"SLAPD_DIR=" + filepath.Join(dir, "slapd"), "SLAPD_PORT=" + p, "SLAPD_TLS_PORT=0", "SLAPD_SYNC=0"}
-	if _, err := runScriptVars("start-slapd.sh", env...); err != nil {
+	if _, err := suite.runScriptVars("start-slapd.sh", env...); err != nil {
 		t.Fatal(err)
 	}
-	defer runScriptVars("stop-slapd.sh", env...)
+	defer suite.runScriptVars("stop-slapd.sh", env...)
 	url := "ldap://" + port
 	relay := startReplicaRelay(t, url, "unsupported")
 	if code, err := rcptReply(relay.addr, "sales@company.com"); err != nil || code != 250 {

@@ -89,21 +89,11 @@ func TestSignals(t *testing.T) {
 	writeCert(t, filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"), "one.test")
 	addr, _ := freePort()
 	cfg := func(domains string) {
-		os.WriteFile(filepath.Join(dir, "mailfwd.yaml"), []byte(fmt.Sprintf(`hostname: sig.test
-listen: [%q]
-relay_domains: [%s]
-spool_dir: spool
-tls: {cert_file: cert.pem, key_file: key.pem}
-directory:
-  ldif: {file: dir.ldif}
-delivery:
-  next_hop: %q
-  retry_min: 300ms
-`, addr, domains, servers["SINK_ADDR"])), 0o600)
+		writeConfig(t, filepath.Join(dir, "mailfwd.yaml"), "signals/mailfwd.yaml", vars{"Listen": addr, "Domains": domains, "NextHop": suite.servers["SINK_ADDR"]})
 	}
 	cfg("company.com")
 	logf, _ := os.Create(filepath.Join(dir, "log"))
-	cmd := exec.Command(binary, "serve", "-config", filepath.Join(dir, "mailfwd.yaml"))
+	cmd := exec.Command(suite.binary, "serve", "-config", filepath.Join(dir, "mailfwd.yaml"))
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -156,7 +146,7 @@ delivery:
 	}
 
 	// SIGTERM with a transaction in progress: it completes, then we exit.
-	tok := token(t)
+	tok := suite.token(t)
 	if r := open.cmd("DATA"); !strings.HasPrefix(r, "354") {
 		t.Fatalf("DATA: %s", r)
 	}
@@ -186,6 +176,6 @@ delivery:
 	}
 	envs := spoolGlob(filepath.Join(dir, "spool", "msg"), "*.msg")
 	if len(envs) == 0 {
-		arrived(t, tok, map[string]int{"central@company.com": 1}, 10*time.Second)
+		suite.arrived(t, tok, map[string]int{"central@company.com": 1}, 10*time.Second)
 	}
 }

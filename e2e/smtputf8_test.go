@@ -58,8 +58,8 @@ func TestSMTPUTF8OnlyWhenNeeded(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, pfPort, _ := net.SplitHostPort(pfAddr)
-	_, sinkPort, _ := net.SplitHostPort(servers["SINK_ADDR"])
-	pf := startFreshPostfix(t, serverDir("postfix-noutf8"), pfPort, "postfix-noutf8.test",
+	_, sinkPort, _ := net.SplitHostPort(suite.servers["SINK_ADDR"])
+	pf := suite.startFreshPostfix(t, suite.serverDir("postfix-noutf8"), pfPort, "postfix-noutf8.test",
 		"smtputf8_enable = no", "SINK_PORT="+sinkPort)
 
 	dir := t.TempDir()
@@ -67,23 +67,8 @@ func TestSMTPUTF8OnlyWhenNeeded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := filepath.Join(dir, "mailfwd.yaml")
-	os.WriteFile(cfg, []byte(fmt.Sprintf(`hostname: mailfwd-utf8.e2e.test
-listen: [%q]
-relay_domains: [domain.com, domain.ro, company.com]
-spool_dir: spool
-directory:
-  ldif: {file: ""}
-delivery:
-  next_hop: %q
-  external_next_hop: %q
-  retry_min: 300ms
-  retry_max: 1s
-  connect_timeout: 2s
-log:
-  level: debug
-`, addr, pfAddr, servers["SINK_ADDR"])), 0o600)
-	p, err := startRelayConfig(dir, cfg, addr, "")
+	cfg := writeConfig(t, filepath.Join(dir, "mailfwd.yaml"), "smtputf8/mailfwd.yaml", vars{"Listen": addr, "NextHop": pfAddr, "ExternalNextHop": suite.servers["SINK_ADDR"]})
+	p, err := suite.startRelayConfig(dir, cfg, addr, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,10 +76,10 @@ log:
 	p.spool = filepath.Join(dir, "spool", "msg")
 
 	t.Run("all-ASCII message declared SMTPUTF8 is delivered without it", func(t *testing.T) {
-		tok := token(t)
+		tok := suite.token(t)
 		rawSend(t, addr, "alice@example.org", "sales@company.com",
 			"From: alice@example.org\r\nSubject: "+tok+"\r\n\r\nplain ASCII\r\n")
-		d := arrived(t, tok, map[string]int{"central@company.com": 1}, 20*time.Second)
+		d := suite.arrived(t, tok, map[string]int{"central@company.com": 1}, 20*time.Second)
 		if !strings.Contains(string(d[0].RawHeader), "postfix-noutf8.test") {
 			t.Fatalf("not delivered through the Postfix without SMTPUTF8:\n%s", d[0].RawHeader)
 		}
@@ -105,12 +90,12 @@ log:
 	})
 
 	t.Run("UTF-8 sender address: not delivered, and the bounce says why", func(t *testing.T) {
-		tok := token(t)
+		tok := suite.token(t)
 		sender := "jösé@example.org"
 		rawSend(t, addr, sender, "sales@company.com",
 			"From: "+sender+"\r\nSubject: "+tok+"\r\n\r\nUTF-8 sender\r\n")
 		// smtp-sink writes non-ASCII bytes as '?' in its dump headers.
-		d := arrived(t, tok, map[string]int{"j??s??@example.org": 1}, 20*time.Second)
+		d := suite.arrived(t, tok, map[string]int{"j??s??@example.org": 1}, 20*time.Second)
 		if d[0].MailFrom != "" {
 			t.Fatalf("the bounce has sender <%s>, want <>", d[0].MailFrom)
 		}

@@ -47,13 +47,13 @@ func TestSRSRealSenders(t *testing.T) {
 	type row struct{ kind, form, bounce string }
 	var rows []row
 	for _, s := range realSenders {
-		tok := token(t)
-		out, err := swaks(t, relay.addr, "--from", s.addr, "--to", "internal.user@company.com", "--header", "Subject: "+tok)
+		tok := suite.token(t)
+		out, err := swaks(t, suite.relay.addr, "--from", s.addr, "--to", "internal.user@company.com", "--header", "Subject: "+tok)
 		if err != nil || !strings.Contains(out, "250 2.0.0 Ok: queued as ") {
 			t.Errorf("%s <%s>: not accepted: %v\n%s", s.kind, s.addr, err, out)
 			continue
 		}
-		fwd := arrived(t, tok, map[string]int{"external.user@gmail.com": 1}, 30*time.Second)[0]
+		fwd := suite.arrived(t, tok, map[string]int{"external.user@gmail.com": 1}, 30*time.Second)[0]
 		at := strings.LastIndexByte(fwd.MailFrom, '@')
 		form := "embedded"
 		switch {
@@ -73,13 +73,13 @@ func TestSRSRealSenders(t *testing.T) {
 			f := strings.SplitN(s.addr[5:strings.IndexByte(s.addr, '@')], "=", 3)
 			want = strings.ToLower("SRS0" + f[2] + "@" + f[1])
 		}
-		tok = token(t)
-		out, err = swaks(t, relay.addr, "--from", "<>", "--to", fwd.MailFrom, "--header", "Subject: "+tok)
+		tok = suite.token(t)
+		out, err = swaks(t, suite.relay.addr, "--from", "<>", "--to", fwd.MailFrom, "--header", "Subject: "+tok)
 		bounce := "reversed"
 		if err != nil || !strings.Contains(out, "250 2.0.0 Ok: queued as ") {
 			t.Errorf("%s: bounce to <%s> refused: %v\n%s", s.kind, fwd.MailFrom, err, out)
 			bounce = "REFUSED"
-		} else if b := arrived(t, tok, map[string]int{want: 1}, 30*time.Second)[0]; b.MailFrom != "" {
+		} else if b := suite.arrived(t, tok, map[string]int{want: 1}, 30*time.Second)[0]; b.MailFrom != "" {
 			t.Errorf("%s: bounce sent from <%s>", s.kind, b.MailFrom)
 		}
 		rows = append(rows, row{s.kind, fmt.Sprintf("%s (%d-octet local part)", form, at), bounce})
@@ -168,15 +168,11 @@ func TestSRSSharedRedis(t *testing.T) {
 		dir := filepath.Join(t.TempDir(), name)
 		os.MkdirAll(dir, 0o700)
 		addr, admin := mustFreePort(t), mustFreePort(t)
-		cfg, err := relayConfig(dir, name+".e2e.test", addr, admin, servers["PF_SMTP"], "")
+		p, err := suite.relayConfig(dir, "srsredis/mailfwd.yaml", vars{"Hostname": name + ".e2e.test", "Listen": addr, "Admin": admin, "Redis": rs.addr})
 		if err != nil {
 			t.Fatal(err)
 		}
-		cfg = strings.Replace(cfg, "  secrets_file: srs.secrets\n",
-			"  secrets_file: srs.secrets\n  store: {redis: {address: \""+rs.addr+"\", timeout: 1s}}\n", 1)
-		p := filepath.Join(dir, "mailfwd.yaml")
-		os.WriteFile(p, []byte(cfg), 0o600)
-		m, err := startRelayConfig(dir, p, addr, admin)
+		m, err := suite.startRelayConfig(dir, p, addr, admin)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -186,17 +182,17 @@ func TestSRSSharedRedis(t *testing.T) {
 	a, b := start("a"), start("b")
 	long := realSenders[2].addr // Amazon SES
 
-	tok := token(t)
+	tok := suite.token(t)
 	out, err := swaks(t, a.addr, "--from", long, "--to", "internal.user@company.com", "--header", "Subject: "+tok)
 	if err != nil || !strings.Contains(out, "250 2.0.0 Ok: queued") {
 		t.Fatalf("long sender through relay a: %v\n%s", err, out)
 	}
-	fwd := arrived(t, tok, map[string]int{"external.user@gmail.com": 1}, 30*time.Second)[0]
+	fwd := suite.arrived(t, tok, map[string]int{"external.user@gmail.com": 1}, 30*time.Second)[0]
 	if !strings.Contains(fwd.MailFrom, "=1=") {
 		t.Fatalf("relay a forwarded from <%s>, want the database form", fwd.MailFrom)
 	}
 	bounce := func(m *mailfwdProc, to string) (string, string) {
-		tok := token(t)
+		tok := suite.token(t)
 		out, _ := swaks(t, m.addr, "--from", "<>", "--to", to, "--header", "Subject: "+tok)
 		return replyTo(out, "RCPT TO:"), tok
 	}
@@ -204,11 +200,11 @@ func TestSRSSharedRedis(t *testing.T) {
 	if !strings.HasPrefix(rep, "250") {
 		t.Fatalf("bounce at relay b to <%s>: %s", fwd.MailFrom, rep)
 	}
-	arrived(t, btok, map[string]int{strings.ToLower(long): 1}, 30*time.Second)
+	suite.arrived(t, btok, map[string]int{strings.ToLower(long): 1}, 30*time.Second)
 
 	// Redis down.
 	rs.stop()
-	tok = token(t)
+	tok = suite.token(t)
 	out, _ = swaks(t, a.addr, "--from", realSenders[3].addr, "--to", "internal.user@company.com,sales@company.com",
 		"--header", "Subject: "+tok)
 	if got := replyTo(out, "RCPT TO:<internal.user"); !strings.HasPrefix(got, "451 4.3.0") {
@@ -217,8 +213,8 @@ func TestSRSSharedRedis(t *testing.T) {
 	if !strings.Contains(out, "250 2.0.0 Ok: queued") {
 		t.Errorf("the local recipient of the same message was not taken:\n%s", out)
 	}
-	arrived(t, tok, map[string]int{"central@company.com": 1}, 30*time.Second)
-	tok = token(t)
+	suite.arrived(t, tok, map[string]int{"central@company.com": 1}, 30*time.Second)
+	tok = suite.token(t)
 	if out, err := swaks(t, a.addr, "--to", "internal.user@company.com", "--header", "Subject: "+tok); err != nil ||
 		!strings.Contains(out, "250 2.0.0 Ok: queued") {
 		t.Errorf("a short sender needs no store, Redis down: %v\n%s", err, out)
@@ -268,7 +264,7 @@ INSERT INTO kv VALUES('07FBRBCUV8THOQLIKCGAEDSFEKPRO28C@1', '0100018fb2c3d4e5-1a
 		t.Fatal(err)
 	}
 	store := filepath.Join(dir, "srs.db")
-	imp := exec.Command(binary, "srs", "import-postsrsd", "-store", store, "-now", "2024-06-01")
+	imp := exec.Command(suite.binary, "srs", "import-postsrsd", "-store", store, "-now", "2024-06-01")
 	imp.Stdin = strings.NewReader(string(dump))
 	if out, err := imp.CombinedOutput(); err != nil || !strings.Contains(string(out), "imported 2") {
 		t.Fatalf("import: %v %s", err, out)
@@ -279,7 +275,7 @@ INSERT INTO kv VALUES('07FBRBCUV8THOQLIKCGAEDSFEKPRO28C@1', '0100018fb2c3d4e5-1a
 		"SRS0=Qb_j=ND=1=VGHPH9PTQL6M4DU4VMQOVLUNAD3SUMNJ@srs.db.example": "alice@example.com",
 		"srs0=lbkc=nd=1=07fbrbcuv8thoqlikcgaedsfekpro28c@srs.db.example": "0100018fb2c3d4e5-1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d-000000@amazonses.com",
 	} {
-		out, err := exec.Command(binary, "srs", "reverse", "-secrets", secrets, "-domain", "srs.db.example", "-store", store,
+		out, err := exec.Command(suite.binary, "srs", "reverse", "-secrets", secrets, "-domain", "srs.db.example", "-store", store,
 			"-now", "2024-06-01", addr).Output()
 		if err != nil || strings.TrimSpace(string(out)) != want {
 			t.Errorf("reverse %s: %q, %v; want %s", addr, out, err, want)

@@ -621,7 +621,7 @@ func TestSRSDifferentialPostsrsd(t *testing.T) {
 	} {
 		mode, in := c.args[0], c.args[len(c.args)-1]
 		args := append([]string{"srs", mode, "-secrets", secretsA, "-domain", srsTestDomain}, c.args[1:]...)
-		out, err := exec.Command(binary, args...).Output()
+		out, err := exec.Command(suite.binary, args...).Output()
 		if err != nil {
 			t.Errorf("mailfwd %v: %v", args, err)
 			continue
@@ -640,7 +640,7 @@ func TestSRSDifferentialPostsrsd(t *testing.T) {
 			t.Errorf("mailfwd %v: %s, postsrsd %s", args, got, want)
 		}
 	}
-	cmd := exec.Command(binary, "srs", "reverse", "-secrets", secretsA, "-domain", srsTestDomain, "-now", "2024-03-23",
+	cmd := exec.Command(suite.binary, "srs", "reverse", "-secrets", secretsA, "-domain", srsTestDomain, "-now", "2024-03-23",
 		"SRS0=gfkj=KH=example.com=alice@srs.example.net")
 	if out, err := cmd.CombinedOutput(); err == nil || cmd.ProcessState.ExitCode() != 1 {
 		t.Errorf("mailfwd srs reverse of an expired address: %v %s", err, out)

@@ -8,7 +8,6 @@ package e2e
 // does not, and a next hop that offers no STARTTLS at all.
 
 import (
-	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -39,8 +38,8 @@ func TestStartTLSToPostfix(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, pfPort, _ := net.SplitHostPort(pfAddr)
-	_, sinkPort, _ := net.SplitHostPort(servers["SINK_ADDR"])
-	pf := startFreshPostfix(t, serverDir("postfix-tls"), pfPort, "postfix-tls.test",
+	_, sinkPort, _ := net.SplitHostPort(suite.servers["SINK_ADDR"])
+	pf := suite.startFreshPostfix(t, suite.serverDir("postfix-tls"), pfPort, "postfix-tls.test",
 		"smtpd_tls_cert_file = "+cert+"\nsmtpd_tls_key_file = "+key+
 			"\nsmtpd_tls_security_level = may\nsmtpd_tls_received_header = yes\nsmtpd_tls_loglevel = 1",
 		"SINK_PORT="+sinkPort)
@@ -57,7 +56,7 @@ func TestStartTLSToPostfix(t *testing.T) {
 		{name: "require, certificate verifies", policy: "require", ca: cert, hop: pfAddr, tls: true},
 		{name: "opportunistic, certificate not verifiable", policy: "opportunistic", ca: otherCA, hop: pfAddr, tls: true},
 		{name: "require, certificate from another CA", policy: "require", ca: otherCA, hop: pfAddr, logWant: "certificate"},
-		{name: "require, next hop without STARTTLS", policy: "require", ca: cert, hop: servers["PF_SMTP"], logWant: "not offered"},
+		{name: "require, next hop without STARTTLS", policy: "require", ca: cert, hop: suite.servers["PF_SMTP"], logWant: "not offered"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rdir := t.TempDir()
@@ -65,31 +64,15 @@ func TestStartTLSToPostfix(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			cfg := filepath.Join(rdir, "mailfwd.yaml")
-			os.WriteFile(cfg, []byte(fmt.Sprintf(`hostname: mailfwd-tls.e2e.test
-listen: [%q]
-relay_domains: [domain.com, domain.ro, company.com]
-spool_dir: spool
-directory:
-  ldif: {file: ""}
-delivery:
-  next_hop: %q
-  external_next_hop: %q
-  tls_policy: %s
-  tls_ca_file: %q
-  retry_min: 300ms
-  retry_max: 1s
-  connect_timeout: 2s
-log:
-  level: debug
-`, addr, tc.hop, servers["SINK_ADDR"], tc.policy, tc.ca)), 0o600)
-			p, err := startRelayConfig(rdir, cfg, addr, "")
+			cfg := writeConfig(t, filepath.Join(rdir, "mailfwd.yaml"), "tlsnexthop/mailfwd.yaml", vars{"Listen": addr, "NextHop": tc.hop,
+				"ExternalNextHop": suite.servers["SINK_ADDR"], "TLSPolicy": tc.policy, "CAFile": tc.ca})
+			p, err := suite.startRelayConfig(rdir, cfg, addr, "")
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer p.stop()
 			p.spool = filepath.Join(rdir, "spool", "msg")
-			tok := token(t)
+			tok := suite.token(t)
 			if err := sendGo(addr, tok, []string{"sales@company.com"}); err != nil {
 				t.Fatal(err)
 			}
@@ -98,7 +81,7 @@ log:
 				line := logHas(t, p, 10*time.Second, "status=deferred", tc.logWant)
 				t.Logf("deferred: %s", line)
 				time.Sleep(2 * time.Second) // a few retries
-				dumps, err := ReadSinkDumps(servers["SINK_DIR"])
+				dumps, err := ReadSinkDumps(suite.servers["SINK_DIR"])
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -112,7 +95,7 @@ log:
 				}
 				return
 			}
-			d := arrived(t, tok, map[string]int{"central@company.com": 1}, 20*time.Second)
+			d := suite.arrived(t, tok, map[string]int{"central@company.com": 1}, 20*time.Second)
 			// Postfix records the TLS session in its Received header
 			// (smtpd_tls_received_header) and its log (smtpd_tls_loglevel).
 			re := regexp.MustCompile(`(?s)Received: from mailfwd-tls\.e2e\.test \(localhost \[127\.0\.0\.1\]\)\s+\(using (TLSv1\.[23]) with cipher \S+`)

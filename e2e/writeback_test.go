@@ -73,15 +73,13 @@ func TestSpoolWritebackErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	writeCfg := func(nextHop string) string {
-		cfg, err := relayConfig(dir, "wb.e2e.test", addr, "", nextHop, "spool: {min_free: 0}\n")
+		path, err := suite.relayConfig(dir, "relay/mailfwd.yaml", vars{"Hostname": "wb.e2e.test", "Listen": addr, "NextHop": nextHop, "Extra": "spool: {min_free: 0}\n"})
 		if err != nil {
 			t.Fatal(err)
 		}
-		path := filepath.Join(dir, "mailfwd.yaml")
-		os.WriteFile(path, []byte(cfg), 0o600)
 		return path
 	}
-	p, err := startRelayConfig(dir, writeCfg(down.Addr().String()), addr, "")
+	p, err := suite.startRelayConfig(dir, writeCfg(down.Addr().String()), addr, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,7 +156,7 @@ func TestSpoolWritebackErrors(t *testing.T) {
 	t.Logf("fsck.ext4: %v\n%s", err, lastLines(string(out), 12))
 	mount()
 	mounted = true
-	p, err = startRelayConfig(dir, writeCfg(servers["PF_SMTP"]), addr, "")
+	p, err = suite.startRelayConfig(dir, writeCfg(suite.servers["PF_SMTP"]), addr, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,7 +167,7 @@ func TestSpoolWritebackErrors(t *testing.T) {
 	deadline := time.Now().Add(90 * time.Second)
 	var missing []string
 	for {
-		dumps, err := ReadSinkDumps(servers["SINK_DIR"])
+		dumps, err := ReadSinkDumps(suite.servers["SINK_DIR"])
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -36,7 +36,7 @@ func TestWritebackErrorAttribution(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	relayBin := binary
+	relayBin := suite.binary
 	if v := os.Getenv("E2E_WRITEBACK_RELAY"); v != "" {
 		relayBin = v
 	}
@@ -85,7 +85,7 @@ func TestWritebackErrorAttribution(t *testing.T) {
 	_, smtpPort, _ := net.SplitHostPort(smtpAddr)
 	g := &powerGuest{dir: dir, kernel: kernel, smtpAddr: smtpAddr, smtpPort: smtpPort,
 		initrd: filepath.Join(dir, "initrd.cpio"), cmdline: "mailfwd.mount=journal_path=/dev/vdb"}
-	if err := writeGuestInitramfs(g.initrd, kernel, relayBin, powerGuestConfig(sinkPort)); err != nil {
+	if err := writeGuestInitramfs(g.initrd, kernel, relayBin, powerGuestConfig(t, sinkPort)); err != nil {
 		t.Fatal(err)
 	}
 	trigger := filepath.Join(dir, "fail-writes")

@@ -27,7 +27,7 @@ const xclientPFPort = "10029"
 
 func startXclientPostfix(t *testing.T) map[string]string {
 	t.Helper()
-	pf := startFreshPostfix(t, serverDir("postfix-xclient"), xclientPFPort, "postfix-xclient.test", "mynetworks = 127.0.0.0/8, 192.0.2.0/24")
+	pf := suite.startFreshPostfix(t, suite.serverDir("postfix-xclient"), xclientPFPort, "postfix-xclient.test", "mynetworks = 127.0.0.0/8, 192.0.2.0/24")
 	return pf
 }
 
@@ -102,7 +102,7 @@ func TestXCLIENT(t *testing.T) {
 				{"192.0.2.7", "client.example"}, {"192.0.2.8", "other.example"}, {"192.0.2.7", "client.example"},
 			}
 			for i, cl := range clients {
-				tok := token(t)
+				tok := suite.token(t)
 				rcpt := fmt.Sprintf("%s-%d@domain.ro", strings.ToLower(tc.name), i)
 				env := &envelope.Envelope{ID: fmt.Sprintf("E2E%s%d%d", tc.name, os.Getpid(), i), From: "alice@example.org",
 					ClientAddr: cl.addr, ClientHelo: cl.helo,
@@ -113,7 +113,7 @@ func TestXCLIENT(t *testing.T) {
 				if !regexp.MustCompile(wantLog).MatchString(line) {
 					t.Errorf("message %d: Postfix logged\n%s\nwant %s", i, line, wantLog)
 				}
-				d := arrived(t, tok, map[string]int{rcpt: 1}, 30*time.Second)
+				d := suite.arrived(t, tok, map[string]int{rcpt: 1}, 30*time.Second)
 				if tc.wantReceived != "" {
 					want := fmt.Sprintf(tc.wantReceived, cl.addr, cl.helo)
 					if !bytes.Contains(d[0].Raw, []byte(want)) {
@@ -151,7 +151,7 @@ func readFile(t *testing.T, name string) string {
 // RCPT (and logs it by that address), while it takes the same message
 // from us.
 func TestXCLIENTAccessRules(t *testing.T) {
-	hop := &nexthop.SMTPHop{Addr: servers["PF_SMTP"], LocalName: "mailfwd.e2e.test", Timeout: 10 * time.Second, XClient: true}
+	hop := &nexthop.SMTPHop{Addr: suite.servers["PF_SMTP"], LocalName: "mailfwd.e2e.test", Timeout: 10 * time.Second, XClient: true}
 	defer hop.Close()
 	rcpt := "xclient-denied@domain.ro"
 	env := &envelope.Envelope{ID: "E2EXCLIENTDENIED", From: "alice@example.org", ClientAddr: "192.0.2.9", ClientHelo: "denied.example",
@@ -163,11 +163,11 @@ func TestXCLIENTAccessRules(t *testing.T) {
 	if r := replies[0]; r.Code != 554 || r.Enhanced != "5.7.1" {
 		t.Fatalf("reply %s, want 554 5.7.1 (relay access denied)", r)
 	}
-	maillogLine(t, servers["PF_LOG"], `NOQUEUE: reject: RCPT from unknown\[192\.0\.2\.9\]: 554 5\.7\.1 <xclient-denied@domain\.ro>: .* helo=<denied\.example>`)
+	maillogLine(t, suite.servers["PF_LOG"], `NOQUEUE: reject: RCPT from unknown\[192\.0\.2\.9\]: 554 5\.7\.1 <xclient-denied@domain\.ro>: .* helo=<denied\.example>`)
 	// the same message without XCLIENT is ours: accepted
-	tok := token(t)
-	plain := &nexthop.SMTPHop{Addr: servers["PF_SMTP"], LocalName: "mailfwd.e2e.test", Timeout: 10 * time.Second}
+	tok := suite.token(t)
+	plain := &nexthop.SMTPHop{Addr: suite.servers["PF_SMTP"], LocalName: "mailfwd.e2e.test", Timeout: 10 * time.Second}
 	defer plain.Close()
 	sendHop(t, plain, env, rcpt, tok)
-	arrived(t, tok, map[string]int{rcpt: 1}, 30*time.Second)
+	suite.arrived(t, tok, map[string]int{rcpt: 1}, 30*time.Second)
 }

@@ -122,7 +122,7 @@ func quietRelayListen(t *testing.T, lim ListenLimits) string {
 	}
 	t.Cleanup(func() { spool.Close() })
 	be, err := NewBackend(limited(Config{Hostname: "relay.test", RelayDomains: []string{"company.com"}}),
-		&routing.Expander{Source: seedSource(t)}, spool, func(*envelope.Envelope) {}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		&routing.Expander{Source: seedSource(t), Limits: routing.PostfixLimits}, spool, func(*envelope.Envelope) {}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}

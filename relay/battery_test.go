@@ -36,7 +36,7 @@ var relayDomains = []string{"domain.com", "domain.ro", "company.com"}
 
 type relayOpts struct {
 	src        routing.Source // default: the seed directory
-	exp        Expander       // default: &routing.Expander{Source: src}
+	exp        Expander       // default: &routing.Expander{Source: src, Limits: routing.PostfixLimits}
 	srs        *routing.SRS
 	cfg        func(*Config)
 	spool      Committer // default: the real spool
@@ -83,7 +83,7 @@ func startTestRelay(t testing.TB, o relayOpts) *testRelay {
 		o.src = s
 	}
 	if o.exp == nil {
-		o.exp = &routing.Expander{Source: o.src}
+		o.exp = &routing.Expander{Source: o.src, Limits: routing.PostfixLimits}
 	}
 	r := &testRelay{local: &sinkMTA{}, ext: &sinkMTA{}, wire: &wireLog{}}
 	spool, err := queue.OpenSpool(t.TempDir(), log)
@@ -615,7 +615,7 @@ func batteryVariants(srs *routing.SRS) []batteryVariant {
 			func(tc relayTrick) *outcome { return tc.seed }},
 		{"serve-defaults", func(src routing.Source) relayOpts {
 			return relayOpts{src: src, srs: srs, quiet: true, exp: &routing.Expander{Source: src, Delimiter: "+", KeepExtension: true,
-				Rewrites: routing.DomainRewrites{"domain.com": "domain.ro"}}}
+				Rewrites: routing.DomainRewrites{"domain.com": "domain.ro"}, Limits: routing.PostfixLimits}}
 		}, func(tc relayTrick) *outcome {
 			if tc.dflt != nil {
 				return tc.dflt

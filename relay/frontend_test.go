@@ -44,7 +44,7 @@ func startFront(t *testing.T, cfg Config, lim ListenLimits) *front {
 	if cfg.RelayDomains == nil {
 		cfg.RelayDomains = []string{"domain.com", "domain.ro", "company.com"}
 	}
-	be, err := NewBackend(limited(cfg), &routing.Expander{Source: seedSource(t)}, spool, func(*envelope.Envelope) {}, nil)
+	be, err := NewBackend(limited(cfg), &routing.Expander{Source: seedSource(t), Limits: routing.PostfixLimits}, spool, func(*envelope.Envelope) {}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -305,7 +305,7 @@ func TestReload(t *testing.T) {
 	old.reply()
 	old.cmd("EHLO a.test")
 	old.cmd("MAIL FROM:<a@example.org>")
-	if err := f.be.Reload(limited(Config{Hostname: "relay.test", RelayDomains: []string{"domain.ro"}}), &routing.Expander{Source: seedSource(t)}); err != nil {
+	if err := f.be.Reload(limited(Config{Hostname: "relay.test", RelayDomains: []string{"domain.ro"}}), &routing.Expander{Source: seedSource(t), Limits: routing.PostfixLimits}); err != nil {
 		t.Fatal(err)
 	}
 	expectPrefix(t, "old session, old policy", old.cmd("RCPT TO:<sales@company.com>"), "250")

@@ -51,7 +51,7 @@ func FuzzSession(f *testing.F) {
 	relays := []*testRelay{
 		startTestRelay(f, relayOpts{quiet: true, noDelivery: true, srs: srs, cfg: base,
 			exp: &routing.Expander{Source: seed, Delimiter: "+", KeepExtension: true,
-				Rewrites: routing.DomainRewrites{"domain.com": "domain.ro"}}}),
+				Rewrites: routing.DomainRewrites{"domain.com": "domain.ro"}, Limits: routing.PostfixLimits}}),
 		startTestRelay(f, relayOpts{quiet: true, noDelivery: true, srs: srs, src: seed, cfg: func(c *Config) {
 			base(c)
 			c.PassUnknown = true
@@ -184,7 +184,7 @@ func FuzzSession(f *testing.F) {
 				// decoded into ours, it is held to the same rule as any
 				// recipient of ours.
 				if orig, err := srs.Reverse(context.Background(), q.origTo[i]); err == nil && outsideOurDomains(orig) {
-					allowed = append(allowed[:len(allowed):len(allowed)], orig, routing.External(orig))
+					allowed = append(allowed[:len(allowed):len(allowed)], orig, routing.WireForm(orig))
 				}
 				if why := foreignRecipient(a, allowed); why != "" {
 					t.Errorf("queued %s for %q (RCPT %q): %s", q.id, a, q.origTo[i], why)

@@ -36,7 +36,7 @@ func authRelay(t *testing.T) (addr string, sink *sinkMTA) {
 	hop := &nexthop.SMTPHop{Addr: sl.Addr().String(), LocalName: "relay.test", Timeout: 2 * time.Second}
 	sched := delivering(&queue.Scheduler{Spool: spool, Hop: hop, Workers: 2, Retry: queue.Retry{Min: 50 * time.Millisecond, Max: 100 * time.Millisecond}})
 	be, err := NewBackend(limited(Config{Hostname: "relay.test", RelayDomains: []string{"company.com"}, Auth: a}),
-		&routing.Expander{Source: seedSource(t)}, spool, sched.Submit, nil)
+		&routing.Expander{Source: seedSource(t), Limits: routing.PostfixLimits}, spool, sched.Submit, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -93,7 +93,7 @@ func startObservedFront(t *testing.T, obs Observer) string {
 	}
 	t.Cleanup(func() { spool.Close() })
 	be, err := NewBackend(limited(Config{Hostname: "relay.test", RelayDomains: []string{"domain.com", "domain.ro", "company.com"},
-		LookupTimeout: time.Second, MaxSize: 4096}), &routing.Expander{Source: src}, spool, func(*envelope.Envelope) {}, nil)
+		LookupTimeout: time.Second, MaxSize: 4096}), &routing.Expander{Source: src, Limits: routing.PostfixLimits}, spool, func(*envelope.Envelope) {}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -131,7 +131,7 @@ func startRelayWith(t *testing.T, src routing.Source, spoolDir string, sink, ext
 		sched.ExternalHop = extHop
 	}
 	be, err := NewBackend(limited(Config{Hostname: "relay.test", RelayDomains: []string{"domain.com", "domain.ro", "company.com"}, LookupTimeout: time.Second,
-		SRS: srs, SRSFailureLimit: 3}), &routing.Expander{Source: src}, spool, sched.Submit, nil)
+		SRS: srs, SRSFailureLimit: 3}), &routing.Expander{Source: src, Limits: routing.PostfixLimits}, spool, sched.Submit, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -307,7 +307,7 @@ func TestIDNRelayDomains(t *testing.T) {
 	defer spool.Close()
 	src := mapSource{"info@bücher.example": "info@bücher.example", "info@xn--bcher-kva.example": "info@xn--bcher-kva.example"}
 	be, err := NewBackend(limited(Config{Hostname: "relay.test", RelayDomains: []string{"Bücher.Example"}}),
-		&routing.Expander{Source: src}, spool, func(*envelope.Envelope) {}, nil)
+		&routing.Expander{Source: src, Limits: routing.PostfixLimits}, spool, func(*envelope.Envelope) {}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -452,7 +452,7 @@ func (s *session) mail(from string, opts *smtp.MailOptions) error {
 	s.inTransaction(true)
 	// Kept in external form: it goes back on the wire in MAIL FROM.
 	if from != "" {
-		s.from = routing.External(from)
+		s.from = routing.WireForm(from)
 	}
 	if opts != nil {
 		s.opts = *opts
@@ -509,7 +509,7 @@ func (s *session) rcpt(to string, opts *smtp.RcptOptions) error {
 		// The client's spelling is kept, unless its domain only becomes
 		// ours once normalised (full-width or U-label forms): then the
 		// normalised form is what we look up and pass on.
-		rcptAddr := routing.External(to)
+		rcptAddr := routing.WireForm(to)
 		if i := strings.LastIndexByte(to, '@'); i >= 0 && !strings.EqualFold(to[i+1:], addr.Domain) {
 			rcptAddr = routing.QuoteLocal(addr.Local) + "@" + addr.Domain
 		}
@@ -556,7 +556,7 @@ func (s *session) rcpt(to string, opts *smtp.RcptOptions) error {
 		if s.seen[k] {
 			continue
 		}
-		rc := envelope.Recipient{Addr: f, OrigTo: routing.External(to), Status: envelope.Pending, DSNNotify: s.notify, ORcpt: s.orcpt}
+		rc := envelope.Recipient{Addr: f, OrigTo: routing.WireForm(to), Status: envelope.Pending, DSNNotify: s.notify, ORcpt: s.orcpt}
 		s.decideForward(&rc, addr, fwdFrom)
 		s.seen[k] = true
 		s.rcpts = append(s.rcpts, rc)

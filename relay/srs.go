@@ -50,7 +50,7 @@ func (s *session) forwardSender(ctx context.Context) (string, error) {
 		// SRS encodes the address as parsed; the result is quoted for the
 		// wire like any address.
 		s.srsFrom, s.srsFromErr = s.p.cfg.SRS.Forward(ctx, s.rawFrom)
-		s.srsFrom = routing.External(s.srsFrom)
+		s.srsFrom = routing.WireForm(s.srsFrom)
 		switch {
 		case errors.Is(s.srsFromErr, routing.ErrSRSStore):
 			s.log.Warn("defer: cannot store the sender for SRS", "from", s.from, "err", s.srsFromErr)
@@ -103,7 +103,7 @@ func (s *session) reverseSRS(ctx context.Context, to string) ([]string, error) {
 		s.log.Info("reject: invalid SRS address", "from", s.from, "to", to, "err", err)
 		return nil, replyBadSRS
 	}
-	orig = routing.External(orig)
+	orig = routing.WireForm(orig)
 	if s.isLocal(orig) && routedLocal(orig) {
 		// signed, but it routes onwards from one of our domains (policy.go)
 		s.log.Info("reject: sender-specified routing", "from", s.from, "to", to, "orig", orig)

@@ -46,9 +46,7 @@ type cacheCall struct {
 // NewCache wraps src. size bounds the number of keys kept (least recently
 // used go first).
 func NewCache(src Source, positiveTTL, negativeTTL time.Duration, size int) *Cache {
-	if size <= 0 {
-		size = 10000
-	}
+	size = max(size, 1) // the size is configuration (directory.cache.size)
 	return &Cache{
 		src: src, positiveTTL: positiveTTL, negativeTTL: negativeTTL, max: size, now: time.Now,
 		lru: list.New(), entries: map[string]*list.Element{}, inflight: map[string]*cacheCall{},

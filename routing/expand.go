@@ -25,23 +25,14 @@ type Limits struct {
 	AddressLength int
 }
 
-// DefaultLimits are Postfix's defaults.
-var DefaultLimits = Limits{Recursion: 1000, Expansion: 1000, AddressLength: 1000}
+// PostfixLimits are Postfix's own defaults of the three, for answering as
+// Postfix would (mailfwd lookup -postfix-map). The relay's are
+// configuration (routing.*_limit), passed in by the wiring; an Expander
+// has no defaults of its own.
+var PostfixLimits = Limits{Recursion: 1000, Expansion: 1000, AddressLength: 1000}
 
-// withDefaults fills each unset limit with Postfix's default, so that
-// setting one limit does not make the others zero.
-func (l Limits) withDefaults() Limits {
-	if l.Recursion <= 0 {
-		l.Recursion = DefaultLimits.Recursion
-	}
-	if l.Expansion <= 0 {
-		l.Expansion = DefaultLimits.Expansion
-	}
-	if l.AddressLength <= 0 {
-		l.AddressLength = DefaultLimits.AddressLength
-	}
-	return l
-}
+// errNoLimits refuses an Expander built without limits.
+var errNoLimits = errors.New("routing: Expander.Limits must all be positive")
 
 // Expander rewrites one envelope recipient into its final recipients, as
 // Postfix's cleanup does with virtual_alias_maps.
@@ -103,7 +94,10 @@ func (e *Expander) Trace(ctx context.Context, addr string) (*Expansion, error) {
 // appended and expanded in their turn; an address whose results include
 // itself is final (and keeps that copy).
 func (e *Expander) expand(ctx context.Context, addr string, trace bool) (*Expansion, error) {
-	lim := e.Limits.withDefaults()
+	lim := e.Limits
+	if lim.Recursion <= 0 || lim.Expansion <= 0 || lim.AddressLength <= 0 {
+		return nil, errNoLimits
+	}
 	x := &Expansion{}
 	// Unnecessary quoting goes ("john"@x is john@x), as in Postfix, whose
 	// cleanup works on the unquoted form.

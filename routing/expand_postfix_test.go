@@ -64,7 +64,7 @@ func TestExpandPostfixRules(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			e := &Expander{Source: newFake(dir), Delimiter: "+", CatchAll: tt.catchAll, KeepExtension: !tt.noKeep}
+			e := &Expander{Source: newFake(dir), Delimiter: "+", CatchAll: tt.catchAll, KeepExtension: !tt.noKeep, Limits: PostfixLimits}
 			got, err := e.Expand(context.Background(), tt.addr)
 			if tt.err != nil {
 				if !errors.Is(err, tt.err) {
@@ -83,7 +83,7 @@ func TestExpandPostfixRules(t *testing.T) {
 // directory (a specific entry wins).
 func TestExpandDomainRewrites(t *testing.T) {
 	src := newFake(map[string][]string{"kept@old.test": {"special@t.test"}})
-	e := &Expander{Source: src, Delimiter: "+", KeepExtension: true, Rewrites: DomainRewrites{"old.test": "new.test"}}
+	e := &Expander{Source: src, Delimiter: "+", KeepExtension: true, Rewrites: DomainRewrites{"old.test": "new.test"}, Limits: PostfixLimits}
 	for addr, want := range map[string]string{
 		"a.b@old.test":   "a.b@new.test",
 		"A.B+x@OLD.test": "A.B+x@new.test",
@@ -97,7 +97,7 @@ func TestExpandDomainRewrites(t *testing.T) {
 }
 
 func TestExpandTrace(t *testing.T) {
-	e := &Expander{Source: newFake(map[string][]string{"a@d.test": {"b@d.test", "c@t.test"}, "b@d.test": {"b@d.test"}})}
+	e := &Expander{Source: newFake(map[string][]string{"a@d.test": {"b@d.test", "c@t.test"}, "b@d.test": {"b@d.test"}}), Limits: PostfixLimits}
 	x, err := e.Trace(context.Background(), "a@d.test")
 	if err != nil {
 		t.Fatal(err)

@@ -76,7 +76,7 @@ func seedSource(t *testing.T) *LDIFSource {
 
 // The three scenarios of the seed directory, through the real LDIF source.
 func TestExpandSeedScenarios(t *testing.T) {
-	e := &Expander{Source: seedSource(t), Limits: DefaultLimits}
+	e := &Expander{Source: seedSource(t), Limits: PostfixLimits}
 	tests := []struct {
 		addr    string
 		want    []string
@@ -242,11 +242,12 @@ func TestExpand(t *testing.T) {
 			lookups: map[string]int{"a@x.com": 3, "b@x.com": 2},
 		},
 		{
-			name:    "loop with zero Limits uses the defaults and still ends",
+			// no defaults of its own: the wiring passes the configured ones
+			name:    "zero Limits are refused before any lookup",
 			dir:     map[string][]string{"a@x.com": {"b@x.com"}, "b@x.com": {"a@x.com"}},
 			addr:    "a@x.com",
-			wantErr: ErrExpansionLimit,
-			lookups: map[string]int{"a@x.com": DefaultLimits.Recursion / 2, "b@x.com": DefaultLimits.Recursion / 2},
+			wantErr: errNoLimits,
+			lookups: map[string]int{},
 		},
 		{
 			// a→b→c costs three lookups of one slot (the last finds
@@ -359,7 +360,7 @@ func TestExpand(t *testing.T) {
 				src.failOn[strings.ToLower(a)] = true
 			}
 			e := &Expander{Source: src, Limits: tt.limits}
-			if tt.limits == (Limits{}) && tt.wantErr != ErrExpansionLimit {
+			if tt.limits == (Limits{}) && tt.wantErr != errNoLimits {
 				e.Limits = small
 			}
 			got, err := e.Expand(context.Background(), tt.addr)
@@ -410,7 +411,7 @@ func TestExpandPassesContext(t *testing.T) {
 
 	t.Run("every lookup gets the caller's context", func(t *testing.T) {
 		src := &ctxSource{fakeSource: *newFake(dir)}
-		e := &Expander{Source: src}
+		e := &Expander{Source: src, Limits: PostfixLimits}
 		ctx := context.WithValue(context.Background(), ctxKey{}, "marker")
 		if _, err := e.Expand(ctx, "a@x.com"); err != nil {
 			t.Fatal(err)
@@ -427,7 +428,7 @@ func TestExpandPassesContext(t *testing.T) {
 
 	t.Run("cancelled", func(t *testing.T) {
 		src := newFake(dir)
-		e := &Expander{Source: src}
+		e := &Expander{Source: src, Limits: PostfixLimits}
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
 		got, err := e.Expand(ctx, "a@x.com")

@@ -80,9 +80,9 @@ func splitExternal(addr string) (local, domain string, ok bool) {
 	return addr[:at], addr[at+1:], true
 }
 
-// External returns the external form of an address given in internal
+// WireForm returns the external form of an address given in internal
 // (unquoted) form, as go-smtp hands RCPT and MAIL addresses over.
-func External(internal string) string {
+func WireForm(internal string) string {
 	i := strings.LastIndexByte(internal, '@')
 	if i < 0 {
 		return QuoteLocal(internal)

@@ -313,7 +313,7 @@ func TestLDAPLookupUnavailable(t *testing.T) {
 				}
 			}
 			// Through the expander it is a temporary failure too.
-			e := &Expander{Source: s}
+			e := &Expander{Source: s, Limits: PostfixLimits}
 			if _, err := e.Expand(ctx, "a@x.com"); !errors.Is(err, ErrUnavailable) {
 				t.Errorf("Expand: %v, want ErrUnavailable", err)
 			}

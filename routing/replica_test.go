@@ -229,7 +229,7 @@ func TestReplicaOutageExpansion(t *testing.T) {
 	r.putTest(testEntry{2, "cn=t", map[string][]string{"mail": {"team@company.com"}, "mailForwardingAddress": {"a@company.com"}}})
 	r.markSynced()
 	r.markDown("down: test")
-	x := &Expander{Source: r, Delimiter: "+"}
+	x := &Expander{Source: r, Delimiter: "+", Limits: PostfixLimits}
 	got, err := x.Expand(context.Background(), "known+tag@company.com")
 	if err != nil || strings.Join(got, " ") != "k@gmail.com a@company.com" {
 		t.Errorf("known address during the outage: %v %v, want [k@gmail.com a@company.com]", got, err)

@@ -74,7 +74,7 @@ func lookup(args []string, stdout, stderr io.Writer) error {
 			return errExit{2, err.Error()}
 		}
 		// Postfix's virtual_alias_maps with its defaults.
-		exp = &routing.Expander{Source: src, Limits: routing.DefaultLimits, Delimiter: "+", CatchAll: true, KeepExtension: true}
+		exp = &routing.Expander{Source: src, Limits: routing.PostfixLimits, Delimiter: "+", CatchAll: true, KeepExtension: true}
 	default:
 		c, _, err := loadConfig(flag.NewFlagSet("lookup", flag.ContinueOnError), configArgs(*cfgPath))
 		if err != nil {
@@ -231,5 +231,5 @@ func rcptAddress(addr string) (string, error) {
 	if _, err := routing.ParseAddress(mbox); err != nil {
 		return "", fmt.Errorf("501 5.1.3 bad recipient address syntax (%v)", err)
 	}
-	return routing.External(mbox), nil // looked up in wire form, as the relay does
+	return routing.WireForm(mbox), nil // looked up in wire form, as the relay does
 }
