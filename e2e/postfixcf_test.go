@@ -136,6 +136,7 @@ func pfSource(t *testing.T, cf string) routing.Source {
 	if err != nil {
 		t.Fatal(err)
 	}
+	m.Config.PoolSize = 8 // a .cf has none (the binary gives directory.ldap's)
 	src, err := m.Source(slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)

@@ -343,13 +343,13 @@ func TestSRSDifferentialPostsrsd(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer store.Close()
-	our1 := &routing.SRS{Secrets: keysA, Domain: srsTestDomain, Now: at(srsDay0), Store: store, LegacyUntil: srsDay0}
+	our1 := postsrsdLike(&routing.SRS{Secrets: keysA, Domain: srsTestDomain, Now: at(srsDay0), Store: store, LegacyUntil: srsDay0})
 	// P2: five days earlier, only the old secret, separator +.
 	p2 := startPostsrsd(t, days(-5), secretsB, "-a+")
-	our2 := &routing.SRS{Secrets: keysB, Domain: srsTestDomain, Separator: '+', Now: at(days(-5)), Store: store, LegacyUntil: days(-5)}
+	our2 := postsrsdLike(&routing.SRS{Secrets: keysB, Domain: srsTestDomain, Separator: '+', Now: at(days(-5)), Store: store, LegacyUntil: days(-5)})
 	// P3: day 0, secrets A, separator -, hash length 8, minimum 6.
 	p3 := startPostsrsd(t, srsDay0, secretsA, "-a-", "-n8", "-N6")
-	our3 := &routing.SRS{Secrets: keysA, Domain: srsTestDomain, Separator: '-', HashLength: 8, HashMin: 6, Now: at(srsDay0), Store: store, LegacyUntil: srsDay0}
+	our3 := postsrsdLike(&routing.SRS{Secrets: keysA, Domain: srsTestDomain, Separator: '-', HashLength: 8, HashMin: 6, Now: at(srsDay0), Store: store, LegacyUntil: srsDay0})
 
 	var nSame, nDiffer, nFail int
 	reasons, kinds := map[string]int{}, map[string]int{}
@@ -416,7 +416,7 @@ func TestSRSDifferentialPostsrsd(t *testing.T) {
 	srs0In := "SRS0=abcd=KH=orig.example=user@fwd.example"
 	long := func(n int) string { return strings.Repeat("l", n) }
 	_, own := p1.fwd.get(t, "owner@example.org") // postsrsd's, valid today
-	ownOld, _ := (&routing.SRS{Secrets: keysA, Domain: srsTestDomain, Now: at(days(-30))}).Forward(context.Background(), "owner@example.org")
+	ownOld, _ := postsrsdLike(&routing.SRS{Secrets: keysA, Domain: srsTestDomain, Now: at(days(-30))}).Forward(context.Background(), "owner@example.org")
 	ownLocal, _, _ := strings.Cut(own, "@")
 	ownOldLocal, _, _ := strings.Cut(ownOld, "@")
 	padded := ownLocal[:9] + "GARBAGE" + ownLocal[9:] // SRS0=hhhh + GARBAGE =TT=...
@@ -538,7 +538,7 @@ func TestSRSDifferentialPostsrsd(t *testing.T) {
 	// What we mint (v2): postsrsd refuses every valid one; expired ones
 	// both call expired (the stamp is checked first).
 	for _, n := range []int{0, -21, -1024 - 21, -22, 1} {
-		s := &routing.SRS{Secrets: keysA, Domain: srsTestDomain, Now: at(days(n))}
+		s := postsrsdLike(&routing.SRS{Secrets: keysA, Domain: srsTestDomain, Now: at(days(n))})
 		for _, a := range samples {
 			v2, err := s.Forward(context.Background(), a)
 			if err != nil {
@@ -726,4 +726,23 @@ func asciiLowerE2E(s string) string {
 		}
 	}
 	return string(b)
+}
+
+// postsrsdLike gives s, where unset, the parameters postsrsd runs with when
+// its command line does not name them (-a= -n4 -N4, 21 days), so it mints
+// and accepts what the postsrsd beside it does.
+func postsrsdLike(s *routing.SRS) *routing.SRS {
+	if s.Separator == 0 {
+		s.Separator = '='
+	}
+	if s.HashLength == 0 {
+		s.HashLength = 4
+	}
+	if s.HashMin == 0 {
+		s.HashMin = min(4, s.HashLength)
+	}
+	if s.MaxAgeDays == 0 {
+		s.MaxAgeDays = 21
+	}
+	return s
 }

@@ -16,6 +16,7 @@ import (
 
 func testSRS() *routing.SRS {
 	return &routing.SRS{Secrets: [][]byte{[]byte("tops3cr3t")}, Domain: "srs.relay.test",
+		Separator: '=', HashLength: 4, HashMin: 4, MaxAgeDays: 21, // postsrsd's
 		Now: func() time.Time { return time.Date(2024, 3, 1, 12, 0, 0, 0, time.UTC) }}
 }
 

@@ -32,9 +32,9 @@ type LDAPConfig struct {
 	// %d the domain, each RFC 4515-escaped.
 	Filter  string
 	Schema  Schema
-	Timeout time.Duration // per connect and per search
+	Timeout time.Duration // per connect and per search; required
 	// PoolSize bounds the connections for searches: at most this many run
-	// at once, the others wait for one to come back.
+	// at once, the others wait for one to come back; required.
 	PoolSize  int
 	SizeLimit int
 
@@ -112,11 +112,8 @@ func NewLDAPSource(cfg LDAPConfig, log *slog.Logger) (*LDAPSource, error) {
 	if cfg.Deref < ldap.NeverDerefAliases || cfg.Deref > ldap.DerefAlways {
 		return nil, fmt.Errorf("ldap: dereference %d: want 0 to 3", cfg.Deref)
 	}
-	if cfg.Timeout <= 0 {
-		cfg.Timeout = 5 * time.Second
-	}
-	if cfg.PoolSize <= 0 {
-		cfg.PoolSize = 8
+	if cfg.Timeout <= 0 || cfg.PoolSize <= 0 {
+		return nil, fmt.Errorf("ldap: timeout %v and pool size %d: both required", cfg.Timeout, cfg.PoolSize)
 	}
 	if log == nil {
 		log = slog.Default()

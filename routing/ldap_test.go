@@ -219,7 +219,7 @@ func TestNewLDAPSourceConfig(t *testing.T) {
 	if err := os.WriteFile(notPEM, []byte("not a certificate\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	good := LDAPConfig{URLs: []string{"ldap://127.0.0.1:389"}, Base: "dc=x", Filter: "(mail=%s)", Schema: MailRecipientSchema}
+	good := LDAPConfig{URLs: []string{"ldap://127.0.0.1:389"}, Timeout: time.Second, PoolSize: 2, Base: "dc=x", Filter: "(mail=%s)", Schema: MailRecipientSchema}
 	tests := []struct {
 		name    string
 		mod     func(*LDAPConfig)
@@ -283,7 +283,7 @@ func TestLDAPLookupUnavailable(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			s, err := NewLDAPSource(LDAPConfig{
 				URLs: tt.urls, Base: "dc=x", Filter: "(mail=%s)", Schema: MailRecipientSchema,
-				Timeout: 500 * time.Millisecond,
+				Timeout: 500 * time.Millisecond, PoolSize: 2,
 			}, quietLog())
 			if err != nil {
 				t.Fatal(err)

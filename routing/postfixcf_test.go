@@ -247,6 +247,7 @@ func TestParsePostfixMapFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	m.Config.PoolSize = 2 // a .cf has none (the binary gives directory.ldap's)
 	src, err := m.Source(quietLog())
 	if err != nil {
 		t.Fatal(err)
@@ -524,7 +525,7 @@ func TestPostfixGather(t *testing.T) {
 			if tt.mod != nil {
 				tt.mod(&tb)
 			}
-			s, err := NewLDAPSource(LDAPConfig{URLs: []string{"ldap://127.0.0.1:1"}, Base: "dc=x", Filter: "(mail=%s)", SizeLimit: tt.sizeLim, Table: &tb}, quietLog())
+			s, err := NewLDAPSource(LDAPConfig{URLs: []string{"ldap://127.0.0.1:1"}, Timeout: time.Second, PoolSize: 2, Base: "dc=x", Filter: "(mail=%s)", SizeLimit: tt.sizeLim, Table: &tb}, quietLog())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -573,7 +574,7 @@ func TestSpecialAttributesDiamondAndDeadline(t *testing.T) {
 		return &ldap.SearchResult{Entries: []*ldap.Entry{e}}, nil
 	}
 	tb := LDAPTable{ResultAttributes: []string{"mail"}, SpecialAttributes: []string{"member"}, ExpansionLimit: 1 << 30}
-	s, err := NewLDAPSource(LDAPConfig{URLs: []string{"ldap://127.0.0.1:1"}, Base: "dc=x", Filter: "(mail=%s)", Table: &tb}, quietLog())
+	s, err := NewLDAPSource(LDAPConfig{URLs: []string{"ldap://127.0.0.1:1"}, Timeout: time.Second, PoolSize: 2, Base: "dc=x", Filter: "(mail=%s)", Table: &tb}, quietLog())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/go-ldap/ldap/v3"
 )
@@ -98,7 +99,7 @@ func TestTableReplicaAnswersAsServer(t *testing.T) {
 			if tt.mod != nil {
 				tt.mod(&tb)
 			}
-			src, err := NewLDAPSource(LDAPConfig{URLs: []string{"ldap://127.0.0.1:1"}, Base: "dc=x", Filter: filter, SizeLimit: tt.sizeLim, Table: &tb}, quietLog())
+			src, err := NewLDAPSource(LDAPConfig{URLs: []string{"ldap://127.0.0.1:1"}, Timeout: time.Second, PoolSize: 2, Base: "dc=x", Filter: filter, SizeLimit: tt.sizeLim, Table: &tb}, quietLog())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -148,7 +149,7 @@ func TestTableReplicaAnswersAsServer(t *testing.T) {
 	}
 
 	t.Run("live fallback counted", func(t *testing.T) {
-		src, err := NewLDAPSource(LDAPConfig{URLs: []string{"ldap://127.0.0.1:1"}, Base: "dc=x", Filter: filter, Table: &base}, quietLog())
+		src, err := NewLDAPSource(LDAPConfig{URLs: []string{"ldap://127.0.0.1:1"}, Timeout: time.Second, PoolSize: 2, Base: "dc=x", Filter: filter, Table: &base}, quietLog())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -183,7 +184,7 @@ func TestTableReplicaRefuses(t *testing.T) {
 		{"dc=x", "(objectClass=inetOrgPerson)"}, // not keyed by the address
 	} {
 		tb := LDAPTable{ResultAttributes: []string{"mail"}}
-		src, err := NewLDAPSource(LDAPConfig{URLs: []string{"ldap://127.0.0.1:1"}, Base: c.base, Filter: c.filter, Table: &tb}, quietLog())
+		src, err := NewLDAPSource(LDAPConfig{URLs: []string{"ldap://127.0.0.1:1"}, Timeout: time.Second, PoolSize: 2, Base: c.base, Filter: c.filter, Table: &tb}, quietLog())
 		if err != nil {
 			t.Fatalf("%+v: %v", c, err)
 		}

@@ -3,7 +3,7 @@ package routing
 // Sender Rewriting Scheme (SRS), in the format of postsrsd (1.10 and 2.x)
 // and Mail::SRS 0.31 (Guarded), with a hash that cannot be re-split.
 //
-// Format, with <s> the configured initial separator (= by default, or + or -)
+// Format, with <s> the configured initial separator (=, + or -)
 // and every other separator =:
 //
 //	SRS0<s>HHHH=TT=orig-host=orig-local@srs-domain
@@ -86,13 +86,7 @@ var (
 	ErrSRSStore = errors.New("srs: sender store unavailable")
 )
 
-// Defaults, as in postsrsd and Mail::SRS 0.31.
 const (
-	DefaultSRSHashLength = 4
-	DefaultSRSHashMin    = 4
-	DefaultSRSMaxAgeDays = 21
-	DefaultSRSSeparator  = '='
-
 	srsMaxHashLength = 27 // base64 characters that cover the 20-byte SHA-1 digest
 	srsTimeSlots     = 1024
 	srsMaxLocal      = 64  // RFC 5321 4.5.3.1.1
@@ -120,14 +114,15 @@ type SRSStore interface {
 }
 
 // SRS rewrites envelope senders (Forward) and decodes bounces to rewritten
-// senders (Reverse). Zero fields take the defaults of postsrsd and Mail::SRS.
+// senders (Reverse). Separator, HashLength, HashMin and MaxAgeDays are
+// required (the configuration's defaults are postsrsd's: '=', 4, 4, 21).
 //
 // Security notes:
 //
 //   - Field-boundary re-splits: prevented for what we mint (the v2 hash),
 //     accepted only inside the legacy window (see the package comment).
-//   - Replay: an SRS0 address is valid for MaxAgeDays+1 days (today and 21
-//     days back by default), and again for the same window every 1024 days,
+//   - Replay: an SRS0 address is valid for MaxAgeDays+1 days (today and
+//     MaxAgeDays back), and again for the same window every 1024 days,
 //     because the stamp is a day number mod 1024; a database-form address
 //     only while Store holds its key. An SRS1 address carries no stamp and
 //     never expires; it only leads back to the first forwarder, which checks
@@ -216,18 +211,6 @@ type srsParams struct {
 
 func (s *SRS) params() (srsParams, error) {
 	p := srsParams{sep: s.Separator, hashLen: s.HashLength, hashMin: s.HashMin, maxAge: s.MaxAgeDays}
-	if p.sep == 0 {
-		p.sep = DefaultSRSSeparator
-	}
-	if p.hashLen == 0 {
-		p.hashLen = DefaultSRSHashLength
-	}
-	if p.hashMin == 0 {
-		p.hashMin = min(DefaultSRSHashMin, p.hashLen)
-	}
-	if p.maxAge == 0 {
-		p.maxAge = DefaultSRSMaxAgeDays
-	}
 	switch {
 	case len(s.Secrets) == 0:
 		return p, errors.New("srs: no secrets")

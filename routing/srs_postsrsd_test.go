@@ -178,7 +178,7 @@ func TestPostsrsdVectors(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s %s: date %q", r.file, r.id, r.date)
 		}
-		s := &SRS{Domain: r.domain, Now: func() time.Time { return day.Add(12 * time.Hour) }, LegacyUntil: day}
+		s := postsrsdParams(&SRS{Domain: r.domain, Now: func() time.Time { return day.Add(12 * time.Hour) }, LegacyUntil: day})
 		for _, k := range strings.Split(r.secrets, ",") {
 			s.Secrets = append(s.Secrets, []byte(k))
 		}

@@ -18,10 +18,17 @@ func testSRS(secrets ...string) *SRS {
 	if len(secrets) == 0 {
 		secrets = []string{"tops3cr3t"}
 	}
-	s := &SRS{Domain: "srs.example.net", Now: func() time.Time { return srsTestDay }}
+	s := postsrsdParams(&SRS{Domain: "srs.example.net", Now: func() time.Time { return srsTestDay }})
 	for _, k := range secrets {
 		s.Secrets = append(s.Secrets, []byte(k))
 	}
+	return s
+}
+
+// postsrsdParams gives s postsrsd's parameters (also the configuration's
+// defaults): separator =, 4 hash characters emitted and required, 21 days.
+func postsrsdParams(s *SRS) *SRS {
+	s.Separator, s.HashLength, s.HashMin, s.MaxAgeDays = '=', 4, 4, 21
 	return s
 }
 
@@ -541,19 +548,29 @@ func TestSRSDatabaseForm(t *testing.T) {
 }
 
 func TestSRSConfig(t *testing.T) {
-	for _, s := range []*SRS{
-		{Domain: "x"},
-		{Secrets: [][]byte{[]byte("k")}},
-		{Secrets: [][]byte{[]byte("k")}, Domain: "a@b"},
-		{Secrets: [][]byte{{}}, Domain: "x"},
-		{Secrets: [][]byte{[]byte("k")}, Domain: "x", Separator: '*'},
-		{Secrets: [][]byte{[]byte("k")}, Domain: "x", HashLength: 28},
-		{Secrets: [][]byte{[]byte("k")}, Domain: "x", HashLength: 4, HashMin: 5},
-		{Secrets: [][]byte{[]byte("k")}, Domain: "x", MaxAgeDays: -1},
-		{Secrets: [][]byte{[]byte("k")}, Domain: "x", MaxAgeDays: 1023},
-		{Secrets: [][]byte{[]byte("k")}, Domain: "x", DatabaseAlways: true},
-		{Secrets: [][]byte{[]byte("k")}, Domain: strings.Repeat("d", 186)}, // the database form would not fit
+	k := [][]byte{[]byte("k")}
+	for _, bad := range []func(*SRS){
+		func(s *SRS) { s.Secrets = nil },
+		func(s *SRS) { s.Domain = "" },
+		func(s *SRS) { s.Domain = "a@b" },
+		func(s *SRS) { s.Secrets = [][]byte{{}} },
+		func(s *SRS) { s.Separator = '*' },
+		func(s *SRS) { s.Separator = 0 }, // required: no default of its own
+		func(s *SRS) { s.HashLength = 0 },
+		func(s *SRS) { s.HashLength = 28 },
+		func(s *SRS) { s.HashMin = 0 },
+		func(s *SRS) { s.HashLength, s.HashMin = 4, 5 },
+		func(s *SRS) { s.MaxAgeDays = 0 },
+		func(s *SRS) { s.MaxAgeDays = -1 },
+		func(s *SRS) { s.MaxAgeDays = 1023 },
+		func(s *SRS) { s.DatabaseAlways = true },
+		func(s *SRS) { s.Domain = strings.Repeat("d", 186) }, // the database form would not fit
 	} {
+		s := postsrsdParams(&SRS{Secrets: k, Domain: "x"})
+		if err := s.Validate(); err != nil {
+			t.Fatalf("the valid base: %v", err)
+		}
+		bad(s)
 		if s.Validate() == nil {
 			t.Errorf("%+v: no error", s)
 		}

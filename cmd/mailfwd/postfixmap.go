@@ -3,15 +3,19 @@ package main
 import (
 	"log/slog"
 
+	"mailfwd/config"
 	"mailfwd/routing"
 )
 
 // postfixMapSource reads a Postfix ldap_table(5) file unchanged and warns
-// about the settings Postfix itself ignores.
+// about the settings Postfix itself ignores. A .cf file has no pool size
+// (each Postfix process holds one connection per map): it gets
+// directory.ldap's default.
 func postfixMapSource(path string, log *slog.Logger) (routing.Source, error) {
 	m, err := routing.ParsePostfixMap(path)
 	if err != nil {
 		return nil, err
 	}
+	m.Config.PoolSize = config.Defaults().Directory.LDAP.PoolSize
 	return m.Source(log)
 }

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"mailfwd/config"
 	"mailfwd/routing"
 	"mailfwd/routing/srsstore"
 )
@@ -61,14 +62,15 @@ func srsRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	secrets := fs.String("secrets", "", "secrets file, one secret per line (required)")
 	domain := fs.String("domain", "", "the SRS domain (required)")
 	nowStr := fs.String("now", "", "the time: RFC 3339, or YYYY-MM-DD meaning 12:00 UTC (default: now)")
-	sep := fs.String("separator", "=", "initial separator: = + or -")
-	hashLen := fs.Int("hash-length", routing.DefaultSRSHashLength, "hash characters to emit")
-	hashMin := fs.Int("hash-min", routing.DefaultSRSHashMin, "fewest hash characters to accept")
-	maxAge := fs.Int("max-age", routing.DefaultSRSMaxAgeDays, "days a stamp stays valid")
+	def := config.Defaults().SRS // the flags default as the config does
+	sep := fs.String("separator", def.Separator, "initial separator: = + or -")
+	hashLen := fs.Int("hash-length", def.HashLength, "hash characters to emit")
+	hashMin := fs.Int("hash-min", def.HashMin, "fewest hash characters to accept")
+	maxAge := fs.Int("max-age", def.MaxAgeDays, "days a stamp stays valid")
 	legacy := fs.String("legacy-until", "", "cut-over day YYYY-MM-DD for legacy hashes, or none (default: the -now day)")
 	storePath := fs.String("store", "", "a Bolt sender store (as srs.store.path)")
 	redisAddr := fs.String("redis", "", "a Redis sender store host:port (as srs.store.redis)")
-	redisPrefix := fs.String("redis-prefix", srsstore.DefaultRedisPrefix, "Redis key prefix")
+	redisPrefix := fs.String("redis-prefix", def.Store.Redis.KeyPrefix, "Redis key prefix")
 	database := fs.Bool("database", false, "the database form for every ordinary sender (srs.database: always)")
 	if err := fs.Parse(args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -99,7 +101,8 @@ func srsRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		defer st.Close()
 		store = st
 	case *redisAddr != "":
-		st, err := srsstore.NewRedis(srsstore.RedisOptions{Addr: *redisAddr, Prefix: *redisPrefix, MaxAgeDays: *maxAge})
+		st, err := srsstore.NewRedis(srsstore.RedisOptions{Addr: *redisAddr, Prefix: *redisPrefix,
+			Timeout: def.Store.Redis.Timeout, MaxAgeDays: *maxAge})
 		if err != nil {
 			return errExit{2, err.Error()}
 		}
@@ -177,6 +180,10 @@ func srsRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 // (<KEY>@1) may have been minted on any day of the SRS lifetime before its
 // lt (postsrsd renews lt each time it forwards the sender again), so each
 // sender is stored for every such day.
+// postsrsdKeyDays is the lifetime postsrsd 2.x (on its defaults) gives a
+// database key, which its lt column counts from the forward.
+const postsrsdKeyDays = 21
+
 func importPostsrsd(r io.Reader, store routing.SRSStore, maxAge int, now time.Time) (int, error) {
 	ctx := context.Background()
 	sc := bufio.NewScanner(r)
@@ -200,7 +207,7 @@ func importPostsrsd(r io.Reader, store routing.SRSStore, maxAge int, now time.Ti
 		if err != nil {
 			return n, fmt.Errorf("line %d: lt %q: %v", line, f[2], err)
 		}
-		last := lt/86400 - int64(routing.DefaultSRSMaxAgeDays) // postsrsd: lt = forward time + 21 days
+		last := lt/86400 - postsrsdKeyDays // postsrsd: lt = forward time + 21 days
 		if last < today-int64(maxAge) {
 			continue // expired
 		}

@@ -34,13 +34,9 @@ func openSRS(c *config.Config, now time.Time) (*srsRuntime, error) {
 	if s == nil {
 		return nil, nil
 	}
-	maxAge := s.MaxAgeDays
-	if maxAge == 0 {
-		maxAge = routing.DefaultSRSMaxAgeDays
-	}
 	rt := &srsRuntime{}
 	if r := s.Store.Redis; r != nil {
-		st, err := redisStore(c, maxAge)
+		st, err := redisStore(c, s.MaxAgeDays)
 		if err != nil {
 			return nil, err
 		}
@@ -50,7 +46,7 @@ func openSRS(c *config.Config, now time.Time) (*srsRuntime, error) {
 		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 			return nil, fmt.Errorf("srs.store.path: %w", err)
 		}
-		st, err := srsstore.OpenBolt(path, maxAge)
+		st, err := srsstore.OpenBolt(path, s.MaxAgeDays)
 		if err != nil {
 			return nil, err
 		}
@@ -121,7 +117,7 @@ func pingSRSStore(ctx context.Context, c *config.Config) error {
 	if c.SRS.Store.Redis == nil {
 		return nil
 	}
-	st, err := redisStore(c, routing.DefaultSRSMaxAgeDays)
+	st, err := redisStore(c, c.SRS.MaxAgeDays)
 	if err != nil {
 		return err
 	}

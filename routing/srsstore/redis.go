@@ -27,14 +27,11 @@ type RedisOptions struct {
 	Addr     string // host:port
 	Password string
 	DB       int
-	Prefix   string        // default "PostSRSd/"
-	Timeout  time.Duration // dial, read and write (default 2s)
+	Prefix   string        // before every key (postsrsd 2.x's: "PostSRSd/"); may be empty
+	Timeout  time.Duration // dial, read and write; required
 	// MaxAgeDays: entries live MaxAgeDays+1 days.
 	MaxAgeDays int
 }
-
-// DefaultRedisPrefix is postsrsd 2.x's key prefix.
-const DefaultRedisPrefix = "PostSRSd/"
 
 // NewRedis returns a store on the server; it does not connect yet.
 func NewRedis(o RedisOptions) (*Redis, error) {
@@ -44,11 +41,8 @@ func NewRedis(o RedisOptions) (*Redis, error) {
 	if o.MaxAgeDays < 1 {
 		return nil, fmt.Errorf("srs store: max age %d days", o.MaxAgeDays)
 	}
-	if o.Prefix == "" {
-		o.Prefix = DefaultRedisPrefix
-	}
 	if o.Timeout <= 0 {
-		o.Timeout = 2 * time.Second
+		return nil, fmt.Errorf("srs store: redis timeout %v", o.Timeout)
 	}
 	c := redis.NewClient(&redis.Options{Addr: o.Addr, Password: o.Password, DB: o.DB,
 		DialTimeout: o.Timeout, ReadTimeout: o.Timeout, WriteTimeout: o.Timeout,
