@@ -3,6 +3,6 @@
 // (admin_listen), never on the SMTP listeners.
 //
 // Metrics collects through small hooks the other packages define where
-// things happen (relay.Observer, routing.Observed, routing.SRS.Observe,
+// things happen (relay.Observer, routing.Observed, srs.Rewriter.Observe,
 // queue.Scheduler.Observe and Stats), so none of them imports Prometheus.
 package admin

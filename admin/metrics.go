@@ -26,7 +26,7 @@ type Metrics struct {
 	LDAPErrors        prometheus.Counter
 	CacheHits         prometheus.CounterFunc
 	CacheMisses       prometheus.CounterFunc
-	// SRS: {op="forward"|"reverse", result=routing.SRSResult}.
+	// SRS: {op="forward"|"reverse", result=srs.Result}.
 	SRS *prometheus.CounterVec
 	// Forwarding: {outcome=auth.Forward*}, one per message forwarded outside.
 	Forwarding         *prometheus.CounterVec
@@ -190,7 +190,7 @@ func (m *Metrics) ObserveLDAP(d time.Duration, err error) {
 	}
 }
 
-// ObserveSRS is the routing.SRS.Observe hook.
+// ObserveSRS is the srs.Rewriter.Observe hook.
 func (m *Metrics) ObserveSRS(op, result string) { m.SRS.WithLabelValues(op, result).Inc() }
 
 // ObserveOutboundTLS is the nexthop.Security.Observe hook.

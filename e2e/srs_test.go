@@ -2,7 +2,7 @@
 
 package e2e
 
-// Differential test of routing.SRS against the real postsrsd 1.10 from
+// Differential test of srs.Rewriter against the real postsrsd 1.10 from
 // Debian (libsrs2 code), spoken to over its Postfix tcp_table protocol and
 // run under faketime so the day stamp is fixed. Every input carries its
 // expectation: either ours and postsrsd's answers must be the same, or they
@@ -28,7 +28,7 @@ import (
 	"testing"
 	"time"
 
-	"mailfwd/routing"
+	"mailfwd/routing/srs"
 	"mailfwd/routing/srsstore"
 )
 
@@ -235,7 +235,7 @@ func postsrsdForward(t *testing.T, d *srsDaemon, in string) string {
 	return "refused"
 }
 
-func oursForward(s *routing.SRS, in string) string {
+func oursForward(s *srs.Rewriter, in string) string {
 	out, err := s.Forward(context.Background(), in)
 	switch {
 	case err != nil:
@@ -262,18 +262,18 @@ func postsrsdReverse(t *testing.T, d *srsDaemon, in string) string {
 	return "malformed" // No hash/stamp/host/user in SRSn address, Bad base32 character in timestamp
 }
 
-func oursReverse(s *routing.SRS, in string) string {
+func oursReverse(s *srs.Rewriter, in string) string {
 	out, err := s.Reverse(context.Background(), in)
 	switch {
 	case err == nil:
 		return "ok " + out
-	case errors.Is(err, routing.ErrNotSRS):
+	case errors.Is(err, srs.ErrNotSRS):
 		return "notsrs"
-	case errors.Is(err, routing.ErrSRSBadHash):
+	case errors.Is(err, srs.ErrBadHash):
 		return "badhash"
-	case errors.Is(err, routing.ErrSRSExpired):
+	case errors.Is(err, srs.ErrExpired):
 		return "expired"
-	case errors.Is(err, routing.ErrSRSMalformed):
+	case errors.Is(err, srs.ErrMalformed):
 		return "malformed"
 	}
 	return "error " + err.Error()
@@ -285,7 +285,7 @@ type srsCase struct {
 }
 
 // Reasons for expected differences (srs.md "Where the oracles disagree" and
-// our stricter choices documented in routing/srs.go).
+// our stricter choices documented in routing/srs).
 const (
 	whyNull        = "null sender: never rewritten (postsrsd: 500 Invalid request; Postfix never asks)"
 	whyEmptyHost   = "F25: empty host: postsrsd embeds it (not reversible), we store it (database form)"
@@ -320,14 +320,14 @@ func TestSRSDifferentialPostsrsd(t *testing.T) {
 		t.Fatal(err)
 	}
 	os.Chmod(dir, 0o755) // postsrsd may read them after dropping to nobody
-	keysA, err := routing.LoadSRSSecrets(secretsA)
+	keysA, err := srs.LoadSecrets(secretsA)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(keysA) != 3 || string(keysA[1]) != srsSecretOld {
-		t.Fatalf("LoadSRSSecrets: %q", keysA)
+		t.Fatalf("LoadSecrets: %q", keysA)
 	}
-	keysB, err := routing.LoadSRSSecrets(secretsB)
+	keysB, err := srs.LoadSecrets(secretsB)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -343,13 +343,13 @@ func TestSRSDifferentialPostsrsd(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer store.Close()
-	our1 := postsrsdLike(&routing.SRS{Secrets: keysA, Domain: srsTestDomain, Now: at(srsDay0), Store: store, LegacyUntil: srsDay0})
+	our1 := postsrsdLike(&srs.Rewriter{Secrets: keysA, Domain: srsTestDomain, Now: at(srsDay0), Store: store, LegacyUntil: srsDay0})
 	// P2: five days earlier, only the old secret, separator +.
 	p2 := startPostsrsd(t, days(-5), secretsB, "-a+")
-	our2 := postsrsdLike(&routing.SRS{Secrets: keysB, Domain: srsTestDomain, Separator: '+', Now: at(days(-5)), Store: store, LegacyUntil: days(-5)})
+	our2 := postsrsdLike(&srs.Rewriter{Secrets: keysB, Domain: srsTestDomain, Separator: '+', Now: at(days(-5)), Store: store, LegacyUntil: days(-5)})
 	// P3: day 0, secrets A, separator -, hash length 8, minimum 6.
 	p3 := startPostsrsd(t, srsDay0, secretsA, "-a-", "-n8", "-N6")
-	our3 := postsrsdLike(&routing.SRS{Secrets: keysA, Domain: srsTestDomain, Separator: '-', HashLength: 8, HashMin: 6, Now: at(srsDay0), Store: store, LegacyUntil: srsDay0})
+	our3 := postsrsdLike(&srs.Rewriter{Secrets: keysA, Domain: srsTestDomain, Separator: '-', HashLength: 8, HashMin: 6, Now: at(srsDay0), Store: store, LegacyUntil: srsDay0})
 
 	var nSame, nDiffer, nFail int
 	reasons, kinds := map[string]int{}, map[string]int{}
@@ -378,12 +378,12 @@ func TestSRSDifferentialPostsrsd(t *testing.T) {
 	// Forward: the same format, the hash masked (we mint v2 hashes); what
 	// postsrsd returns is what the reverse cases below replay (its
 	// addresses are the bounces in flight when mailfwd takes over).
-	fwd := func(d *srsDaemon, s *routing.SRS, c srsCase) string {
+	fwd := func(d *srsDaemon, s *srs.Rewriter, c srsCase) string {
 		theirs, ours := postsrsdForward(t, d, c.in), oursForward(s, c.in)
 		check("forward", c, maskOK(theirs), maskOK(ours))
 		return theirs
 	}
-	rev := func(d *srsDaemon, s *routing.SRS, c srsCase) string {
+	rev := func(d *srsDaemon, s *srs.Rewriter, c srsCase) string {
 		theirs, ours := postsrsdReverse(t, d, c.in), oursReverse(s, c.in)
 		check("reverse", c, theirs, ours)
 		return theirs
@@ -416,7 +416,7 @@ func TestSRSDifferentialPostsrsd(t *testing.T) {
 	srs0In := "SRS0=abcd=KH=orig.example=user@fwd.example"
 	long := func(n int) string { return strings.Repeat("l", n) }
 	_, own := p1.fwd.get(t, "owner@example.org") // postsrsd's, valid today
-	ownOld, _ := postsrsdLike(&routing.SRS{Secrets: keysA, Domain: srsTestDomain, Now: at(days(-30))}).Forward(context.Background(), "owner@example.org")
+	ownOld, _ := postsrsdLike(&srs.Rewriter{Secrets: keysA, Domain: srsTestDomain, Now: at(days(-30))}).Forward(context.Background(), "owner@example.org")
 	ownLocal, _, _ := strings.Cut(own, "@")
 	ownOldLocal, _, _ := strings.Cut(ownOld, "@")
 	padded := ownLocal[:9] + "GARBAGE" + ownLocal[9:] // SRS0=hhhh + GARBAGE =TT=...
@@ -538,7 +538,7 @@ func TestSRSDifferentialPostsrsd(t *testing.T) {
 	// What we mint (v2): postsrsd refuses every valid one; expired ones
 	// both call expired (the stamp is checked first).
 	for _, n := range []int{0, -21, -1024 - 21, -22, 1} {
-		s := postsrsdLike(&routing.SRS{Secrets: keysA, Domain: srsTestDomain, Now: at(days(n))})
+		s := postsrsdLike(&srs.Rewriter{Secrets: keysA, Domain: srsTestDomain, Now: at(days(n))})
 		for _, a := range samples {
 			v2, err := s.Forward(context.Background(), a)
 			if err != nil {
@@ -673,7 +673,7 @@ func TestSRSDifferentialPostsrsd(t *testing.T) {
 	}
 }
 
-func mustReverse(t *testing.T, s *routing.SRS, a string) string {
+func mustReverse(t *testing.T, s *srs.Rewriter, a string) string {
 	t.Helper()
 	r, err := s.Reverse(context.Background(), a)
 	if err != nil {
@@ -731,7 +731,7 @@ func asciiLowerE2E(s string) string {
 // postsrsdLike gives s, where unset, the parameters postsrsd runs with when
 // its command line does not name them (-a= -n4 -N4, 21 days), so it mints
 // and accepts what the postsrsd beside it does.
-func postsrsdLike(s *routing.SRS) *routing.SRS {
+func postsrsdLike(s *srs.Rewriter) *srs.Rewriter {
 	if s.Separator == 0 {
 		s.Separator = '='
 	}

@@ -24,6 +24,7 @@ import (
 	"mailfwd/queue/envelope"
 	"mailfwd/queue/nexthop"
 	"mailfwd/routing"
+	"mailfwd/routing/srs"
 )
 
 // ---------------------------------------------------------------------------
@@ -37,7 +38,7 @@ var relayDomains = []string{"domain.com", "domain.ro", "company.com"}
 type relayOpts struct {
 	src        routing.Source // default: the seed directory
 	exp        Expander       // default: &routing.Expander{Source: src, Limits: routing.PostfixLimits}
-	srs        *routing.SRS
+	srs        *srs.Rewriter
 	cfg        func(*Config)
 	spool      Committer // default: the real spool
 	tls        *tls.Config
@@ -433,16 +434,16 @@ const (
 	smtpBadArg  = "500 5.5.4" // go-smtp: "Unknown RCPT TO argument"
 )
 
-func relayTricks(t testing.TB, srs *routing.SRS) []relayTrick {
-	fwd := func(s *routing.SRS, a string) string {
+func relayTricks(t testing.TB, rw *srs.Rewriter) []relayTrick {
+	fwd := func(s *srs.Rewriter, a string) string {
 		v, err := s.Forward(context.Background(), a)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return v
 	}
-	valid := fwd(srs, "alice@example.com") // SRS0=gIVm=KH=example.com=alice@srs.relay.test
-	atDay := func(days int) *routing.SRS {
+	valid := fwd(rw, "alice@example.com") // SRS0=gIVm=KH=example.com=alice@srs.relay.test
+	atDay := func(days int) *srs.Rewriter {
 		s := testSRS()
 		now := s.Now()
 		s.Now = func() time.Time { return now.AddDate(0, 0, days) }
@@ -450,13 +451,13 @@ func relayTricks(t testing.TB, srs *routing.SRS) []relayTrick {
 	}
 	expired := fwd(atDay(-30), "alice@example.com")
 	future := fwd(atDay(+3), "alice@example.com")
-	srs1 := fwd(srs, "SRS0=xxxx=AB=other.example=bob@fwd.example")
+	srs1 := fwd(rw, "SRS0=xxxx=AB=other.example=bob@fwd.example")
 	// Any client can claim these senders, and a forward through us signs
 	// them: whoever sees one forwarded copy holds a valid bounce address.
-	routedOurs := fwd(srs, "x%evil.test@company.com")
-	routedBang := fwd(srs, "evil.test!x@domain.com")
-	routedForeign := fwd(srs, "a%b@example.com")
-	unknownOurs := fwd(srs, "nobody@company.com")
+	routedOurs := fwd(rw, "x%evil.test@company.com")
+	routedBang := fwd(rw, "evil.test!x@domain.com")
+	routedForeign := fwd(rw, "a%b@example.com")
+	unknownOurs := fwd(rw, "nobody@company.com")
 	omicron := "c\u03bfmpany.com" // Greek small omicron for the first o
 	puny, err := idna.Lookup.ToASCII(omicron)
 	if err != nil || !strings.HasPrefix(puny, "xn--") {
@@ -609,12 +610,12 @@ type batteryVariant struct {
 	want func(relayTrick) *outcome
 }
 
-func batteryVariants(srs *routing.SRS) []batteryVariant {
+func batteryVariants(rw *srs.Rewriter) []batteryVariant {
 	return []batteryVariant{
-		{"seed", func(src routing.Source) relayOpts { return relayOpts{src: src, srs: srs, quiet: true} },
+		{"seed", func(src routing.Source) relayOpts { return relayOpts{src: src, srs: rw, quiet: true} },
 			func(tc relayTrick) *outcome { return tc.seed }},
 		{"serve-defaults", func(src routing.Source) relayOpts {
-			return relayOpts{src: src, srs: srs, quiet: true, exp: &routing.Expander{Source: src, Delimiter: "+", KeepExtension: true,
+			return relayOpts{src: src, srs: rw, quiet: true, exp: &routing.Expander{Source: src, Delimiter: "+", KeepExtension: true,
 				Rewrites: routing.DomainRewrites{"domain.com": "domain.ro"}, Limits: routing.PostfixLimits}}
 		}, func(tc relayTrick) *outcome {
 			if tc.dflt != nil {
@@ -623,7 +624,7 @@ func batteryVariants(srs *routing.SRS) []batteryVariant {
 			return tc.seed
 		}},
 		{"pass-unknown", func(src routing.Source) relayOpts {
-			return relayOpts{src: src, srs: srs, quiet: true, cfg: func(c *Config) { c.PassUnknown = true }}
+			return relayOpts{src: src, srs: rw, quiet: true, cfg: func(c *Config) { c.PassUnknown = true }}
 		}, func(tc relayTrick) *outcome {
 			if tc.pass != nil {
 				return tc.pass
@@ -633,7 +634,7 @@ func batteryVariants(srs *routing.SRS) []batteryVariant {
 		// Dry run queues every relay-domain address unchanged, known or
 		// not: only the refusals that come before routing are compared.
 		{"dry-run", func(src routing.Source) relayOpts {
-			return relayOpts{src: src, srs: srs, quiet: true, cfg: func(c *Config) { c.DryRun = true }}
+			return relayOpts{src: src, srs: rw, quiet: true, cfg: func(c *Config) { c.DryRun = true }}
 		}, func(tc relayTrick) *outcome {
 			if tc.seed.to != nil || tc.seed.replies[0] == unknownUser {
 				return nil
@@ -652,12 +653,12 @@ func batteryVariants(srs *routing.SRS) []batteryVariant {
 // recipients, none of them foreign but the directory's own forward and
 // verified SRS bounces.
 func TestOpenRelayBattery(t *testing.T) {
-	srs := testSRS()
-	tricks := relayTricks(t, srs)
+	rw := testSRS()
+	tricks := relayTricks(t, rw)
 	if len(tricks) < 30 {
 		t.Fatalf("only %d tricks", len(tricks))
 	}
-	for _, v := range batteryVariants(srs) {
+	for _, v := range batteryVariants(rw) {
 		t.Run(v.name, func(t *testing.T) {
 			for _, tc := range tricks {
 				want := v.want(tc)
@@ -736,8 +737,8 @@ func sorted(l []string) []string {
 // One session: every refused trick in a row, then valid recipients still
 // work and the message goes to them only (no state leaks from refusals).
 func TestOpenRelayBatteryOneSession(t *testing.T) {
-	srs := testSRS()
-	for _, v := range batteryVariants(srs) {
+	rw := testSRS()
+	for _, v := range batteryVariants(rw) {
 		t.Run(v.name, func(t *testing.T) {
 			o := v.opts(seedSource(t))
 			variantCfg := o.cfg
@@ -752,7 +753,7 @@ func TestOpenRelayBatteryOneSession(t *testing.T) {
 			c.cmd("EHLO battery.test", "250 ")
 			c.cmd("MAIL FROM:<alice@example.org>", "250 2.0.0")
 			n := 0
-			for _, tc := range relayTricks(t, srs) {
+			for _, tc := range relayTricks(t, rw) {
 				want := v.want(tc)
 				if want == nil || tc.from != "" || len(want.replies) != 1 || want.to != nil {
 					continue

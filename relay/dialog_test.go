@@ -294,8 +294,8 @@ func TestDialogProtocolErrorLimit(t *testing.T) {
 // Every reply in replies.go, provoked through a real socket, compared with
 // the table byte for byte.
 func TestDialogReplyTable(t *testing.T) {
-	srs := testSRS()
-	valid, _ := srs.Forward(context.Background(), "alice@example.com")
+	rw := testSRS()
+	valid, _ := rw.Forward(context.Background(), "alice@example.com")
 	forged := strings.Replace(valid, "=gIVm=", "=AAAA=", 1)
 	dirDown := failingSource{fmt.Errorf("%w: connection refused", routing.ErrUnavailable)}
 	fanOut := mapSource{"fan@company.com": "a@company.com, b@company.com, c@company.com", "sales@company.com": "central@company.com"}
@@ -411,9 +411,9 @@ func TestDialogReplyTable(t *testing.T) {
 			c.expectClosed()
 			return rep
 		}},
-		{"replyBadSRS", replyBadSRS, func(t *testing.T) string { return bounceRcpt(t, relayOpts{srs: srs}, forged) }},
+		{"replyBadSRS", replyBadSRS, func(t *testing.T) string { return bounceRcpt(t, relayOpts{srs: rw}, forged) }},
 		{"replySRSLimited", replySRSLimited, func(t *testing.T) string {
-			r := quietRelay(t, relayOpts{srs: srs}) // SRSFailureLimit 3
+			r := quietRelay(t, relayOpts{srs: rw}) // SRSFailureLimit 3
 			c := beginBounce(t, r.addr)
 			for range 3 {
 				c.cmd("RCPT TO:<"+forged+">", "550 5.7.1")
@@ -425,9 +425,9 @@ func TestDialogReplyTable(t *testing.T) {
 			c.expectClosed() // a guesser pays a connection per guess
 			return rep
 		}},
-		{"replySRSNotBounce", replySRSNotBounce, func(t *testing.T) string { return rcptReply(t, relayOpts{srs: srs}, valid) }},
+		{"replySRSNotBounce", replySRSNotBounce, func(t *testing.T) string { return rcptReply(t, relayOpts{srs: rw}, valid) }},
 		{"replySRSRate", replySRSRate, func(t *testing.T) string {
-			r := quietRelay(t, relayOpts{srs: srs, cfg: func(c *Config) { c.SRSReverse.Rate = 2 }})
+			r := quietRelay(t, relayOpts{srs: rw, cfg: func(c *Config) { c.SRSReverse.Rate = 2 }})
 			c := beginBounce(t, r.addr)
 			for range 2 {
 				c.cmd("RCPT TO:<"+valid+">", "250 2.0.0")
@@ -437,7 +437,7 @@ func TestDialogReplyTable(t *testing.T) {
 			return c.cmd("RCPT TO:<"+valid+">", "")
 		}},
 		{"replySRSStoreDown", replySRSStoreDown, func(t *testing.T) string {
-			down := *srs
+			down := *rw
 			down.Store = failingStore{}
 			r := quietRelay(t, relayOpts{srs: &down})
 			c := dialRaw(t, r.addr)
@@ -446,7 +446,7 @@ func TestDialogReplyTable(t *testing.T) {
 			return c.cmd("RCPT TO:<internal.user@company.com>", "")
 		}},
 		{"replySRSTooLong", replySRSTooLong, func(t *testing.T) string {
-			r := quietRelay(t, relayOpts{srs: srs})
+			r := quietRelay(t, relayOpts{srs: rw})
 			c := dialRaw(t, r.addr)
 			c.ehlo("dialog.test")
 			c.cmd("MAIL FROM:<"+strings.Repeat("x", 40)+"@"+strings.Repeat("y", 20)+".example>", "250 2.0.0")

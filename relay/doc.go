@@ -10,7 +10,7 @@
 //   - the per-recipient forwarding decision (local or external forward,
 //     with which sender, From rewriting allowed or not): forward.go;
 //   - the SRS decisions, which sender a forward carries and what a bounce
-//     to the SRS domain may do: srs.go (the codec is routing's);
+//     to the SRS domain may do: srs.go (the codec is routing/srs);
 //   - relay policy for addresses (sender-specified routing): policy.go;
 //   - every reply code: replies.go, in one table, each provoked through a
 //     socket by TestDialogReplyTable;

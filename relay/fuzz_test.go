@@ -38,7 +38,7 @@ var (
 // domain.com → domain.ro; 1, the migration shim (unknown relay-domain
 // addresses pass unchanged); 2, plain seed routing with STARTTLS offered.
 func FuzzSession(f *testing.F) {
-	srs := testSRS()
+	rw := testSRS()
 	seed, err := routing.NewLDIFBytes(deploy.SeedLDIF, routing.MailRecipientSchema)
 	if err != nil {
 		f.Fatal(err)
@@ -49,20 +49,20 @@ func FuzzSession(f *testing.F) {
 		c.SRSFailureLimit = 1 << 30 // keep SRS addresses verified, not deferred
 	}
 	relays := []*testRelay{
-		startTestRelay(f, relayOpts{quiet: true, noDelivery: true, srs: srs, cfg: base,
+		startTestRelay(f, relayOpts{quiet: true, noDelivery: true, srs: rw, cfg: base,
 			exp: &routing.Expander{Source: seed, Delimiter: "+", KeepExtension: true,
 				Rewrites: routing.DomainRewrites{"domain.com": "domain.ro"}, Limits: routing.PostfixLimits}}),
-		startTestRelay(f, relayOpts{quiet: true, noDelivery: true, srs: srs, src: seed, cfg: func(c *Config) {
+		startTestRelay(f, relayOpts{quiet: true, noDelivery: true, srs: rw, src: seed, cfg: func(c *Config) {
 			base(c)
 			c.PassUnknown = true
 		}}),
-		startTestRelay(f, relayOpts{quiet: true, noDelivery: true, srs: srs, src: seed, cfg: base,
+		startTestRelay(f, relayOpts{quiet: true, noDelivery: true, srs: rw, src: seed, cfg: base,
 			tls: &tls.Config{Certificates: []tls.Certificate{cert}}}),
 	}
 
 	// Seeds: every battery trick as a full transaction, and the dialog
 	// suite's odd inputs.
-	for i, tc := range relayTricks(f, srs) {
+	for i, tc := range relayTricks(f, rw) {
 		var b strings.Builder
 		if tc.from != "" {
 			b.WriteString("MAIL FROM:" + tc.from + "\r\n")
@@ -183,7 +183,7 @@ func FuzzSession(f *testing.F) {
 				// A verified SRS bounce may leave for the sender's domain;
 				// decoded into ours, it is held to the same rule as any
 				// recipient of ours.
-				if orig, err := srs.Reverse(context.Background(), q.origTo[i]); err == nil && outsideOurDomains(orig) {
+				if orig, err := rw.Reverse(context.Background(), q.origTo[i]); err == nil && outsideOurDomains(orig) {
 					allowed = append(allowed[:len(allowed):len(allowed)], orig, routing.WireForm(orig))
 				}
 				if why := foreignRecipient(a, allowed); why != "" {

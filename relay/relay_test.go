@@ -19,6 +19,7 @@ import (
 	"mailfwd/queue/envelope"
 	"mailfwd/queue/nexthop"
 	"mailfwd/routing"
+	"mailfwd/routing/srs"
 )
 
 // sinkMTA stands in for Postfix: it records each delivered transaction.
@@ -106,7 +107,7 @@ func startRelay(t *testing.T, src routing.Source, spoolDir string, sink *sinkMTA
 
 // startRelayWith optionally routes external forwards to extSink and
 // applies srs.
-func startRelayWith(t *testing.T, src routing.Source, spoolDir string, sink, extSink *sinkMTA, srs *routing.SRS) *relayUnderTest {
+func startRelayWith(t *testing.T, src routing.Source, spoolDir string, sink, extSink *sinkMTA, rw *srs.Rewriter) *relayUnderTest {
 	t.Helper()
 	sl := listen(t)
 	sinkSrv := smtp.NewServer(sink)
@@ -131,7 +132,7 @@ func startRelayWith(t *testing.T, src routing.Source, spoolDir string, sink, ext
 		sched.ExternalHop = extHop
 	}
 	be, err := NewBackend(limited(Config{Hostname: "relay.test", RelayDomains: []string{"domain.com", "domain.ro", "company.com"}, LookupTimeout: time.Second,
-		SRS: srs, SRSFailureLimit: 3}), &routing.Expander{Source: src, Limits: routing.PostfixLimits}, spool, sched.Submit, nil)
+		SRS: rw, SRSFailureLimit: 3}), &routing.Expander{Source: src, Limits: routing.PostfixLimits}, spool, sched.Submit, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,6 +19,7 @@ import (
 	"mailfwd/queue"
 	"mailfwd/queue/envelope"
 	"mailfwd/routing"
+	"mailfwd/routing/srs"
 )
 
 // Expander resolves one RCPT address to its final recipients.
@@ -50,7 +51,7 @@ type Config struct {
 	LocalDomains []string
 	// SRS, if set, rewrites the sender of external forwards and decodes
 	// bounces to its domain (srs.go).
-	SRS *routing.SRS
+	SRS *srs.Rewriter
 	// SRSFailureLimit is how many invalid SRS addresses a client (one
 	// address, or an IPv6 prefix) may send in SRSFailureWindow, and
 	// SRSFailureBudget how many all clients together may: past either, an

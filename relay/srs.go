@@ -3,7 +3,7 @@ package relay
 // The SRS decisions of the front end, in one place: which sender an
 // external forward carries (forwardSender), and what a bounce to our SRS
 // domain may do (reverseSRS). The codec (formats, hashes, the sender
-// store) is routing.SRS.
+// store) is srs.Rewriter.
 
 import (
 	"context"
@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"mailfwd/routing"
+	"mailfwd/routing/srs"
 )
 
 // SRSReversePolicy bounds what a valid SRS address may be used for. A
@@ -52,11 +53,11 @@ func (s *session) forwardSender(ctx context.Context) (string, error) {
 		s.srsFrom, s.srsFromErr = s.p.cfg.SRS.Forward(ctx, s.rawFrom)
 		s.srsFrom = routing.WireForm(s.srsFrom)
 		switch {
-		case errors.Is(s.srsFromErr, routing.ErrSRSStore):
+		case errors.Is(s.srsFromErr, srs.ErrStore):
 			s.log.Warn("defer: cannot store the sender for SRS", "from", s.from, "err", s.srsFromErr)
 			s.srsDone = false // a later RCPT may try again
 			return "", replySRSStoreDown
-		case errors.Is(s.srsFromErr, routing.ErrSRSTooLong):
+		case errors.Is(s.srsFromErr, srs.ErrTooLong):
 			s.log.Warn("reject: sender too long for SRS (no srs store)", "from", s.from)
 		case s.srsFromErr != nil:
 			// postsrsd leaves such senders alone too.
@@ -89,7 +90,7 @@ func (s *session) reverseSRS(ctx context.Context, to string) ([]string, error) {
 	}
 	orig, err := s.p.cfg.SRS.Reverse(ctx, to)
 	switch {
-	case errors.Is(err, routing.ErrSRSStore):
+	case errors.Is(err, srs.ErrStore):
 		s.log.Warn("defer: SRS store unavailable", "to", to, "err", err)
 		return nil, replySRSStoreDown
 	case err != nil:

@@ -10,12 +10,12 @@ import (
 
 	"github.com/emersion/go-smtp"
 
-	"mailfwd/routing"
+	"mailfwd/routing/srs"
 	"mailfwd/routing/srsstore"
 )
 
-func testSRS() *routing.SRS {
-	return &routing.SRS{Secrets: [][]byte{[]byte("tops3cr3t")}, Domain: "srs.relay.test",
+func testSRS() *srs.Rewriter {
+	return &srs.Rewriter{Secrets: [][]byte{[]byte("tops3cr3t")}, Domain: "srs.relay.test",
 		Separator: '=', HashLength: 4, HashMin: 4, MaxAgeDays: 21, // postsrsd's
 		Now: func() time.Time { return time.Date(2024, 3, 1, 12, 0, 0, 0, time.UTC) }}
 }
@@ -106,9 +106,9 @@ func TestSRSNullSenderNotRewritten(t *testing.T) {
 // or foreign one is refused, and a client that keeps guessing is deferred.
 func TestSRSReversePath(t *testing.T) {
 	local, ext := &sinkMTA{}, &sinkMTA{}
-	srs := testSRS()
-	r := startRelayWith(t, seedSource(t), t.TempDir(), local, ext, srs)
-	valid, err := srs.Forward(context.Background(), "alice@example.com")
+	rw := testSRS()
+	r := startRelayWith(t, seedSource(t), t.TempDir(), local, ext, rw)
+	valid, err := rw.Forward(context.Background(), "alice@example.com")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +120,7 @@ func TestSRSReversePath(t *testing.T) {
 		t.Fatalf("bounce delivered as %q → %v", e.from, e.rcpts)
 	}
 	// A bounce to the SRS form of a local sender goes through routing.
-	own, _ := srs.Forward(context.Background(), "sales@company.com")
+	own, _ := rw.Forward(context.Background(), "sales@company.com")
 	if reps, _ := sendFrom(t, r.addr, "", own); reps[0] != "250" {
 		t.Fatalf("bounce to %s: %v", own, reps)
 	}
@@ -167,14 +167,14 @@ func TestSRSSenderTooLong(t *testing.T) {
 // form (47 octets), and a bounce to it reaches the sender: nobody is refused.
 func TestSRSLongSenderDatabaseForm(t *testing.T) {
 	local, ext := &sinkMTA{}, &sinkMTA{}
-	srs := testSRS()
+	rw := testSRS()
 	st, err := srsstore.OpenBolt(filepath.Join(t.TempDir(), "srs.db"), 21)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	srs.Store = st
-	r := startRelayWith(t, seedSource(t), t.TempDir(), local, ext, srs)
+	rw.Store = st
+	r := startRelayWith(t, seedSource(t), t.TempDir(), local, ext, rw)
 	long := "0100018b2f4e7c1a-5d6e7f80-1a2b-4c3d-9e8f-0a1b2c3d4e5f-000000@amazonses.com"
 	reps, data := sendFrom(t, r.addr, long, "internal.user@company.com", "sales@company.com")
 	if strings.Join(reps, " ") != "250 250" || data != "250" {
@@ -200,10 +200,10 @@ func TestSRSLongSenderDatabaseForm(t *testing.T) {
 // many for one decoded address.
 func TestSRSReverseBounds(t *testing.T) {
 	local, ext := &sinkMTA{}, &sinkMTA{}
-	srs := testSRS()
-	r := startRelayWith(t, seedSource(t), t.TempDir(), local, ext, srs)
-	valid, _ := srs.Forward(context.Background(), "alice@example.com")
-	other, _ := srs.Forward(context.Background(), "bob@example.com")
+	rw := testSRS()
+	r := startRelayWith(t, seedSource(t), t.TempDir(), local, ext, rw)
+	valid, _ := rw.Forward(context.Background(), "alice@example.com")
+	other, _ := rw.Forward(context.Background(), "bob@example.com")
 	if reps, _ := sendFrom(t, r.addr, "mallory@evil.test", valid); !strings.HasPrefix(reps[0], "550 5.7.1") {
 		t.Errorf("SRS address from a non-null sender: %s, want 550 5.7.1", reps[0])
 	}
@@ -232,10 +232,10 @@ func TestSRSReverseBounds(t *testing.T) {
 // connection, however few failures that client made (a guesser spread over
 // many addresses).
 func TestSRSFailureBudget(t *testing.T) {
-	srs := testSRS()
-	valid, _ := srs.Forward(context.Background(), "alice@example.com")
+	rw := testSRS()
+	valid, _ := rw.Forward(context.Background(), "alice@example.com")
 	forged := strings.Replace(valid, "=gIVm=", "=AAAA=", 1)
-	r := quietRelay(t, relayOpts{srs: srs, cfg: func(c *Config) { c.SRSFailureLimit, c.SRSFailureBudget = 1000, 2 }})
+	r := quietRelay(t, relayOpts{srs: rw, cfg: func(c *Config) { c.SRSFailureLimit, c.SRSFailureBudget = 1000, 2 }})
 	c := beginBounce(t, r.addr)
 	c.cmd("RCPT TO:<"+forged+">", "550 5.7.1")
 	c.cmd("RCPT TO:<"+forged+">", "550 5.7.1")

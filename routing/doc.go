@@ -14,8 +14,8 @@
 //     ldap_table semantics), postfixcf.go (a Postfix .cf read unchanged),
 //     ldif.go, the live replica replica*.go (RFC 4533), cache.go;
 //   - addresses and their wire form: address.go, external.go;
-//   - the SRS codec (formats, hashes, postsrsd compatibility): srs.go, with
-//     its sender store in routing/srsstore. Whether a forward's sender is
-//     rewritten, and what a bounce may do, is decided by the front end, in
-//     relay/srs.go.
+//   - the SRS codec (formats, hashes, postsrsd compatibility) is its own
+//     package, routing/srs, with its sender stores in routing/srsstore.
+//     Whether a forward's sender is rewritten, and what a bounce may do, is
+//     decided by the front end, in relay/srs.go.
 package routing

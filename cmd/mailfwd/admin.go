@@ -14,6 +14,7 @@ import (
 	"mailfwd/queue"
 	"mailfwd/relay"
 	"mailfwd/routing"
+	"mailfwd/routing/srs"
 )
 
 // metrics are the running relay's (nil when admin_listen is empty, and in
@@ -61,9 +62,9 @@ func observeReplica(r *routing.Replica) {
 }
 
 // observeSRS counts the SRS codec's rewrites and decodings.
-func observeSRS(srs *routing.SRS) {
+func observeSRS(rw *srs.Rewriter) {
 	if metrics != nil {
-		srs.Observe = metrics.ObserveSRS
+		rw.Observe = metrics.ObserveSRS
 	}
 }
 

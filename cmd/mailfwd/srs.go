@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"mailfwd/config"
-	"mailfwd/routing"
+	"mailfwd/routing/srs"
 	"mailfwd/routing/srsstore"
 )
 
@@ -89,7 +89,7 @@ func srsRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if *maxAge < 1 {
 		return errExit{2, "-max-age must be at least 1"}
 	}
-	var store routing.SRSStore
+	var store srs.Store
 	switch {
 	case *storePath != "" && *redisAddr != "":
 		return errExit{2, "-store and -redis are exclusive"}
@@ -129,11 +129,11 @@ func srsRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if len(*sep) != 1 {
 		return errExit{2, fmt.Sprintf("-separator %q: want one of = + -", *sep)}
 	}
-	keys, err := routing.LoadSRSSecrets(*secrets)
+	keys, err := srs.LoadSecrets(*secrets)
 	if err != nil {
 		return errExit{1, err.Error()}
 	}
-	s := &routing.SRS{Secrets: keys, Domain: *domain, Separator: (*sep)[0],
+	s := &srs.Rewriter{Secrets: keys, Domain: *domain, Separator: (*sep)[0],
 		HashLength: *hashLen, HashMin: *hashMin, MaxAgeDays: *maxAge, Now: now, Store: store, DatabaseAlways: *database}
 	switch *legacy {
 	case "":
@@ -146,7 +146,7 @@ func srsRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		}
 		s.LegacyUntil = d
 	}
-	if *hashLen < 1 || *hashMin < 1 { // 0 would mean "default" to routing.SRS
+	if *hashLen < 1 || *hashMin < 1 { // 0 would mean "default" to srs.Rewriter
 		return errExit{2, "-hash-length, -hash-min and -max-age must be at least 1"}
 	}
 	if err := s.Validate(); err != nil {
@@ -184,7 +184,7 @@ func srsRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 // database key, which its lt column counts from the forward.
 const postsrsdKeyDays = 21
 
-func importPostsrsd(r io.Reader, store routing.SRSStore, maxAge int, now time.Time) (int, error) {
+func importPostsrsd(r io.Reader, store srs.Store, maxAge int, now time.Time) (int, error) {
 	ctx := context.Background()
 	sc := bufio.NewScanner(r)
 	sc.Buffer(nil, 1<<20)

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"mailfwd/config"
-	"mailfwd/routing"
+	"mailfwd/routing/srs"
 	"mailfwd/routing/srsstore"
 )
 
@@ -19,7 +19,7 @@ import (
 // file may be open only once) and the cut-over day. A reload re-reads the
 // secrets and settings, not these.
 type srsRuntime struct {
-	store   routing.SRSStore
+	store   srs.Store
 	close   func() error
 	cutover time.Time
 	what    string // for logs: where the store is

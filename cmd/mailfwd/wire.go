@@ -27,6 +27,7 @@ import (
 	"mailfwd/queue/nexthop/resolve"
 	"mailfwd/relay"
 	"mailfwd/routing"
+	"mailfwd/routing/srs"
 	"mailfwd/routing/srsstore"
 )
 
@@ -283,12 +284,12 @@ func relayConfig(c *config.Config, certs *certStore, srsRT *srsRuntime) (relay.C
 		MemoryBudget: c.Limits.MemoryBudget,
 	}
 	if c.SRS != nil {
-		srs, err := newSRS(c, srsRT)
+		rw, err := newSRS(c, srsRT)
 		if err != nil {
 			return rc, err
 		}
-		observeSRS(srs)
-		rc.SRS, rc.SRSFailureLimit, rc.SRSFailureWindow, rc.SRSFailureBudget = srs, c.SRS.FailureLimit, c.SRS.FailureWindow, c.SRS.FailureBudget
+		observeSRS(rw)
+		rc.SRS, rc.SRSFailureLimit, rc.SRSFailureWindow, rc.SRSFailureBudget = rw, c.SRS.FailureLimit, c.SRS.FailureWindow, c.SRS.FailureBudget
 		r := c.SRS.Reverse
 		rc.SRSReverse = relay.SRSReversePolicy{AnySender: r.AnySender, MaxRecipients: r.MaxRecipients, Rate: r.Rate, Window: r.Window}
 	}
@@ -414,13 +415,13 @@ func newResolver(c *config.Config) *net.Resolver {
 
 // newSRS builds the codec of a config (reads the secrets file) around the
 // long-lived runtime.
-func newSRS(c *config.Config, rt *srsRuntime) (*routing.SRS, error) {
+func newSRS(c *config.Config, rt *srsRuntime) (*srs.Rewriter, error) {
 	s := c.SRS
-	secrets, err := routing.LoadSRSSecrets(c.Path(s.SecretsFile))
+	secrets, err := srs.LoadSecrets(c.Path(s.SecretsFile))
 	if err != nil {
 		return nil, fmt.Errorf("srs.secrets_file: %w", err)
 	}
-	r := &routing.SRS{Secrets: secrets, Domain: s.Domain, HashLength: s.HashLength, HashMin: s.HashMin,
+	r := &srs.Rewriter{Secrets: secrets, Domain: s.Domain, HashLength: s.HashLength, HashMin: s.HashMin,
 		MaxAgeDays: s.MaxAgeDays, DatabaseAlways: s.Database == "always", Separator: s.Separator[0]}
 	if rt != nil {
 		r.Store, r.LegacyUntil = rt.store, rt.cutover

@@ -1,5 +1,5 @@
 // Package srsstore keeps the senders behind SRS database-form addresses
-// (routing.SRSStore): Bolt, one file beside the spool, the default; Redis,
+// (srs.Store): Bolt, one file beside the spool, the default; Redis,
 // shared by several mailfwd instances and with postsrsd 2.x, in its key
 // layout.
 //
@@ -21,7 +21,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
 
-	"mailfwd/routing"
+	"mailfwd/routing/srs"
 )
 
 // Bolt keeps one bucket per minting day, so a lookup goes straight to its
@@ -147,7 +147,7 @@ func (b *Bolt) Get(_ context.Context, key string, day int64) (string, error) {
 		return "", fmt.Errorf("srs store: %w", err)
 	}
 	if len(v) == 0 {
-		return "", routing.ErrSRSUnknownKey
+		return "", srs.ErrUnknownKey
 	}
 	return string(v), nil
 }

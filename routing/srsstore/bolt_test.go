@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"mailfwd/routing"
+	"mailfwd/routing/srs"
 )
 
 func TestBoltPutGetExpire(t *testing.T) {
@@ -28,10 +28,10 @@ func TestBoltPutGetExpire(t *testing.T) {
 	if got, err := b.Get(ctx, "KEY", today-3); err != nil || got != "sender-3@example.com" {
 		t.Errorf("day -3: %q, %v", got, err)
 	}
-	if _, err := b.Get(ctx, "OTHER", today); !errors.Is(err, routing.ErrSRSUnknownKey) {
+	if _, err := b.Get(ctx, "OTHER", today); !errors.Is(err, srs.ErrUnknownKey) {
 		t.Errorf("unknown key: %v", err)
 	}
-	if _, err := b.Get(ctx, "KEY", today+1); !errors.Is(err, routing.ErrSRSUnknownKey) {
+	if _, err := b.Get(ctx, "KEY", today+1); !errors.Is(err, srs.ErrUnknownKey) {
 		t.Errorf("a day with nothing stored: %v", err)
 	}
 	// Durable: a reopened file has it all.
@@ -48,7 +48,7 @@ func TestBoltPutGetExpire(t *testing.T) {
 		if d <= 21 && (err != nil || got != fmt.Sprintf("sender-%d@example.com", d)) {
 			t.Errorf("after reopen, day -%d: %q, %v", d, got, err)
 		}
-		if d > 21 && !errors.Is(err, routing.ErrSRSUnknownKey) {
+		if d > 21 && !errors.Is(err, srs.ErrUnknownKey) {
 			t.Errorf("day -%d outlived the max age: %q, %v", d, got, err)
 		}
 	}
@@ -58,7 +58,7 @@ func TestBoltPutGetExpire(t *testing.T) {
 	if err != nil || n != 5 {
 		t.Errorf("five days on: %d days dropped, %v", n, err)
 	}
-	if _, err := b.Get(ctx, "KEY", today-17); !errors.Is(err, routing.ErrSRSUnknownKey) {
+	if _, err := b.Get(ctx, "KEY", today-17); !errors.Is(err, srs.ErrUnknownKey) {
 		t.Errorf("day -17, five days on: %v", err)
 	}
 	if _, err := b.Get(ctx, "KEY", today-16); err != nil {

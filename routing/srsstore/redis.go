@@ -8,7 +8,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"mailfwd/routing"
+	"mailfwd/routing/srs"
 )
 
 // Redis keeps senders in a Redis server several instances share, in
@@ -65,7 +65,7 @@ func (r *Redis) Get(ctx context.Context, key string, _ int64) (string, error) {
 	v, err := r.c.Get(ctx, r.name(key)).Result()
 	switch {
 	case errors.Is(err, redis.Nil):
-		return "", routing.ErrSRSUnknownKey
+		return "", srs.ErrUnknownKey
 	case err != nil:
 		return "", fmt.Errorf("srs store redis: %w", err)
 	}

@@ -1,4 +1,4 @@
-package routing
+package srs
 
 import (
 	"bufio"
@@ -113,7 +113,7 @@ func socketmapCode(reply string) string {
 // ourCode names an error of ours as the vectors would, where they mean the
 // same thing for a relay (both refuse, or both leave the sender alone).
 func ourCode(err error) string {
-	switch r := SRSResult(true, err); r {
+	switch r := Result(true, err); r {
 	case "bad_hash":
 		return "hash"
 	case "malformed":
@@ -178,7 +178,7 @@ func TestPostsrsdVectors(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s %s: date %q", r.file, r.id, r.date)
 		}
-		s := postsrsdParams(&SRS{Domain: r.domain, Now: func() time.Time { return day.Add(12 * time.Hour) }, LegacyUntil: day})
+		s := postsrsdParams(&Rewriter{Domain: r.domain, Now: func() time.Time { return day.Add(12 * time.Hour) }, LegacyUntil: day})
 		for _, k := range strings.Split(r.secrets, ",") {
 			s.Secrets = append(s.Secrets, []byte(k))
 		}

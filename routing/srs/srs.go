@@ -1,6 +1,5 @@
-package routing
-
-// Sender Rewriting Scheme (SRS), in the format of postsrsd (1.10 and 2.x)
+// Package srs is the Sender Rewriting Scheme codec: it rewrites envelope
+// senders and decodes bounce addresses, in the format of postsrsd (1.10 and 2.x)
 // and Mail::SRS 0.31 (Guarded), with a hash that cannot be re-split.
 //
 // Format, with <s> the configured initial separator (=, + or -)
@@ -43,6 +42,13 @@ package routing
 // mode (host 1, 32 base32hex characters) reverses through Store too, so
 // bounces to addresses a postsrsd 2.x minted are found where it stored them
 // (Redis, same key layout).
+//
+// This package only encodes and decodes. Which sender a forward carries
+// (forwardSender), and what a bounce to a decoded address may do
+// (recipients, rate, failure budget), is decided in relay/srs.go; whether a
+// recipient is a forward at all, in relay/forward.go. The stores are in
+// routing/srsstore.
+package srs
 
 import (
 	"bytes"
@@ -57,33 +63,35 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"mailfwd/routing"
 )
 
 // SRS errors. Reverse distinguishes "not ours / not SRS" (ErrNotSRS: the
 // address is an ordinary address and passes through) from "ours but
-// invalid" (ErrSRSBadHash, ErrSRSExpired, ErrSRSMalformed, ErrSRSUnknownKey:
+// invalid" (ErrBadHash, ErrExpired, ErrMalformed, ErrUnknownKey:
 // the relay answers 550 5.7.1 at RCPT, and never relays such an address
-// anywhere) and from a store that cannot answer now (ErrSRSStore: 4xx).
+// anywhere) and from a store that cannot answer now (ErrStore: 4xx).
 var (
 	// ErrNotSRS: the address is not an SRS address, or not one in our SRS
 	// domain. It is an ordinary address.
 	ErrNotSRS = errors.New("srs: not an SRS address of our domain")
-	// ErrSRSBadHash: the hash is too short, too long or does not match any secret.
-	ErrSRSBadHash = errors.New("srs: invalid hash")
-	// ErrSRSExpired: the time stamp is older than MaxAgeDays or in the future.
-	ErrSRSExpired = errors.New("srs: time stamp expired or in the future")
-	// ErrSRSMalformed: an SRS address of our domain whose fields cannot be
+	// ErrBadHash: the hash is too short, too long or does not match any secret.
+	ErrBadHash = errors.New("srs: invalid hash")
+	// ErrExpired: the time stamp is older than MaxAgeDays or in the future.
+	ErrExpired = errors.New("srs: time stamp expired or in the future")
+	// ErrMalformed: an SRS address of our domain whose fields cannot be
 	// parsed (Reverse), or a sender that cannot be rewritten into an address
 	// Reverse would decode back to it, with no Store to keep it (Forward).
-	ErrSRSMalformed = errors.New("srs: malformed address")
-	// ErrSRSTooLong: the rewritten address would exceed the SMTP limits (local
+	ErrMalformed = errors.New("srs: malformed address")
+	// ErrTooLong: the rewritten address would exceed the SMTP limits (local
 	// part over 64 octets or address over 254 octets) and there is no Store.
-	ErrSRSTooLong = errors.New("srs: rewritten address too long")
-	// ErrSRSUnknownKey: a validly signed database-form address whose key the
+	ErrTooLong = errors.New("srs: rewritten address too long")
+	// ErrUnknownKey: a validly signed database-form address whose key the
 	// store does not hold (expired, never stored, or the store was lost).
-	ErrSRSUnknownKey = errors.New("srs: unknown database key")
-	// ErrSRSStore: the store failed (wrapped with its error); temporary.
-	ErrSRSStore = errors.New("srs: sender store unavailable")
+	ErrUnknownKey = errors.New("srs: unknown database key")
+	// ErrStore: the store failed (wrapped with its error); temporary.
+	ErrStore = errors.New("srs: sender store unavailable")
 )
 
 const (
@@ -104,16 +112,16 @@ const srsV2Label = "mailfwd-srs-v2"
 
 var srsKeyEncoding = base32.HexEncoding.WithPadding(base32.NoPadding)
 
-// SRSStore keeps the senders behind database-form addresses. day is the
+// Store keeps the senders behind database-form addresses. day is the
 // minting day (Unix time / 86400, not mod 1024): a store may expire what it
-// holds after MaxAgeDays+1 days. Get returns ErrSRSUnknownKey for a key it
+// holds after MaxAgeDays+1 days. Get returns ErrUnknownKey for a key it
 // does not hold; any other error means it could not answer (temporary).
-type SRSStore interface {
+type Store interface {
 	Put(ctx context.Context, key, sender string, day int64) error
 	Get(ctx context.Context, key string, day int64) (string, error)
 }
 
-// SRS rewrites envelope senders (Forward) and decodes bounces to rewritten
+// Rewriter rewrites envelope senders (Forward) and decodes bounces to rewritten
 // senders (Reverse). Separator, HashLength, HashMin and MaxAgeDays are
 // required (the configuration's defaults are postsrsd's: '=', 4, 4, 21).
 //
@@ -135,7 +143,7 @@ type SRSStore interface {
 //   - Reverse accepts only addresses in Domain (postsrsd and Mail::SRS ignore
 //     the domain), so a valid SRS address of another host cannot turn us
 //     into an open relay.
-type SRS struct {
+type Rewriter struct {
 	// Secrets: the first signs, all verify (rotation: put the new secret
 	// first and keep the old one for at least MaxAgeDays+1 days).
 	Secrets [][]byte
@@ -154,24 +162,24 @@ type SRS struct {
 	// Zero: no legacy hash verifies.
 	LegacyUntil time.Time
 	// Store keeps the senders of database-form addresses. Nil: no database
-	// form; a sender that does not fit is refused (ErrSRSTooLong).
-	Store SRSStore
+	// form; a sender that does not fit is refused (ErrTooLong).
+	Store Store
 	// DatabaseAlways puts every ordinary sender in Store (postsrsd's
 	// original-envelope = database), not only those that do not fit.
 	DatabaseAlways bool
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
 	// Observe, if set, hears the outcome of every Forward and Reverse (see
-	// SRSResult).
+	// Result).
 	Observe func(op, result string)
 }
 
-// LoadSRSSecrets reads a secrets file as postsrsd does: one secret per line,
+// LoadSecrets reads a secrets file as postsrsd does: one secret per line,
 // a line is cut at its first CR or LF, empty lines are skipped and spaces are
 // kept. The first secret signs; all of them verify. A file without any
 // secret, or with a NUL byte or a line over 1022 bytes (which postsrsd would
 // read differently), is an error.
-func LoadSRSSecrets(path string) ([][]byte, error) {
+func LoadSecrets(path string) ([][]byte, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
@@ -199,7 +207,7 @@ func LoadSRSSecrets(path string) ([][]byte, error) {
 
 // Validate reports a configuration error (no secrets, an empty secret or
 // domain, or a parameter out of range).
-func (s *SRS) Validate() error {
+func (s *Rewriter) Validate() error {
 	_, err := s.params()
 	return err
 }
@@ -209,7 +217,7 @@ type srsParams struct {
 	hashLen, hashMin, maxAge int
 }
 
-func (s *SRS) params() (srsParams, error) {
+func (s *Rewriter) params() (srsParams, error) {
 	p := srsParams{sep: s.Separator, hashLen: s.HashLength, hashMin: s.HashMin, maxAge: s.MaxAgeDays}
 	switch {
 	case len(s.Secrets) == 0:
@@ -241,7 +249,7 @@ func (s *SRS) params() (srsParams, error) {
 
 func isSRSSep(c byte) bool { return c == '=' || c == '+' || c == '-' }
 
-func (s *SRS) now() time.Time {
+func (s *Rewriter) now() time.Time {
 	if s.Now != nil {
 		return s.Now()
 	}
@@ -390,10 +398,10 @@ func hasControl(s string) bool {
 // cannot be embedded so that Reverse splits it back into the same fields (two @, an
 // empty local part or host, = in the host, a malformed SRS1 sender), is
 // stored in Store and gets the database form; without a Store, Forward
-// returns ErrSRSTooLong or ErrSRSMalformed, never a truncated or invalid
-// address. A store failure is ErrSRSStore (temporary). Control characters
-// are always ErrSRSMalformed.
-func (s *SRS) Forward(ctx context.Context, sender string) (res string, err error) {
+// returns ErrTooLong or ErrMalformed, never a truncated or invalid
+// address. A store failure is ErrStore (temporary). Control characters
+// are always ErrMalformed.
+func (s *Rewriter) Forward(ctx context.Context, sender string) (res string, err error) {
 	how := ""
 	defer func() { s.observe("forward", res != sender, err, how) }()
 	p, err := s.params()
@@ -404,7 +412,7 @@ func (s *SRS) Forward(ctx context.Context, sender string) (res string, err error
 		return sender, nil // the null sender is never rewritten
 	}
 	if hasControl(sender) {
-		return "", ErrSRSMalformed
+		return "", ErrMalformed
 	}
 	if at := strings.LastIndexByte(sender, '@'); at >= 0 {
 		if asciiEqualFold(sender[at+1:], s.Domain) {
@@ -440,34 +448,34 @@ func (s *SRS) Forward(ctx context.Context, sender string) (res string, err error
 			// A local part that needs quotes on the wire ("john doe",
 			// trail.) is stored too when it can be: receivers and the
 			// MTAs between mangle quoted bounce addresses.
-			if fits(QuoteLocal(out), s.Domain) && (s.Store == nil || !needsQuote(out)) {
+			if q := routing.QuoteLocal(out); fits(q, s.Domain) && (s.Store == nil || q == out) {
 				return out + "@" + s.Domain, nil
 			}
 			if s.Store == nil {
-				return "", ErrSRSTooLong
+				return "", ErrTooLong
 			}
 		}
 	}
 	if s.Store == nil {
-		return "", ErrSRSMalformed
+		return "", ErrMalformed
 	}
 	how = "database"
 	return s.forwardStored(ctx, sender, p)
 }
 
 // forwardStored puts sender in the store and returns its database form.
-func (s *SRS) forwardStored(ctx context.Context, sender string, p srsParams) (string, error) {
+func (s *Rewriter) forwardStored(ctx context.Context, sender string, p srsParams) (string, error) {
 	now := s.now()
 	key := srsKey(s.Secrets[0], sender)
 	if err := s.Store.Put(ctx, key, sender, unixDay(now)); err != nil {
-		return "", fmt.Errorf("%w: %w", ErrSRSStore, err)
+		return "", fmt.Errorf("%w: %w", ErrStore, err)
 	}
 	out := s.mint(srsFields{stamp: srsStamp(srsDay(now)), host: srsKeyHost, user: key}, p)
 	return out + "@" + s.Domain, nil
 }
 
 // mint builds the local part for f with a v2 hash.
-func (s *SRS) mint(f srsFields, p srsParams) string {
+func (s *Rewriter) mint(f srsFields, p srsParams) string {
 	if f.srs1 {
 		h := srsDigestV2(s.Secrets[0], f.host, f.user)[:p.hashLen]
 		return "SRS1" + string(p.sep) + h + "=" + f.host + "=" + f.user
@@ -497,18 +505,18 @@ func parseSRS(local string) (srsFields, error) {
 	if hasSRSTag(local, '1') {
 		p := strings.SplitN(local[5:], "=", 3)
 		if len(p) < 3 {
-			return f, ErrSRSMalformed
+			return f, ErrMalformed
 		}
 		f = srsFields{srs1: true, hash: p[0], host: p[1], user: p[2]}
 	} else {
 		p := strings.SplitN(local[5:], "=", 4)
 		if len(p) < 4 {
-			return f, ErrSRSMalformed
+			return f, ErrMalformed
 		}
 		f = srsFields{hash: p[0], stamp: p[1], host: p[2], user: p[3]}
 	}
 	if f.host == "" || f.user == "" {
-		return f, ErrSRSMalformed
+		return f, ErrMalformed
 	}
 	return f, nil
 }
@@ -517,9 +525,9 @@ func parseSRS(local string) (srsFields, error) {
 // sender (keeping the case of its fields), SRS1 to the first forwarder's SRS0
 // address, the database form to the sender Store holds. It returns ErrNotSRS
 // for an address that is not SRS or not in Domain (an ordinary address: pass
-// it through), ErrSRSBadHash, ErrSRSExpired, ErrSRSMalformed or
-// ErrSRSUnknownKey for an SRS address of ours that must be refused (550
-// 5.7.1), and ErrSRSStore when the store cannot answer (temporary).
+// it through), ErrBadHash, ErrExpired, ErrMalformed or
+// ErrUnknownKey for an SRS address of ours that must be refused (550
+// 5.7.1), and ErrStore when the store cannot answer (temporary).
 //
 // It accepts only what postsrsd and Mail::SRS 0.31 both accept: exactly
 // one @; a stamp of exactly 2 base32 characters (any case) within MaxAgeDays
@@ -527,7 +535,7 @@ func parseSRS(local string) (srsFields, error) {
 // characters of which every one must match (case- and alphabet-
 // insensitively) the v2 digest of one of the secrets, or within the legacy
 // window the legacy digest; non-empty user and host.
-func (s *SRS) Reverse(ctx context.Context, addr string) (res string, err error) {
+func (s *Rewriter) Reverse(ctx context.Context, addr string) (res string, err error) {
 	how := ""
 	defer func() { s.observe("reverse", true, err, how) }()
 	p, err := s.params()
@@ -543,7 +551,7 @@ func (s *SRS) Reverse(ctx context.Context, addr string) (res string, err error) 
 		return "", ErrNotSRS
 	}
 	if strings.IndexByte(local, '@') >= 0 {
-		return "", ErrSRSMalformed // postsrsd would split at the first @, Mail::SRS at the last
+		return "", ErrMalformed // postsrsd would split at the first @, Mail::SRS at the last
 	}
 	v, err := s.verify(local, p)
 	if err != nil {
@@ -559,16 +567,16 @@ func (s *SRS) Reverse(ctx context.Context, addr string) (res string, err error) 
 		return v.user + "@" + v.host, nil
 	}
 	if s.Store == nil {
-		return "", ErrSRSUnknownKey
+		return "", ErrUnknownKey
 	}
 	orig, err := s.Store.Get(ctx, strings.ToUpper(v.user), v.day)
 	switch {
-	case errors.Is(err, ErrSRSUnknownKey):
+	case errors.Is(err, ErrUnknownKey):
 		return "", err
 	case err != nil:
-		return "", fmt.Errorf("%w: %w", ErrSRSStore, err)
+		return "", fmt.Errorf("%w: %w", ErrStore, err)
 	case orig == "" || hasControl(orig):
-		return "", ErrSRSUnknownKey
+		return "", ErrUnknownKey
 	}
 	how = "database"
 	return orig, nil
@@ -583,12 +591,12 @@ type verified struct {
 
 // verify checks an SRS local part (tag not yet checked): fields, stamp,
 // then hash.
-func (s *SRS) verify(local string, p srsParams) (verified, error) {
+func (s *Rewriter) verify(local string, p srsParams) (verified, error) {
 	if !hasSRSTag(local, '0') && !hasSRSTag(local, '1') {
 		return verified{}, ErrNotSRS
 	}
 	if hasControl(local) {
-		return verified{}, ErrSRSMalformed
+		return verified{}, ErrMalformed
 	}
 	f, err := parseSRS(local)
 	if err != nil {
@@ -596,7 +604,7 @@ func (s *SRS) verify(local string, p srsParams) (verified, error) {
 	}
 	v := verified{srsFields: f}
 	if len(f.hash) < p.hashMin || len(f.hash) > srsMaxHashLength {
-		return v, ErrSRSBadHash
+		return v, ErrBadHash
 	}
 	today := unixDay(s.now())
 	legacyUntil := int64(-1 << 62)
@@ -607,7 +615,7 @@ func (s *SRS) verify(local string, p srsParams) (verified, error) {
 	legacyOK := today <= legacyUntil+int64(p.maxAge) // SRS1: a window after the cut-over
 	if !f.srs1 {
 		if len(f.stamp) != 2 {
-			return v, ErrSRSMalformed
+			return v, ErrMalformed
 		}
 		then := 0
 		for i := 0; i < 2; i++ {
@@ -617,7 +625,7 @@ func (s *SRS) verify(local string, p srsParams) (verified, error) {
 			}
 			x := strings.IndexByte(srsBase32, c)
 			if x < 0 {
-				return v, ErrSRSMalformed
+				return v, ErrMalformed
 			}
 			then = then<<5 | x
 		}
@@ -627,7 +635,7 @@ func (s *SRS) verify(local string, p srsParams) (verified, error) {
 		}
 		age := now - then
 		if age > p.maxAge {
-			return v, ErrSRSExpired
+			return v, ErrExpired
 		}
 		v.day = today - int64(age)
 		legacyOK = v.day <= legacyUntil
@@ -644,7 +652,7 @@ func (s *SRS) verify(local string, p srsParams) (verified, error) {
 		ok = v.legacy
 	}
 	if !ok {
-		return v, ErrSRSBadHash
+		return v, ErrBadHash
 	}
 	return v, nil
 }

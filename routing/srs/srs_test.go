@@ -1,4 +1,4 @@
-package routing
+package srs
 
 import (
 	"context"
@@ -14,11 +14,11 @@ import (
 // 2024-03-01 is day 19783; 19783 mod 1024 = 327 = base32 "KH".
 var srsTestDay = time.Date(2024, 3, 1, 12, 0, 0, 0, time.UTC)
 
-func testSRS(secrets ...string) *SRS {
+func testSRS(secrets ...string) *Rewriter {
 	if len(secrets) == 0 {
 		secrets = []string{"tops3cr3t"}
 	}
-	s := postsrsdParams(&SRS{Domain: "srs.example.net", Now: func() time.Time { return srsTestDay }})
+	s := postsrsdParams(&Rewriter{Domain: "srs.example.net", Now: func() time.Time { return srsTestDay }})
 	for _, k := range secrets {
 		s.Secrets = append(s.Secrets, []byte(k))
 	}
@@ -27,28 +27,28 @@ func testSRS(secrets ...string) *SRS {
 
 // postsrsdParams gives s postsrsd's parameters (also the configuration's
 // defaults): separator =, 4 hash characters emitted and required, 21 days.
-func postsrsdParams(s *SRS) *SRS {
+func postsrsdParams(s *Rewriter) *Rewriter {
 	s.Separator, s.HashLength, s.HashMin, s.MaxAgeDays = '=', 4, 4, 21
 	return s
 }
 
-func (s *SRS) at(t time.Time) *SRS {
+func (s *Rewriter) at(t time.Time) *Rewriter {
 	c := *s
 	c.Now = func() time.Time { return t }
 	return &c
 }
 
 // legacy is s accepting legacy hashes minted up to day.
-func (s *SRS) legacy(day time.Time) *SRS {
+func (s *Rewriter) legacy(day time.Time) *Rewriter {
 	c := *s
 	c.LegacyUntil = day
 	return &c
 }
 
-func (s *SRS) fwd(in string) (string, error) { return s.Forward(context.Background(), in) }
-func (s *SRS) rev(in string) (string, error) { return s.Reverse(context.Background(), in) }
+func (s *Rewriter) fwd(in string) (string, error) { return s.Forward(context.Background(), in) }
+func (s *Rewriter) rev(in string) (string, error) { return s.Reverse(context.Background(), in) }
 
-// memStore is an in-memory SRSStore for unit tests (the real ones are in
+// memStore is an in-memory Store for unit tests (the real ones are in
 // srsstore, tested there and end to end).
 type memStore struct {
 	mu   sync.Mutex
@@ -78,7 +78,7 @@ func (m *memStore) Get(_ context.Context, key string, day int64) (string, error)
 	}
 	v, ok := m.m[key]
 	if !ok {
-		return "", ErrSRSUnknownKey
+		return "", ErrUnknownKey
 	}
 	return v, nil
 }
@@ -148,17 +148,17 @@ func TestSRSResplit(t *testing.T) {
 	if got, err := s.rev(minted); err != nil || got != "_doe@victim.examplejohn" {
 		t.Fatalf("the minted address: %q, %v", got, err)
 	}
-	if got, err := s.rev(resplit); !errors.Is(err, ErrSRSBadHash) {
-		t.Errorf("re-split v2 address %s: %q, %v; want ErrSRSBadHash", resplit, got, err)
+	if got, err := s.rev(resplit); !errors.Is(err, ErrBadHash) {
+		t.Errorf("re-split v2 address %s: %q, %v; want ErrBadHash", resplit, got, err)
 	}
 	// Even inside a legacy window, a v2 address does not re-split.
-	if got, err := s.legacy(srsTestDay).rev(resplit); !errors.Is(err, ErrSRSBadHash) {
+	if got, err := s.legacy(srsTestDay).rev(resplit); !errors.Is(err, ErrBadHash) {
 		t.Errorf("re-split v2 address with legacy hashes on: %q, %v", got, err)
 	}
 	// SRS1: moving the host/rest boundary.
 	m1, _ := s.fwd("SRS0=abcd=KH=victim.example=x@fwd.examplej")
 	r1 := strings.Replace(m1, "=fwd.examplej==abcd", "=fwd.example=j==abcd", 1)
-	if _, err := s.rev(r1); !errors.Is(err, ErrSRSBadHash) {
+	if _, err := s.rev(r1); !errors.Is(err, ErrBadHash) {
 		t.Errorf("re-split SRS1 %s: %v", r1, err)
 	}
 
@@ -169,7 +169,7 @@ func TestSRSResplit(t *testing.T) {
 	if got, err := s.legacy(srsTestDay).rev(legResplit); err != nil || got != "john_doe@victim.example" {
 		t.Errorf("legacy re-split inside the window (documented): %q, %v", got, err)
 	}
-	if _, err := s.legacy(srsTestDay.AddDate(0, 0, -1)).rev(legResplit); !errors.Is(err, ErrSRSBadHash) {
+	if _, err := s.legacy(srsTestDay.AddDate(0, 0, -1)).rev(legResplit); !errors.Is(err, ErrBadHash) {
 		t.Errorf("legacy address minted after the cut-over: %v", err)
 	}
 }
@@ -189,13 +189,13 @@ func TestSRSLegacyWindow(t *testing.T) {
 	}{
 		{"SRS0 minted on the cut-over day", day(0), day(0), legacyF01, nil, nil},
 		{"SRS0 minted before, read 21 days later", day(21), day(5), legacyF01, nil, nil},
-		{"SRS0 minted the day after the cut-over", day(0), day(-1), legacyF01, ErrSRSBadHash, nil},
-		{"SRS0 without a cut-over day", day(0), time.Time{}, legacyF01, ErrSRSBadHash, nil},
-		{"SRS0 expired before its hash is looked at", day(22), day(30), legacyF01, ErrSRSExpired, nil},
+		{"SRS0 minted the day after the cut-over", day(0), day(-1), legacyF01, ErrBadHash, nil},
+		{"SRS0 without a cut-over day", day(0), time.Time{}, legacyF01, ErrBadHash, nil},
+		{"SRS0 expired before its hash is looked at", day(22), day(30), legacyF01, ErrExpired, nil},
 		{"SRS1 on the cut-over day", day(0), day(0), legacyF27, nil, nil},
 		{"SRS1 21 days after", day(21), day(0), legacyF27, nil, nil},
-		{"SRS1 22 days after", day(22), day(0), legacyF27, ErrSRSBadHash, nil},
-		{"SRS1 without a cut-over day", day(0), time.Time{}, legacyF27, ErrSRSBadHash, nil},
+		{"SRS1 22 days after", day(22), day(0), legacyF27, ErrBadHash, nil},
+		{"SRS1 without a cut-over day", day(0), time.Time{}, legacyF27, ErrBadHash, nil},
 	} {
 		s := testSRS().at(c.now).legacy(c.cut)
 		_, err := s.rev(c.addr)
@@ -240,7 +240,7 @@ func TestSRSSeparatorsAndHashLength(t *testing.T) {
 	if got != "SRS0=gIVmRVQC=KH=example.com=alice@srs.example.net" || full[:8] != "gIVmRVQC" {
 		t.Errorf("hash length 8: %q", got)
 	}
-	for n, want := range map[int]error{5: ErrSRSBadHash, 6: nil, 8: nil, 12: nil, 27: nil} {
+	for n, want := range map[int]error{5: ErrBadHash, 6: nil, 8: nil, 12: nil, 27: nil} {
 		in := "SRS0=" + full[:n] + "=KH=example.com=alice@srs.example.net"
 		if _, err := s.rev(in); !errors.Is(err, want) {
 			t.Errorf("hash of %d chars: %v, want %v", n, err, want)
@@ -248,7 +248,7 @@ func TestSRSSeparatorsAndHashLength(t *testing.T) {
 	}
 	// Longer than 27, or a wrong extra character: refused (R07, R09).
 	for _, h := range []string{full + "A", full[:8] + "!", "gIVmGARBAGE"} {
-		if _, err := testSRS().rev("SRS0=" + h + "=KH=example.com=alice@srs.example.net"); !errors.Is(err, ErrSRSBadHash) {
+		if _, err := testSRS().rev("SRS0=" + h + "=KH=example.com=alice@srs.example.net"); !errors.Is(err, ErrBadHash) {
 			t.Errorf("hash %q: %v", h, err)
 		}
 	}
@@ -273,20 +273,20 @@ func TestSRSReverseVectors(t *testing.T) {
 		// R32: the field-boundary re-split of a legacy address, accepted inside
 		// the legacy window (TestSRSResplit: never for v2).
 		{"R32", "SRS0=gfkj=KH=example.co=malice@srs.example.net", "malice@example.co", nil},
-		{"R05", "SRS0=gfk=KH=example.com=alice@srs.example.net", "", ErrSRSBadHash},
-		{"R06", "SRS0==KH=example.com=alice@srs.example.net", "", ErrSRSBadHash},
-		{"tampered", "SRS0=gfkk=KH=example.com=alice@srs.example.net", "", ErrSRSBadHash},
-		{"SRS1 tampered", "SRS1=Eb9X=fwd.example==abcd=KH=orig.example=user@srs.example.net", "", ErrSRSBadHash},
-		{"R33", "SRS0=gfkj=K1=example.com=alice@srs.example.net", "", ErrSRSMalformed},
-		{"R34", "SRS0=gfkj=AKH=example.com=alice@srs.example.net", "", ErrSRSMalformed},
-		{"empty stamp", "SRS0=gfkj==example.com=alice@srs.example.net", "", ErrSRSMalformed},
-		{"R36", "SRS0=gfkj=KH=example.com@srs.example.net", "", ErrSRSMalformed},
-		{"empty user", "SRS0=gfkj=KH=example.com=@srs.example.net", "", ErrSRSMalformed},
-		{"empty host", "SRS0=gfkj=KH==alice@srs.example.net", "", ErrSRSMalformed},
-		{"SRS1 no rest", "SRS1=Eb9W=fwd.example@srs.example.net", "", ErrSRSMalformed},
-		{"SRS1 empty rest", "SRS1=Eb9W=fwd.example=@srs.example.net", "", ErrSRSMalformed},
-		{"R49", "SRS0=gfkj=KH=example.com=alice@srs.example.net@srs.example.net", "", ErrSRSMalformed},
-		{"control", "SRS0=gfkj=KH=example.com=al\nice@srs.example.net", "", ErrSRSMalformed},
+		{"R05", "SRS0=gfk=KH=example.com=alice@srs.example.net", "", ErrBadHash},
+		{"R06", "SRS0==KH=example.com=alice@srs.example.net", "", ErrBadHash},
+		{"tampered", "SRS0=gfkk=KH=example.com=alice@srs.example.net", "", ErrBadHash},
+		{"SRS1 tampered", "SRS1=Eb9X=fwd.example==abcd=KH=orig.example=user@srs.example.net", "", ErrBadHash},
+		{"R33", "SRS0=gfkj=K1=example.com=alice@srs.example.net", "", ErrMalformed},
+		{"R34", "SRS0=gfkj=AKH=example.com=alice@srs.example.net", "", ErrMalformed},
+		{"empty stamp", "SRS0=gfkj==example.com=alice@srs.example.net", "", ErrMalformed},
+		{"R36", "SRS0=gfkj=KH=example.com@srs.example.net", "", ErrMalformed},
+		{"empty user", "SRS0=gfkj=KH=example.com=@srs.example.net", "", ErrMalformed},
+		{"empty host", "SRS0=gfkj=KH==alice@srs.example.net", "", ErrMalformed},
+		{"SRS1 no rest", "SRS1=Eb9W=fwd.example@srs.example.net", "", ErrMalformed},
+		{"SRS1 empty rest", "SRS1=Eb9W=fwd.example=@srs.example.net", "", ErrMalformed},
+		{"R49", "SRS0=gfkj=KH=example.com=alice@srs.example.net@srs.example.net", "", ErrMalformed},
+		{"control", "SRS0=gfkj=KH=example.com=al\nice@srs.example.net", "", ErrMalformed},
 		// Not SRS, or not ours: pass through.
 		{"R24", "SRS0=gfkj=KH=example.com=alice@other.example", "", ErrNotSRS},
 		{"subdomain", "SRS0=gfkj=KH=example.com=alice@sub.srs.example.net", "", ErrNotSRS},
@@ -317,13 +317,13 @@ func TestSRSStampAges(t *testing.T) {
 		if age <= 21 && err != nil { // R10
 			t.Errorf("age %d: %v", age, err)
 		}
-		if age > 21 && !errors.Is(err, ErrSRSExpired) { // R11
+		if age > 21 && !errors.Is(err, ErrExpired) { // R11
 			t.Errorf("age %d: %v, want expired", age, err)
 		}
 	}
 	for _, n := range []int{1, 2, 500} { // R12: the future is expired
 		addr, _ := s.at(day(n)).fwd(in)
-		if _, err := s.rev(addr); !errors.Is(err, ErrSRSExpired) {
+		if _, err := s.rev(addr); !errors.Is(err, ErrExpired) {
 			t.Errorf("%d days in the future: %v", n, err)
 		}
 	}
@@ -332,7 +332,7 @@ func TestSRSStampAges(t *testing.T) {
 	if got, err := s.at(day(1029)).rev(addr); err != nil || got != in {
 		t.Errorf("1029 days later: %q, %v", got, err)
 	}
-	if _, err := s.at(day(1024 + 22)).rev(addr); !errors.Is(err, ErrSRSExpired) {
+	if _, err := s.at(day(1024 + 22)).rev(addr); !errors.Is(err, ErrExpired) {
 		t.Errorf("1046 days later: %v", err)
 	}
 	// R38: SRS1 never expires.
@@ -350,11 +350,11 @@ func TestSRSStampAges(t *testing.T) {
 	if _, err := short.rev(a3); err != nil {
 		t.Errorf("max age 3, age 3: %v", err)
 	}
-	if _, err := short.rev(a4); !errors.Is(err, ErrSRSExpired) {
+	if _, err := short.rev(a4); !errors.Is(err, ErrExpired) {
 		t.Errorf("max age 3, age 4: %v", err)
 	}
 	// A stamp is checked before the hash, as postsrsd does.
-	if _, err := s.rev("SRS0=xxxx=AA=example.com=alice@srs.example.net"); !errors.Is(err, ErrSRSExpired) {
+	if _, err := s.rev("SRS0=xxxx=AA=example.com=alice@srs.example.net"); !errors.Is(err, ErrExpired) {
 		t.Errorf("expired stamp with a bad hash: %v", err)
 	}
 }
@@ -370,7 +370,7 @@ func TestSRSRotation(t *testing.T) {
 	if addrNew == addr {
 		t.Error("the first secret does not sign")
 	}
-	if _, err := oldOnly.rev(addrNew); !errors.Is(err, ErrSRSBadHash) {
+	if _, err := oldOnly.rev(addrNew); !errors.Is(err, ErrBadHash) {
 		t.Errorf("new-secret address with only the old secret: %v", err)
 	}
 	// F51: a 100-byte key.
@@ -390,19 +390,19 @@ func TestSRSForwardRefusals(t *testing.T) {
 		want string // "" with err, else the result
 		err  error
 	}{
-		{"alice", "", ErrSRSMalformed},                                  // F23
-		{"alice@", "", ErrSRSMalformed},                                 // F25
-		{"@example.com", "", ErrSRSMalformed},                           // empty local part
-		{"a@b@example.com", "", ErrSRSMalformed},                        // F12
-		{`"a@b"@example.com`, "", ErrSRSMalformed},                      // F11
-		{"user@ho=st.example", "", ErrSRSMalformed},                     // would re-split
-		{"a\r\nb@example.com", "", ErrSRSMalformed},                     // control characters
-		{"SRS1=abcd@fwd.example", "", ErrSRSMalformed},                  // F31
-		{"SRS1=abcd=fwd1.example@x.example", "", ErrSRSMalformed},       // F32
-		{"SRS1=h==rest@x.example", "", ErrSRSMalformed},                 // empty SRS1 host
-		{"SRS1=h=fwd1.example=@x.example", "", ErrSRSMalformed},         // empty SRS1 rest
-		{strings.Repeat("l", 1000) + "@example.com", "", ErrSRSTooLong}, // F18
-		{strings.Repeat("l", 40) + "@example.com", "", ErrSRSTooLong},
+		{"alice", "", ErrMalformed},                                  // F23
+		{"alice@", "", ErrMalformed},                                 // F25
+		{"@example.com", "", ErrMalformed},                           // empty local part
+		{"a@b@example.com", "", ErrMalformed},                        // F12
+		{`"a@b"@example.com`, "", ErrMalformed},                      // F11
+		{"user@ho=st.example", "", ErrMalformed},                     // would re-split
+		{"a\r\nb@example.com", "", ErrMalformed},                     // control characters
+		{"SRS1=abcd@fwd.example", "", ErrMalformed},                  // F31
+		{"SRS1=abcd=fwd1.example@x.example", "", ErrMalformed},       // F32
+		{"SRS1=h==rest@x.example", "", ErrMalformed},                 // empty SRS1 host
+		{"SRS1=h=fwd1.example=@x.example", "", ErrMalformed},         // empty SRS1 rest
+		{strings.Repeat("l", 1000) + "@example.com", "", ErrTooLong}, // F18
+		{strings.Repeat("l", 40) + "@example.com", "", ErrTooLong},
 		{strings.Repeat("l", 39) + "@example.com", "SRS0=", nil},            // local part exactly 64
 		{ownLocal + "@foreign.example", ownLocal + "@foreign.example", nil}, // F35: already ours
 		{ownLocal + "@srs.example.net", ownLocal + "@srs.example.net", nil}, // F34
@@ -419,7 +419,7 @@ func TestSRSForwardRefusals(t *testing.T) {
 	// The address limit: a long SRS domain (150 octets; the most Validate allows).
 	big := testSRS()
 	big.Domain = strings.Repeat("d", 63) + "." + strings.Repeat("e", 63) + "." + strings.Repeat("f", 22)
-	if _, err := big.fwd("a@" + strings.Repeat("h", 100) + ".example"); !errors.Is(err, ErrSRSTooLong) {
+	if _, err := big.fwd("a@" + strings.Repeat("h", 100) + ".example"); !errors.Is(err, ErrTooLong) {
 		t.Errorf("address over 254 octets: %v", err)
 	}
 }
@@ -514,9 +514,9 @@ func TestSRSDatabaseForm(t *testing.T) {
 		addr string
 		err  error
 	}{
-		{"unknown key, validly signed", s.mint(srsFields{stamp: "KH", host: "1", user: strings.Repeat("0", 32)}, srsParams{sep: '=', hashLen: 4}) + "@srs.example.net", ErrSRSUnknownKey},
-		{"tampered hash", strings.Replace(out, out[5:9], "AAAA", 1), ErrSRSBadHash},
-		{"expired: no lookup", "SRS0=xxxx=AA=1=" + key + "@srs.example.net", ErrSRSExpired},
+		{"unknown key, validly signed", s.mint(srsFields{stamp: "KH", host: "1", user: strings.Repeat("0", 32)}, srsParams{sep: '=', hashLen: 4}) + "@srs.example.net", ErrUnknownKey},
+		{"tampered hash", strings.Replace(out, out[5:9], "AAAA", 1), ErrBadHash},
+		{"expired: no lookup", "SRS0=xxxx=AA=1=" + key + "@srs.example.net", ErrExpired},
 	} {
 		if _, err := s.rev(c.addr); !errors.Is(err, c.err) {
 			t.Errorf("%s (%s): %v, want %v", c.name, c.addr, err, c.err)
@@ -525,48 +525,48 @@ func TestSRSDatabaseForm(t *testing.T) {
 	// A lost store never relays: the address is refused like a bad hash.
 	lost := testSRS()
 	lost.Store = newMemStore()
-	if _, err := lost.rev(out); !errors.Is(err, ErrSRSUnknownKey) {
+	if _, err := lost.rev(out); !errors.Is(err, ErrUnknownKey) {
 		t.Errorf("store lost: %v", err)
 	}
 	noStore := testSRS()
-	if _, err := noStore.rev(out); !errors.Is(err, ErrSRSUnknownKey) {
+	if _, err := noStore.rev(out); !errors.Is(err, ErrUnknownKey) {
 		t.Errorf("no store: %v", err)
 	}
 	// A store that cannot answer is a temporary error, both ways.
 	down := testSRS()
 	down.Store = &memStore{m: map[string]string{}, err: errors.New("connection refused")}
-	if _, err := down.fwd(long); !errors.Is(err, ErrSRSStore) {
+	if _, err := down.fwd(long); !errors.Is(err, ErrStore) {
 		t.Errorf("store down, Forward: %v", err)
 	}
-	if _, err := down.rev(out); !errors.Is(err, ErrSRSStore) {
+	if _, err := down.rev(out); !errors.Is(err, ErrStore) {
 		t.Errorf("store down, Reverse: %v", err)
 	}
 	// Without a store, the old refusals.
-	if _, err := noStore.fwd(long); !errors.Is(err, ErrSRSTooLong) {
+	if _, err := noStore.fwd(long); !errors.Is(err, ErrTooLong) {
 		t.Errorf("no store, long sender: %v", err)
 	}
 }
 
 func TestSRSConfig(t *testing.T) {
 	k := [][]byte{[]byte("k")}
-	for _, bad := range []func(*SRS){
-		func(s *SRS) { s.Secrets = nil },
-		func(s *SRS) { s.Domain = "" },
-		func(s *SRS) { s.Domain = "a@b" },
-		func(s *SRS) { s.Secrets = [][]byte{{}} },
-		func(s *SRS) { s.Separator = '*' },
-		func(s *SRS) { s.Separator = 0 }, // required: no default of its own
-		func(s *SRS) { s.HashLength = 0 },
-		func(s *SRS) { s.HashLength = 28 },
-		func(s *SRS) { s.HashMin = 0 },
-		func(s *SRS) { s.HashLength, s.HashMin = 4, 5 },
-		func(s *SRS) { s.MaxAgeDays = 0 },
-		func(s *SRS) { s.MaxAgeDays = -1 },
-		func(s *SRS) { s.MaxAgeDays = 1023 },
-		func(s *SRS) { s.DatabaseAlways = true },
-		func(s *SRS) { s.Domain = strings.Repeat("d", 186) }, // the database form would not fit
+	for _, bad := range []func(*Rewriter){
+		func(s *Rewriter) { s.Secrets = nil },
+		func(s *Rewriter) { s.Domain = "" },
+		func(s *Rewriter) { s.Domain = "a@b" },
+		func(s *Rewriter) { s.Secrets = [][]byte{{}} },
+		func(s *Rewriter) { s.Separator = '*' },
+		func(s *Rewriter) { s.Separator = 0 }, // required: no default of its own
+		func(s *Rewriter) { s.HashLength = 0 },
+		func(s *Rewriter) { s.HashLength = 28 },
+		func(s *Rewriter) { s.HashMin = 0 },
+		func(s *Rewriter) { s.HashLength, s.HashMin = 4, 5 },
+		func(s *Rewriter) { s.MaxAgeDays = 0 },
+		func(s *Rewriter) { s.MaxAgeDays = -1 },
+		func(s *Rewriter) { s.MaxAgeDays = 1023 },
+		func(s *Rewriter) { s.DatabaseAlways = true },
+		func(s *Rewriter) { s.Domain = strings.Repeat("d", 186) }, // the database form would not fit
 	} {
-		s := postsrsdParams(&SRS{Secrets: k, Domain: "x"})
+		s := postsrsdParams(&Rewriter{Secrets: k, Domain: "x"})
 		if err := s.Validate(); err != nil {
 			t.Fatalf("the valid base: %v", err)
 		}
@@ -586,7 +586,7 @@ func TestSRSConfig(t *testing.T) {
 	}
 }
 
-func TestLoadSRSSecrets(t *testing.T) {
+func TestLoadSecrets(t *testing.T) {
 	dir := t.TempDir()
 	write := func(name, body string) string {
 		p := filepath.Join(dir, name)
@@ -595,7 +595,7 @@ func TestLoadSRSSecrets(t *testing.T) {
 		}
 		return p
 	}
-	got, err := LoadSRSSecrets(write("a", "first\r\n\n  spaced secret \nthird\rjunk\nlast"))
+	got, err := LoadSecrets(write("a", "first\r\n\n  spaced secret \nthird\rjunk\nlast"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -609,11 +609,11 @@ func TestLoadSRSSecrets(t *testing.T) {
 		}
 	}
 	for name, body := range map[string]string{"empty": "", "blank": "\n\r\n\n", "nul": "a\x00b\n", "long": strings.Repeat("x", 1023)} {
-		if _, err := LoadSRSSecrets(write(name, body)); err == nil {
+		if _, err := LoadSecrets(write(name, body)); err == nil {
 			t.Errorf("%s: no error", name)
 		}
 	}
-	if _, err := LoadSRSSecrets(filepath.Join(dir, "missing")); err == nil {
+	if _, err := LoadSecrets(filepath.Join(dir, "missing")); err == nil {
 		t.Error("missing file: no error")
 	}
 }
@@ -644,7 +644,7 @@ func FuzzSRSReverse(f *testing.F) {
 				t.Fatalf("Reverse(%q) = %q with error %v", in, got, err)
 			}
 			n := 0
-			for _, e := range []error{ErrNotSRS, ErrSRSBadHash, ErrSRSExpired, ErrSRSMalformed, ErrSRSUnknownKey} {
+			for _, e := range []error{ErrNotSRS, ErrBadHash, ErrExpired, ErrMalformed, ErrUnknownKey} {
 				if errors.Is(err, e) {
 					n++
 				}
@@ -696,7 +696,7 @@ func FuzzSRSForward(f *testing.F) {
 	f.Fuzz(func(t *testing.T, in string) {
 		out, err := s.fwd(in)
 		if err != nil {
-			if !errors.Is(err, ErrSRSMalformed) || !hasControl(in) {
+			if !errors.Is(err, ErrMalformed) || !hasControl(in) {
 				t.Fatalf("Forward(%q): %v", in, err)
 			}
 			return
