@@ -53,7 +53,7 @@ type Metrics struct {
 	queue                     func() (int, time.Time)
 }
 
-// CacheStats is a directory cache (routing.Cache).
+// CacheStats is a directory cache (directory.Cache).
 type CacheStats interface {
 	Stats() (hits, misses uint64)
 }

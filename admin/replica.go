@@ -9,7 +9,7 @@ import (
 )
 
 // ReplicaState is what the directory replica reports (cmd/mailfwd adapts
-// routing.Replica's Stats to it).
+// directory.Replica's Stats to it).
 type ReplicaState struct {
 	State   string // "synced", "refreshing", "down: …", "unsupported: …", "starting"
 	Server  string

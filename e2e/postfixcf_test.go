@@ -2,7 +2,7 @@
 
 package e2e
 
-// Postfix ldap_table(5) files read by routing.ParsePostfixMap, against the
+// Postfix ldap_table(5) files read by directory.ParsePostfixMap, against the
 // running 389-DS, with the real postmap(1) as the oracle.
 
 import (
@@ -22,6 +22,7 @@ import (
 	"github.com/go-ldap/ldap/v3"
 
 	"mailfwd/routing"
+	"mailfwd/routing/directory"
 )
 
 // pfAnswer is one lookup's outcome, comparable between postmap and mailfwd.
@@ -132,7 +133,7 @@ func writeCF(t *testing.T, body string) string {
 
 func pfSource(t *testing.T, cf string) routing.Source {
 	t.Helper()
-	m, err := routing.ParsePostfixMap(cf)
+	m, err := directory.ParsePostfixMap(cf)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -477,11 +478,11 @@ func TestPostfixCFReplica(t *testing.T) {
 	ou, c := pfTree(t)
 	defer c.Close()
 	cf := writeCF(t, pfCommon(ou, ""))
-	src, ok := pfSource(t, cf).(*routing.LDAPSource)
+	src, ok := pfSource(t, cf).(*directory.LDAPSource)
 	if !ok {
 		t.Fatal("a .cf map is not an LDAP source")
 	}
-	r, err := routing.NewLDAPReplica(src, src, routing.ReplicaConfig{MaxStale: time.Hour})
+	r, err := directory.NewLDAPReplica(src, src, directory.ReplicaConfig{MaxStale: time.Hour})
 	if err != nil {
 		t.Fatalf("no replica for the groups map: %v", err)
 	}

@@ -24,6 +24,7 @@ import (
 	"mailfwd/queue/envelope"
 	"mailfwd/queue/nexthop"
 	"mailfwd/routing"
+	"mailfwd/routing/directory"
 	"mailfwd/routing/srs"
 )
 
@@ -77,7 +78,7 @@ func startTestRelay(t testing.TB, o relayOpts) *testRelay {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	if o.src == nil {
-		s, err := routing.NewLDIFBytes(deploy.SeedLDIF, routing.MailRecipientSchema)
+		s, err := directory.NewLDIFBytes(deploy.SeedLDIF, directory.MailRecipientSchema)
 		if err != nil {
 			t.Fatal(err)
 		}

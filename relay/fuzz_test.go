@@ -15,6 +15,7 @@ import (
 
 	"mailfwd/deploy"
 	"mailfwd/routing"
+	"mailfwd/routing/directory"
 )
 
 // fuzzPreamble opens a transaction; the fuzzer's bytes follow it.
@@ -39,7 +40,7 @@ var (
 // addresses pass unchanged); 2, plain seed routing with STARTTLS offered.
 func FuzzSession(f *testing.F) {
 	rw := testSRS()
-	seed, err := routing.NewLDIFBytes(deploy.SeedLDIF, routing.MailRecipientSchema)
+	seed, err := directory.NewLDIFBytes(deploy.SeedLDIF, directory.MailRecipientSchema)
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 	"mailfwd/queue"
 	"mailfwd/queue/envelope"
 	"mailfwd/routing"
+	"mailfwd/routing/directory"
 )
 
 // countingObserver records what an Observer hears.
@@ -83,7 +84,7 @@ func (o *countingObserver) check(t *testing.T, what string, cond func(o *countin
 // around the sessions.
 func startObservedFront(t *testing.T, obs Observer) string {
 	t.Helper()
-	src, err := routing.NewLDIFBytes(deploy.SeedLDIF, routing.MailRecipientSchema)
+	src, err := directory.NewLDIFBytes(deploy.SeedLDIF, directory.MailRecipientSchema)
 	if err != nil {
 		t.Fatal(err)
 	}

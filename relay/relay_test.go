@@ -19,6 +19,7 @@ import (
 	"mailfwd/queue/envelope"
 	"mailfwd/queue/nexthop"
 	"mailfwd/routing"
+	"mailfwd/routing/directory"
 	"mailfwd/routing/srs"
 )
 
@@ -158,7 +159,7 @@ func startRelayWith(t *testing.T, src routing.Source, spoolDir string, sink, ext
 
 func seedSource(t *testing.T) routing.Source {
 	t.Helper()
-	s, err := routing.NewLDIFBytes(deploy.SeedLDIF, routing.MailRecipientSchema)
+	s, err := directory.NewLDIFBytes(deploy.SeedLDIF, directory.MailRecipientSchema)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"reflect"
 	"strings"
 	"sync"
@@ -59,65 +58,6 @@ func (f *fakeSource) count(addr string) int {
 		}
 	}
 	return n
-}
-
-func seedSource(t *testing.T) *LDIFSource {
-	t.Helper()
-	b, err := os.ReadFile("../deploy/seed.ldif")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := NewLDIFBytes(b, MailRecipientSchema)
-	if err != nil {
-		t.Fatalf("seed.ldif: %v", err)
-	}
-	return s
-}
-
-// The three scenarios of the seed directory, through the real LDIF source.
-func TestExpandSeedScenarios(t *testing.T) {
-	e := &Expander{Source: seedSource(t), Limits: PostfixLimits}
-	tests := []struct {
-		addr    string
-		want    []string
-		wantErr error
-	}{
-		// mailAlternateAddress → mailForwardingAddress, which is the
-		// entry's own mail and so maps to itself: final.
-		{addr: "old.address@domain.com", want: []string{"new.address@domain.ro"}},
-		{addr: "new.address@domain.ro", want: []string{"new.address@domain.ro"}},
-		// Forwarded outside: gmail.com is in no entry, so it is final.
-		{addr: "internal.user@company.com", want: []string{"external.user@gmail.com"}},
-		// Three alternates of one entry forwarding to its own mail.
-		{addr: "sales@company.com", want: []string{"central@company.com"}},
-		{addr: "info@company.com", want: []string{"central@company.com"}},
-		{addr: "support@company.com", want: []string{"central@company.com"}},
-		{addr: "central@company.com", want: []string{"central@company.com"}},
-		{addr: "SALES@Company.COM", want: []string{"central@company.com"}},
-		// Not in the directory at all.
-		{addr: "nobody@company.com", wantErr: ErrNotFound},
-		{addr: "external.user@gmail.com", wantErr: ErrNotFound},
-	}
-	for _, tt := range tests {
-		t.Run(tt.addr, func(t *testing.T) {
-			got, err := e.Expand(context.Background(), tt.addr)
-			if tt.wantErr != nil {
-				if !errors.Is(err, tt.wantErr) {
-					t.Fatalf("Expand(%q) = %q, %v; want error %v", tt.addr, got, err, tt.wantErr)
-				}
-				if got != nil {
-					t.Errorf("Expand(%q) returned %q along with an error", tt.addr, got)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatalf("Expand(%q): %v", tt.addr, err)
-			}
-			if !reflect.DeepEqual(got, tt.want) {
-				t.Errorf("Expand(%q) = %q, want %q", tt.addr, got, tt.want)
-			}
-		})
-	}
 }
 
 func TestExpand(t *testing.T) {

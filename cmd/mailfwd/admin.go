@@ -14,6 +14,7 @@ import (
 	"mailfwd/queue"
 	"mailfwd/relay"
 	"mailfwd/routing"
+	"mailfwd/routing/directory"
 	"mailfwd/routing/srs"
 )
 
@@ -42,7 +43,7 @@ func observeDirectory(c *config.Config, src routing.Source) routing.Source {
 }
 
 // observeCache makes cache the one whose hits and misses are exported.
-func observeCache(cache *routing.Cache) {
+func observeCache(cache *directory.Cache) {
 	if metrics != nil {
 		metrics.SetCache(cache)
 	}
@@ -50,7 +51,7 @@ func observeCache(cache *routing.Cache) {
 
 // observeReplica exports the directory replica's state (the newest, after
 // a reload) and puts it in /healthz's detail.
-func observeReplica(r *routing.Replica) {
+func observeReplica(r *directory.Replica) {
 	if metrics == nil {
 		return
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"mailfwd/routing"
+	"mailfwd/routing/directory"
 )
 
 // Exit codes of `mailfwd lookup`, as postmap and sysexits(3) use them.
@@ -80,7 +81,7 @@ func lookup(args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return errExit{2, err.Error()}
 		}
-		var replica *routing.Replica
+		var replica *directory.Replica
 		if exp, replica, err = newExpander(c, log); err != nil {
 			return errExit{2, err.Error()}
 		}
@@ -173,7 +174,7 @@ func configArgs(path string) []string {
 // depth, then the final recipients.
 // printReplica says where the answers came from: the replica in sync
 // ("replica of URL" in the tree), or live queries and why.
-func printReplica(w io.Writer, r *routing.Replica) {
+func printReplica(w io.Writer, r *directory.Replica) {
 	st := r.Stats()
 	if r.Synced() {
 		fmt.Fprintf(w, "directory: replica in sync with %s (%d entries, confirmed %v ago): answers without LDAP queries, changes seen within a second\n",

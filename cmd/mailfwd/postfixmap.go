@@ -5,6 +5,7 @@ import (
 
 	"mailfwd/config"
 	"mailfwd/routing"
+	"mailfwd/routing/directory"
 )
 
 // postfixMapSource reads a Postfix ldap_table(5) file unchanged and warns
@@ -12,7 +13,7 @@ import (
 // (each Postfix process holds one connection per map): it gets
 // directory.ldap's default.
 func postfixMapSource(path string, log *slog.Logger) (routing.Source, error) {
-	m, err := routing.ParsePostfixMap(path)
+	m, err := directory.ParsePostfixMap(path)
 	if err != nil {
 		return nil, err
 	}

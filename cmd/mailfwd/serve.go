@@ -22,7 +22,7 @@ import (
 	"mailfwd/queue"
 	"mailfwd/queue/nexthop/tlsrpt"
 	"mailfwd/relay"
-	"mailfwd/routing"
+	"mailfwd/routing/directory"
 )
 
 func checkConfig(args []string) error {
@@ -100,7 +100,7 @@ type replicaRunner struct {
 	cancel context.CancelFunc
 }
 
-func (rr *replicaRunner) start(r *routing.Replica) {
+func (rr *replicaRunner) start(r *directory.Replica) {
 	rr.mu.Lock()
 	defer rr.mu.Unlock()
 	if rr.cancel != nil {

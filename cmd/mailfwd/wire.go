@@ -27,6 +27,7 @@ import (
 	"mailfwd/queue/nexthop/resolve"
 	"mailfwd/relay"
 	"mailfwd/routing"
+	"mailfwd/routing/directory"
 	"mailfwd/routing/srs"
 	"mailfwd/routing/srsstore"
 )
@@ -78,42 +79,42 @@ func newSource(c *config.Config, log *slog.Logger) (routing.Source, error) {
 		if err != nil {
 			return nil, err
 		}
-		return routing.NewLDAPSource(lc, log)
+		return directory.NewLDAPSource(lc, log)
 	case c.Directory.LDIF.File == "":
-		return routing.NewLDIFBytes(deploy.SeedLDIF, ldifSchema(c.Directory.LDIF.Schema))
+		return directory.NewLDIFBytes(deploy.SeedLDIF, ldifSchema(c.Directory.LDIF.Schema))
 	default:
-		return routing.NewLDIFFile(c.Path(c.Directory.LDIF.File), ldifSchema(c.Directory.LDIF.Schema), log)
+		return directory.NewLDIFFile(c.Path(c.Directory.LDIF.File), ldifSchema(c.Directory.LDIF.Schema), log)
 	}
 }
 
-func ldifSchema(s config.Schema) routing.Schema {
-	return routing.Schema{QueryAttributes: s.QueryAttributes, ResultAttributes: s.ResultAttributes, FallbackAttribute: s.FallbackAttribute}
+func ldifSchema(s config.Schema) directory.Schema {
+	return directory.Schema{QueryAttributes: s.QueryAttributes, ResultAttributes: s.ResultAttributes, FallbackAttribute: s.FallbackAttribute}
 }
 
 // ldapConfig is the LDAP source of a config, with its bind password read
 // from its file or environment variable (returned, never logged).
-func ldapConfig(c *config.Config) (routing.LDAPConfig, error) {
+func ldapConfig(c *config.Config) (directory.LDAPConfig, error) {
 	l := c.Directory.LDAP
 	pw := ""
 	switch {
 	case l.BindPasswordFile != "":
 		b, err := os.ReadFile(c.Path(l.BindPasswordFile))
 		if err != nil {
-			return routing.LDAPConfig{}, fmt.Errorf("directory.ldap.bind_password_file: %w", err)
+			return directory.LDAPConfig{}, fmt.Errorf("directory.ldap.bind_password_file: %w", err)
 		}
 		pw = strings.TrimRight(string(b), "\r\n")
 	case l.BindPasswordEnv != "":
 		v, ok := os.LookupEnv(l.BindPasswordEnv)
 		if !ok {
-			return routing.LDAPConfig{}, fmt.Errorf("directory.ldap.bind_password_env: $%s is not set", l.BindPasswordEnv)
+			return directory.LDAPConfig{}, fmt.Errorf("directory.ldap.bind_password_env: $%s is not set", l.BindPasswordEnv)
 		}
 		pw = v
 	}
 	ldif := config.Defaults().Directory.LDIF.Schema // an LDAP entry is found by its filter; the schema's query attributes are the LDIF's
-	return routing.LDAPConfig{
+	return directory.LDAPConfig{
 		URLs: l.Servers, StartTLS: l.StartTLS, CAFile: c.Path(l.CAFile), RequireCert: l.TLSRequireCert,
 		BindDN: l.BindDN, BindPassword: pw, Base: l.SearchBase, Filter: l.QueryFilter,
-		Schema:  routing.Schema{QueryAttributes: ldif.QueryAttributes, ResultAttributes: l.ResultAttributes, FallbackAttribute: l.FallbackAttr},
+		Schema:  directory.Schema{QueryAttributes: ldif.QueryAttributes, ResultAttributes: l.ResultAttributes, FallbackAttribute: l.FallbackAttr},
 		Timeout: l.Timeout, PoolSize: l.PoolSize, SizeLimit: l.SizeLimit,
 	}, nil
 }
@@ -124,20 +125,20 @@ func ldapConfig(c *config.Config) (routing.LDAPConfig, error) {
 // then the static domain rewrites, expanded with the configured rules.
 // Serve and lookup share it, so `mailfwd lookup` answers what the relay
 // does. The caller runs the replica (Replica.Run).
-func newExpander(c *config.Config, log *slog.Logger) (*routing.Expander, *routing.Replica, error) {
+func newExpander(c *config.Config, log *slog.Logger) (*routing.Expander, *directory.Replica, error) {
 	src, err := newSource(c, log)
 	if err != nil {
 		return nil, nil, err
 	}
-	ldapSrc, _ := src.(*routing.LDAPSource)
+	ldapSrc, _ := src.(*directory.LDAPSource)
 	src = observeDirectory(c, src)
 	ca := c.Directory.Cache
-	cache := routing.NewCache(src, ca.PositiveTTL, ca.NegativeTTL, ca.Size)
+	cache := directory.NewCache(src, ca.PositiveTTL, ca.NegativeTTL, ca.Size)
 	observeCache(cache)
 	var front routing.Source = cache
-	var replica *routing.Replica
+	var replica *directory.Replica
 	if rc := c.Directory.Replica; ldapSrc != nil && rc.Enabled {
-		replica, err = routing.NewLDAPReplica(ldapSrc, cache, routing.ReplicaConfig{MaxStale: rc.MaxStale})
+		replica, err = directory.NewLDAPReplica(ldapSrc, cache, directory.ReplicaConfig{MaxStale: rc.MaxStale})
 		if err != nil {
 			log.Warn("directory replica off: lookups are live queries behind the cache", "err", err)
 			replica = nil

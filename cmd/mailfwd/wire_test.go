@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"mailfwd/config"
-	"mailfwd/routing"
+	"mailfwd/routing/directory"
 )
 
 // ldapMinimal is the smallest valid LDAP configuration.
@@ -38,16 +38,16 @@ func TestLDAPConfigDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := routing.LDAPConfig{
+	want := directory.LDAPConfig{
 		URLs: []string{"ldap://127.0.0.1:389"}, RequireCert: true,
 		Base: "dc=example,dc=com", Filter: "(|(mail=%s)(mailAlternateAddress=%s))",
-		Schema:  routing.Schema{QueryAttributes: []string{"mail", "mailAlternateAddress"}, ResultAttributes: []string{"mailForwardingAddress"}, FallbackAttribute: "mail"},
+		Schema:  directory.Schema{QueryAttributes: []string{"mail", "mailAlternateAddress"}, ResultAttributes: []string{"mailForwardingAddress"}, FallbackAttribute: "mail"},
 		Timeout: 5 * time.Second, PoolSize: 8,
 	}
 	if !reflect.DeepEqual(rc, want) {
 		t.Errorf("ldapConfig =\n%+v\nwant\n%+v", rc, want)
 	}
-	if _, err := routing.NewLDAPSource(rc, nil); err != nil {
+	if _, err := directory.NewLDAPSource(rc, nil); err != nil {
 		t.Errorf("the routing package refuses the default LDAP config: %v", err)
 	}
 }
@@ -65,12 +65,12 @@ func TestLDAPConfigSettings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := routing.LDAPConfig{
+	want := directory.LDAPConfig{
 		URLs: []string{"ldaps://a:636", "ldap://b:389"}, StartTLS: true, CAFile: "/etc/mailfwd/ca.pem",
 		RequireCert: false, BindDN: "uid=relay,dc=x", BindPassword: "pw from env", Base: "dc=x",
 		Filter: "(&(uid=%u)(dc=%d))",
 		// fallback_attribute: "" switches the fallback off
-		Schema:  routing.Schema{QueryAttributes: []string{"mail", "mailAlternateAddress"}, ResultAttributes: []string{"mailRoutingAddress", "mailForwardingAddress"}},
+		Schema:  directory.Schema{QueryAttributes: []string{"mail", "mailAlternateAddress"}, ResultAttributes: []string{"mailRoutingAddress", "mailForwardingAddress"}},
 		Timeout: 2 * time.Second, PoolSize: 3, SizeLimit: 50,
 	}
 	if !reflect.DeepEqual(rc, want) {

@@ -1,4 +1,4 @@
-package routing
+package directory
 
 import (
 	"context"
@@ -9,6 +9,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/go-ldap/ldap/v3"
+
+	"mailfwd/routing"
 )
 
 // LDAPTable is what an LDAP source needs to answer as a Postfix
@@ -309,7 +311,7 @@ func quoteDN(s string) string {
 
 // tableLookup is dict_ldap_lookup: fold the key, skip ineligible keys,
 // search, and collect the values with special, leaf and terminal rules.
-func (s *LDAPSource) tableLookup(ctx context.Context, key string) ([]Match, error) {
+func (s *LDAPSource) tableLookup(ctx context.Context, key string) ([]routing.Match, error) {
 	t := s.table
 	if !utf8.ValidString(key) {
 		return nil, nil // as Postfix: such a key is not in any table
@@ -321,7 +323,7 @@ func (s *LDAPSource) tableLookup(ctx context.Context, key string) ([]Match, erro
 	base := expandKey(t.base, k, quoteDN)
 	filter := expandKey(t.filter, k, ldap.EscapeFilter)
 	timeout, secs := s.searchTimeout(ctx)
-	return s.run(ctx, func(c *ldapConn) ([]Match, error) {
+	return s.run(ctx, func(c *ldapConn) ([]routing.Match, error) {
 		c.SetTimeout(timeout)
 		req := ldap.NewSearchRequest(base, s.scope, s.cfg.Deref, s.cfg.SizeLimit, secs, false, filter, t.attrs, nil)
 		res, err := c.Search(req)
@@ -353,11 +355,11 @@ type gather struct {
 	t      *compiledTable
 	s      *LDAPSource
 	search func(*ldap.SearchRequest) (*ldap.SearchResult, error)
-	source string // Match.Source
+	source string // routing.Match.Source
 	k      tableKey
 	key    string
 	secs   int
-	out    []Match
+	out    []routing.Match
 }
 
 // attrKind returns the index in t.attrs of the first attribute desc
@@ -376,7 +378,7 @@ func (t *compiledTable) attrKind(desc string) int {
 func (g *gather) entries(es []*ldap.Entry, depth int) error {
 	t := g.t
 	if n := g.s.cfg.SizeLimit; n > 0 && len(es) > n {
-		return errFinal{fmt.Errorf("%w: a search for %s returned more than %d entries", ErrExpansionLimit, g.key, n)}
+		return errFinal{fmt.Errorf("%w: a search for %s returned more than %d entries", routing.ErrExpansionLimit, g.key, n)}
 	}
 	for _, e := range es {
 		// Postfix decides per entry: terminal if any terminal attribute
@@ -408,12 +410,12 @@ func (g *gather) entries(es []*ldap.Entry, depth int) error {
 						continue
 					}
 					if t.ExpansionLimit > 0 && len(g.out) >= t.ExpansionLimit {
-						return errFinal{fmt.Errorf("%w: %s has more than %d values", ErrExpansionLimit, g.key, t.ExpansionLimit)}
+						return errFinal{fmt.Errorf("%w: %s has more than %d values", routing.ErrExpansionLimit, g.key, t.ExpansionLimit)}
 					}
-					g.out = append(g.out, Match{Value: r, Source: g.source, DN: e.DN, Attribute: t.attrs[i]})
+					g.out = append(g.out, routing.Match{Value: r, Source: g.source, DN: e.DN, Attribute: t.attrs[i]})
 				}
 			case depth >= t.RecursionLimit:
-				return errFinal{fmt.Errorf("%w: %s: %s of %s nests deeper than %d", ErrExpansionLimit, g.key, a.Name, e.DN, t.RecursionLimit)}
+				return errFinal{fmt.Errorf("%w: %s: %s of %s nests deeper than %d", routing.ErrExpansionLimit, g.key, a.Name, e.DN, t.RecursionLimit)}
 			default:
 				for _, dn := range a.Values {
 					if err := g.follow(dn, depth); err != nil {
@@ -433,17 +435,17 @@ func (g *gather) entries(es []*ldap.Entry, depth int) error {
 // ignored).
 func (g *gather) follow(dn string, depth int) error {
 	if g.ctx != nil && g.ctx.Err() != nil {
-		return errFinal{fmt.Errorf("%w: %s: lookup time used up following %s: %v", ErrUnavailable, g.key, dn, g.ctx.Err())}
+		return errFinal{fmt.Errorf("%w: %s: lookup time used up following %s: %v", routing.ErrUnavailable, g.key, dn, g.ctx.Err())}
 	}
 	if g.visits++; g.visits > maxFollow {
-		return errFinal{fmt.Errorf("%w: %s: more than %d entries to follow", ErrExpansionLimit, g.key, maxFollow)}
+		return errFinal{fmt.Errorf("%w: %s: more than %d entries to follow", routing.ErrExpansionLimit, g.key, maxFollow)}
 	}
 	base, scope, filter, attrs := dn, ldap.ScopeBaseObject, "(objectClass=*)", g.t.attrs
 	if isLDAPURL(dn) {
 		u, err := parseLDAPURL(dn)
 		if err != nil {
 			g.s.log.Error("ldap: bad LDAP URL in a special result attribute", "key", g.key, "url", dn, "err", err)
-			return errFinal{fmt.Errorf("%w: %s: LDAP URL %q: %v", ErrUnavailable, g.key, dn, err)}
+			return errFinal{fmt.Errorf("%w: %s: LDAP URL %q: %v", routing.ErrUnavailable, g.key, dn, err)}
 		}
 		base, scope, filter = u.base, u.scope, u.filter
 		if len(u.attrs) > 0 {

@@ -1,4 +1,4 @@
-package routing
+package directory
 
 import (
 	"context"
@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/go-ldap/ldap/v3"
+
+	"mailfwd/routing"
 )
 
 // LDAPConfig is what an LDAP source needs. The bind password is passed in
@@ -276,15 +278,15 @@ func (e errFinal) Unwrap() error { return e.error }
 // connection, starting again with the first server as Postfix's ldap table
 // reconnects once; a failure on a fresh connection moves on to the next
 // server, so a down first server costs at most one dial timeout.
-func (s *LDAPSource) run(ctx context.Context, search func(*ldapConn) ([]Match, error)) ([]Match, error) {
+func (s *LDAPSource) run(ctx context.Context, search func(*ldapConn) ([]routing.Match, error)) ([]routing.Match, error) {
 	select {
 	case s.slots <- struct{}{}:
 		defer func() { <-s.slots }()
 	case <-ctx.Done():
-		return nil, fmt.Errorf("%w: waiting for a directory connection: %w", ErrUnavailable, ctx.Err())
+		return nil, fmt.Errorf("%w: waiting for a directory connection: %w", routing.ErrUnavailable, ctx.Err())
 	}
 	var errs []error
-	try := func(c *ldapConn) ([]Match, bool, error) {
+	try := func(c *ldapConn) ([]routing.Match, bool, error) {
 		ms, err := search(c)
 		if err == nil {
 			s.release(c)
@@ -319,7 +321,7 @@ func (s *LDAPSource) run(ctx context.Context, search func(*ldapConn) ([]Match, e
 			return ms, err
 		}
 	}
-	return nil, fmt.Errorf("%w: %w", ErrUnavailable, errors.Join(errs...))
+	return nil, fmt.Errorf("%w: %w", routing.ErrUnavailable, errors.Join(errs...))
 }
 
 // searchTimeout is the configured timeout, shortened to ctx's deadline.
@@ -338,9 +340,9 @@ func (s *LDAPSource) searchTimeout(ctx context.Context) (time.Duration, int) {
 }
 
 // Lookup searches for addr.
-func (s *LDAPSource) Lookup(ctx context.Context, addr string) ([]Match, error) {
+func (s *LDAPSource) Lookup(ctx context.Context, addr string) ([]routing.Match, error) {
 	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return nil, fmt.Errorf("%w: %w", routing.ErrUnavailable, err)
 	}
 	if s.table != nil {
 		return s.tableLookup(ctx, addr)
@@ -353,13 +355,13 @@ func (s *LDAPSource) Lookup(ctx context.Context, addr string) ([]Match, error) {
 	timeout, secs := s.searchTimeout(ctx)
 	req := ldap.NewSearchRequest(s.cfg.Base, s.scope, s.cfg.Deref,
 		s.cfg.SizeLimit, secs, false, filter, attrs, nil)
-	return s.run(ctx, func(c *ldapConn) ([]Match, error) {
+	return s.run(ctx, func(c *ldapConn) ([]routing.Match, error) {
 		c.SetTimeout(timeout)
 		res, err := c.Search(req)
 		if err != nil {
 			return nil, s.searchError(err, addr, s.cfg.Base, false)
 		}
-		var out []Match
+		var out []routing.Match
 		for _, e := range res.Entries {
 			out = append(out, s.cfg.Schema.results("ldap "+c.url, e.DN, e.GetEqualFoldAttributeValues)...)
 		}
@@ -374,11 +376,11 @@ func (s *LDAPSource) searchError(err error, addr, base string, nested bool) erro
 	case ldap.IsErrorWithCode(err, ldap.LDAPResultNoSuchObject) && !nested:
 		// A missing search base is a configuration error; answering
 		// "unknown user" for it would bounce every message.
-		return errFinal{fmt.Errorf("%w: search base %q: %w", ErrUnavailable, base, err)}
+		return errFinal{fmt.Errorf("%w: search base %q: %w", routing.ErrUnavailable, base, err)}
 	case ldap.IsErrorWithCode(err, ldap.LDAPResultSizeLimitExceeded):
-		return errFinal{fmt.Errorf("%w: %s matches more than %d entries", ErrExpansionLimit, addr, s.cfg.SizeLimit)}
+		return errFinal{fmt.Errorf("%w: %s matches more than %d entries", routing.ErrExpansionLimit, addr, s.cfg.SizeLimit)}
 	case ldap.IsErrorWithCode(err, ldap.ErrorFilterCompile), ldap.IsErrorWithCode(err, ldap.LDAPResultInvalidDNSyntax):
-		return errFinal{fmt.Errorf("%w: %w", ErrUnavailable, err)}
+		return errFinal{fmt.Errorf("%w: %w", routing.ErrUnavailable, err)}
 	}
 	return err
 }

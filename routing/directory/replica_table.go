@@ -1,4 +1,4 @@
-package routing
+package directory
 
 import (
 	"errors"
@@ -7,6 +7,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/go-ldap/ldap/v3"
+
+	"mailfwd/routing"
 )
 
 // A replica of a Postfix ldap_table(5) map answers as tableLookup does: the
@@ -43,7 +45,7 @@ func tableFilterTemplate(f string) string {
 }
 
 // newTableReplica is NewLDAPReplica for a source with Postfix semantics.
-func newTableReplica(src *LDAPSource, live Source, cfg ReplicaConfig) (*Replica, error) {
+func newTableReplica(src *LDAPSource, live routing.Source, cfg ReplicaConfig) (*Replica, error) {
 	t := src.table
 	if t.dynamicBase || strings.Contains(t.base, "%") {
 		return nil, fmt.Errorf("%w: search_base %q is made from the key", errFilterNotLocal, t.base)
@@ -65,7 +67,7 @@ func newTableReplica(src *LDAPSource, live Source, cfg ReplicaConfig) (*Replica,
 }
 
 // tableAnswer is tableLookup answered from the replica.
-func (r *Replica) tableAnswer(key string) ([]Match, error) {
+func (r *Replica) tableAnswer(key string) ([]routing.Match, error) {
 	t := r.table
 	if !utf8.ValidString(key) {
 		return nil, nil

@@ -1,4 +1,4 @@
-package routing
+package directory
 
 import (
 	"context"
@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"mailfwd/routing"
 )
 
 func TestCompileReplicaFilter(t *testing.T) {
@@ -56,7 +58,7 @@ func (e testEntry) get(name string) []string {
 	return nil
 }
 
-func newTestReplica(t *testing.T, filter string, live Source) *Replica {
+func newTestReplica(t *testing.T, filter string, live routing.Source) *Replica {
 	t.Helper()
 	r, err := newReplica(live, filter, MailRecipientSchema, nil, time.Hour, nil)
 	if err != nil {
@@ -96,7 +98,7 @@ func TestReplicaLookupMatchesFilter(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := strings.Join(Values(ms), " "); got != tc.want {
+		if got := strings.Join(routing.Values(ms), " "); got != tc.want {
 			t.Errorf("%s: %q, want %q", tc.key, got, tc.want)
 		}
 		for _, m := range ms {
@@ -116,7 +118,7 @@ func TestReplicaLookupMatchesFilter(t *testing.T) {
 		{"c@company.com", ""},
 	} {
 		ms, _ := r.Lookup(context.Background(), tc.key)
-		if got := strings.Join(Values(ms), " "); got != tc.want {
+		if got := strings.Join(routing.Values(ms), " "); got != tc.want {
 			t.Errorf("after changes, %s: %q, want %q", tc.key, got, tc.want)
 		}
 	}
@@ -142,14 +144,14 @@ func TestReplicaLookupMatchesFilter(t *testing.T) {
 // unreachable.
 type fakeLive struct {
 	down    bool
-	answers map[string][]Match
+	answers map[string][]routing.Match
 	calls   int
 }
 
-func (f *fakeLive) Lookup(_ context.Context, key string) ([]Match, error) {
+func (f *fakeLive) Lookup(_ context.Context, key string) ([]routing.Match, error) {
 	f.calls++
 	if f.down {
-		return nil, fmt.Errorf("%w: connection refused", ErrUnavailable)
+		return nil, fmt.Errorf("%w: connection refused", routing.ErrUnavailable)
 	}
 	return f.answers[key], nil
 }
@@ -159,7 +161,7 @@ func (f *fakeLive) Lookup(_ context.Context, key string) ([]Match, error) {
 // the directory is unreachable, known addresses from a replica confirmed
 // within max_stale, unknown ones the live source's temporary error.
 func TestReplicaFreshnessContract(t *testing.T) {
-	live := &fakeLive{answers: map[string][]Match{"new@company.com": {{Value: "new@company.com", Source: "ldap"}}}}
+	live := &fakeLive{answers: map[string][]routing.Match{"new@company.com": {{Value: "new@company.com", Source: "ldap"}}}}
 	r := newTestReplica(t, "(|(mail=%s)(mailAlternateAddress=%s))", live)
 	now := time.Unix(1_800_000_000, 0)
 	r.now = func() time.Time { return now }
@@ -169,13 +171,13 @@ func TestReplicaFreshnessContract(t *testing.T) {
 	ctx := context.Background()
 	lookup := func(key string) (string, error) {
 		ms, err := r.Lookup(ctx, key)
-		return strings.Join(Values(ms), " "), err
+		return strings.Join(routing.Values(ms), " "), err
 	}
 
 	// Before the first refresh completes: live only, even when it is down.
 	live.down = true
-	if _, err := lookup("known@company.com"); !errors.Is(err, ErrUnavailable) {
-		t.Errorf("before any sync, directory down: err %v, want ErrUnavailable (the replica is not whole yet)", err)
+	if _, err := lookup("known@company.com"); !errors.Is(err, routing.ErrUnavailable) {
+		t.Errorf("before any sync, directory down: err %v, want routing.ErrUnavailable (the replica is not whole yet)", err)
 	}
 	live.down = false
 
@@ -205,12 +207,12 @@ func TestReplicaFreshnessContract(t *testing.T) {
 	if got, err := lookup("known@company.com"); err != nil || got != "k@gmail.com" {
 		t.Errorf("outage, known address: %q %v, want the replica's answer", got, err)
 	}
-	if _, err := lookup("nobody@company.com"); !errors.Is(err, ErrUnavailable) {
-		t.Errorf("outage, unknown address: %v, want ErrUnavailable (451), never not found", err)
+	if _, err := lookup("nobody@company.com"); !errors.Is(err, routing.ErrUnavailable) {
+		t.Errorf("outage, unknown address: %v, want routing.ErrUnavailable (451), never not found", err)
 	}
 	// Beyond max_stale the replica is not used.
 	now = now.Add(time.Hour)
-	if _, err := lookup("known@company.com"); !errors.Is(err, ErrUnavailable) {
+	if _, err := lookup("known@company.com"); !errors.Is(err, routing.ErrUnavailable) {
 		t.Errorf("outage beyond max_stale: %v, want ErrUnavailable", err)
 	}
 	st := r.Stats()
@@ -229,19 +231,19 @@ func TestReplicaOutageExpansion(t *testing.T) {
 	r.putTest(testEntry{2, "cn=t", map[string][]string{"mail": {"team@company.com"}, "mailForwardingAddress": {"a@company.com"}}})
 	r.markSynced()
 	r.markDown("down: test")
-	x := &Expander{Source: r, Delimiter: "+", Limits: PostfixLimits}
+	x := &routing.Expander{Source: r, Delimiter: "+", Limits: routing.PostfixLimits}
 	got, err := x.Expand(context.Background(), "known+tag@company.com")
 	if err != nil || strings.Join(got, " ") != "k@gmail.com a@company.com" {
 		t.Errorf("known address during the outage: %v %v, want [k@gmail.com a@company.com]", got, err)
 	}
 	_, err = x.Expand(context.Background(), "nobody@company.com")
-	if !errors.Is(err, ErrUnavailable) || errors.Is(err, ErrNotFound) {
+	if !errors.Is(err, routing.ErrUnavailable) || errors.Is(err, routing.ErrNotFound) {
 		t.Errorf("unknown address during the outage: %v, want a temporary failure", err)
 	}
 }
 
 // The memory a replica needs per entry, for docs/directory.md: go test
-// -run TestReplicaMemory -v -replica-entries=1000000 ./routing/.
+// -run TestReplicaMemory -v -replica-entries=1000000 ./routing/directory/
 var replicaEntries = flag.Int("replica-entries", 200_000, "entries TestReplicaMemory loads")
 
 func TestReplicaMemory(t *testing.T) {

@@ -1,4 +1,4 @@
-package routing
+package directory
 
 import (
 	"context"
@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/go-ldap/ldap/v3"
+
+	"mailfwd/routing"
 )
 
 // The replica's feed: one RFC 4533 refreshAndPersist search at a time, to
@@ -47,7 +49,7 @@ type replicaSync struct {
 // answer cache). It fails, and the caller keeps live alone, when src's
 // filter cannot be evaluated locally (replica_filter.go, and for a
 // Postfix table replica_table.go).
-func NewLDAPReplica(src *LDAPSource, live Source, cfg ReplicaConfig) (*Replica, error) {
+func NewLDAPReplica(src *LDAPSource, live routing.Source, cfg ReplicaConfig) (*Replica, error) {
 	if cfg.Probe <= 0 {
 		cfg.Probe = 10 * time.Second
 	}

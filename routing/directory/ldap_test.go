@@ -1,4 +1,4 @@
-package routing
+package directory
 
 import (
 	"context"
@@ -12,6 +12,8 @@ import (
 
 	ber "github.com/go-asn1-ber/asn1-ber"
 	"github.com/go-ldap/ldap/v3"
+
+	"mailfwd/routing"
 )
 
 // filterShape describes a compiled filter with its assertion values left
@@ -296,10 +298,10 @@ func TestLDAPLookupUnavailable(t *testing.T) {
 			defer cancel()
 			start := time.Now()
 			got, err := s.Lookup(ctx, "a@x.com")
-			if !errors.Is(err, ErrUnavailable) {
+			if !errors.Is(err, routing.ErrUnavailable) {
 				t.Fatalf("Lookup = %q, %v; want ErrUnavailable", got, err)
 			}
-			if errors.Is(err, ErrNotFound) || got != nil {
+			if errors.Is(err, routing.ErrNotFound) || got != nil {
 				t.Errorf("Lookup = %q, %v: a down directory must not look like an unknown user", got, err)
 			}
 			if d := time.Since(start); d > 3*time.Second {
@@ -313,8 +315,8 @@ func TestLDAPLookupUnavailable(t *testing.T) {
 				}
 			}
 			// Through the expander it is a temporary failure too.
-			e := &Expander{Source: s, Limits: PostfixLimits}
-			if _, err := e.Expand(ctx, "a@x.com"); !errors.Is(err, ErrUnavailable) {
+			e := &routing.Expander{Source: s, Limits: routing.PostfixLimits}
+			if _, err := e.Expand(ctx, "a@x.com"); !errors.Is(err, routing.ErrUnavailable) {
 				t.Errorf("Expand: %v, want ErrUnavailable", err)
 			}
 		})

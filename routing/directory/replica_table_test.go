@@ -1,4 +1,4 @@
-package routing
+package directory
 
 import (
 	"context"
@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/go-ldap/ldap/v3"
+
+	"mailfwd/routing"
 )
 
 // tableDir is an in-memory directory that answers a Postfix table's
@@ -121,17 +123,17 @@ func TestTableReplicaAnswersAsServer(t *testing.T) {
 				if key != "" && src.table.eligible(k) {
 					g := &gather{t: src.table, s: src, search: dir.search, source: "ldap", k: k, key: key}
 					wantErr = g.entries(dir.query(k.key), 1)
-					want = Values(g.out)
+					want = routing.Values(g.out)
 				}
 				ms, err := r.answer(key)
 				if wantErr != nil {
-					if err == nil || errors.Is(err, ErrExpansionLimit) != errors.Is(wantErr, ErrExpansionLimit) {
-						t.Errorf("%q: replica %q, %v; server %v", key, Values(ms), err, wantErr)
+					if err == nil || errors.Is(err, routing.ErrExpansionLimit) != errors.Is(wantErr, routing.ErrExpansionLimit) {
+						t.Errorf("%q: replica %q, %v; server %v", key, routing.Values(ms), err, wantErr)
 					}
 					continue
 				}
-				if got := Values(ms); err != nil || len(got)+len(want) > 0 && !reflect.DeepEqual(got, want) {
-					t.Errorf("%q: replica %q, %v; server %q", key, Values(ms), err, want)
+				if got := routing.Values(ms); err != nil || len(got)+len(want) > 0 && !reflect.DeepEqual(got, want) {
+					t.Errorf("%q: replica %q, %v; server %q", key, routing.Values(ms), err, want)
 				}
 				for _, m := range ms {
 					if !strings.HasPrefix(m.Source, "replica") || m.DN == "" {
@@ -153,7 +155,7 @@ func TestTableReplicaAnswersAsServer(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		live := &fakeLive{answers: map[string][]Match{"outside@x": {{Value: "someone@elsewhere", Source: "ldap"}}}}
+		live := &fakeLive{answers: map[string][]routing.Match{"outside@x": {{Value: "someone@elsewhere", Source: "ldap"}}}}
 		r, err := NewLDAPReplica(src, live, ReplicaConfig{})
 		if err != nil {
 			t.Fatal(err)
@@ -163,11 +165,11 @@ func TestTableReplicaAnswersAsServer(t *testing.T) {
 		}
 		r.markSynced()
 		ms, err := r.Lookup(context.Background(), "outside@x")
-		if err != nil || !reflect.DeepEqual(Values(ms), []string{"someone@elsewhere"}) || live.calls != 1 {
-			t.Errorf("outside the base: %q, %v after %d live calls; want the live answer", Values(ms), err, live.calls)
+		if err != nil || !reflect.DeepEqual(routing.Values(ms), []string{"someone@elsewhere"}) || live.calls != 1 {
+			t.Errorf("outside the base: %q, %v after %d live calls; want the live answer", routing.Values(ms), err, live.calls)
 		}
 		if ms, err := r.Lookup(context.Background(), "team@x"); err != nil || len(ms) != 3 || live.calls != 1 {
-			t.Errorf("team: %q, %v after %d live calls; want the replica's answer", Values(ms), err, live.calls)
+			t.Errorf("team: %q, %v after %d live calls; want the replica's answer", routing.Values(ms), err, live.calls)
 		}
 		if st := r.Stats(); st.Local != 1 || st.Live != 1 {
 			t.Errorf("stats %+v, want 1 local, 1 live", st)

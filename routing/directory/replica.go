@@ -1,4 +1,4 @@
-package routing
+package directory
 
 import (
 	"context"
@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/go-ldap/ldap/v3"
+
+	"mailfwd/routing"
 )
 
 // Replica is a copy in memory of the directory entries that routing reads,
@@ -31,7 +33,7 @@ import (
 //     MaxStale old; anything else gets the live source's temporary error
 //     (451), never 550.
 type Replica struct {
-	live     Source
+	live     routing.Source
 	filter   *replicaFilter
 	schema   Schema
 	maxStale time.Duration
@@ -75,7 +77,7 @@ type ReplicaStats struct {
 // configured query filter, which must compile (compileReplicaFilter);
 // schema's result attributes are kept besides the filter's, and extra
 // ones (a Postfix table's).
-func newReplica(live Source, filter string, schema Schema, extra []string, maxStale time.Duration, log *slog.Logger) (*Replica, error) {
+func newReplica(live routing.Source, filter string, schema Schema, extra []string, maxStale time.Duration, log *slog.Logger) (*Replica, error) {
 	f, err := compileReplicaFilter(filter)
 	if err != nil {
 		return nil, err
@@ -134,7 +136,7 @@ func (r *Replica) markDown(why string) {
 }
 
 // Lookup implements Source.
-func (r *Replica) Lookup(ctx context.Context, key string) ([]Match, error) {
+func (r *Replica) Lookup(ctx context.Context, key string) ([]routing.Match, error) {
 	if r.synced.Load() {
 		if ms, err := r.answer(key); !errors.Is(err, errNotHeld) {
 			r.local.Add(1)
@@ -143,7 +145,7 @@ func (r *Replica) Lookup(ctx context.Context, key string) ([]Match, error) {
 		// An entry it needs is outside what the replica holds: ask.
 	}
 	ms, err := r.live.Lookup(ctx, key)
-	if err == nil || !errors.Is(err, ErrUnavailable) || !r.loaded.Load() {
+	if err == nil || !errors.Is(err, routing.ErrUnavailable) || !r.loaded.Load() {
 		r.liveN.Add(1)
 		return ms, err
 	}
@@ -152,7 +154,7 @@ func (r *Replica) Lookup(ctx context.Context, key string) ([]Match, error) {
 		if ms, lerr := r.answer(key); lerr == nil && len(ms) > 0 {
 			return ms, nil
 		}
-		return nil, fmt.Errorf("%w (%w)", ErrReplicaMiss, err)
+		return nil, fmt.Errorf("%w (%w)", routing.ErrReplicaMiss, err)
 	}
 	r.liveN.Add(1)
 	return nil, err
@@ -160,7 +162,7 @@ func (r *Replica) Lookup(ctx context.Context, key string) ([]Match, error) {
 
 // answer is the replica's own answer for key: errNotHeld when it would
 // need an entry it does not hold.
-func (r *Replica) answer(key string) ([]Match, error) {
+func (r *Replica) answer(key string) ([]routing.Match, error) {
 	if r.table != nil {
 		return r.tableAnswer(key)
 	}
@@ -386,11 +388,11 @@ func dupInEntry(earlier []string, lv string) bool {
 
 // lookup answers key as the live LDAP search would: the entries the
 // filter matches (in DN order), each through the schema's result rules.
-func (s *replicaStore) lookup(r *Replica, key string) []Match {
+func (s *replicaStore) lookup(r *Replica, key string) []routing.Match {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	source := r.source()
-	var out []Match
+	var out []routing.Match
 	for _, e := range s.matching(r.filter, key) {
 		out = append(out, r.schema.results(source, e.dn, s.getter(e))...)
 	}

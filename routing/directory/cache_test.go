@@ -1,4 +1,4 @@
-package routing
+package directory
 
 import (
 	"context"
@@ -9,18 +9,20 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"mailfwd/routing"
 )
 
 // countingSource answers from a map and counts queries per key.
 type countingSource struct {
 	mu      sync.Mutex
-	answers map[string][]Match
+	answers map[string][]routing.Match
 	fail    atomic.Bool
 	queries map[string]int
 	delay   time.Duration
 }
 
-func (s *countingSource) Lookup(_ context.Context, key string) ([]Match, error) {
+func (s *countingSource) Lookup(_ context.Context, key string) ([]routing.Match, error) {
 	if s.delay > 0 {
 		time.Sleep(s.delay)
 	}
@@ -28,7 +30,7 @@ func (s *countingSource) Lookup(_ context.Context, key string) ([]Match, error) 
 	defer s.mu.Unlock()
 	s.queries[key]++
 	if s.fail.Load() {
-		return nil, fmt.Errorf("%w: down", ErrUnavailable)
+		return nil, fmt.Errorf("%w: down", routing.ErrUnavailable)
 	}
 	return s.answers[key], nil
 }
@@ -40,7 +42,7 @@ func (s *countingSource) count(key string) int {
 }
 
 func newCounting() *countingSource {
-	return &countingSource{answers: map[string][]Match{"a@x.test": {{Value: "b@x.test"}}}, queries: map[string]int{}}
+	return &countingSource{answers: map[string][]routing.Match{"a@x.test": {{Value: "b@x.test"}}}, queries: map[string]int{}}
 }
 
 func TestCacheTTLs(t *testing.T) {
@@ -55,7 +57,7 @@ func TestCacheTTLs(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return Values(ms)
+		return routing.Values(ms)
 	}
 	steps := []struct {
 		advance time.Duration
@@ -91,7 +93,7 @@ func TestCacheDoesNotCacheErrors(t *testing.T) {
 	src := newCounting()
 	c := NewCache(src, time.Minute, time.Minute, 100)
 	src.fail.Store(true)
-	if _, err := c.Lookup(context.Background(), "a@x.test"); !errors.Is(err, ErrUnavailable) {
+	if _, err := c.Lookup(context.Background(), "a@x.test"); !errors.Is(err, routing.ErrUnavailable) {
 		t.Fatalf("err = %v, want ErrUnavailable", err)
 	}
 	src.fail.Store(false)
@@ -145,5 +147,22 @@ func TestCacheDisabledByZeroTTL(t *testing.T) {
 	c.Lookup(context.Background(), "a@x.test")
 	if n := src.count("a@x.test"); n != 2 {
 		t.Fatalf("%d queries with TTL 0, want 2", n)
+	}
+}
+
+// Behind a cache only misses reach the directory, so only they are timed.
+func TestObservedBehindCacheTimesOnlyMisses(t *testing.T) {
+	n := 0
+	src := &countingSource{answers: map[string][]routing.Match{"known@example.com": {{Value: "target@example.net"}}}, queries: map[string]int{}}
+	cache := NewCache(routing.Observed(src, func(time.Duration, error) { n++ }), time.Minute, time.Minute, 10)
+	for range 3 {
+		cache.Lookup(context.Background(), "known@example.com")
+		cache.Lookup(context.Background(), "nobody@example.com")
+	}
+	if n != 2 {
+		t.Fatalf("%d directory lookups observed, want 2 (the misses)", n)
+	}
+	if hits, misses := cache.Stats(); hits != 4 || misses != 2 {
+		t.Fatalf("cache stats %d/%d, want 4 hits, 2 misses", hits, misses)
 	}
 }

@@ -1,4 +1,4 @@
-package routing
+package directory
 
 import (
 	"context"
@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/go-ldap/ldap/v3"
+
+	"mailfwd/routing"
 )
 
 func mustParseMap(t *testing.T, cf string) *PostfixMap {
@@ -259,8 +261,8 @@ func TestParsePostfixMapFile(t *testing.T) {
 	if ms, err := src.Lookup(ctx, ""); err != nil || ms != nil {
 		t.Errorf("Lookup(\"\") = %v, %v; want not found without a query", ms, err)
 	}
-	if _, err := src.Lookup(ctx, "a@x.com"); !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "ldap://127.0.0.1:1") {
-		t.Errorf("Lookup = %v, want ErrUnavailable naming the server", err)
+	if _, err := src.Lookup(ctx, "a@x.com"); !errors.Is(err, routing.ErrUnavailable) || !strings.Contains(err.Error(), "ldap://127.0.0.1:1") {
+		t.Errorf("Lookup = %v, want routing.ErrUnavailable naming the server", err)
 	}
 	if _, err := ParsePostfixMap(filepath.Join(dir, "missing.cf")); err == nil || !strings.Contains(err.Error(), "missing.cf") {
 		t.Errorf("missing file: %v", err)
@@ -506,18 +508,18 @@ func TestPostfixGather(t *testing.T) {
 		}, 0, []string{"cn=team"}, []string{"team@x", "alice@x", "bob@x"}, nil},
 		{"result format", func(l *LDAPTable) { l.ResultFormat = "%u+%U@%d" }, 0, []string{"cn=team"},
 			[]string{"alice+key@x", "bob+key@x", "bob+key@elsewhere"}, nil},
-		{"loop", nil, 0, []string{"cn=loop"}, nil, ErrExpansionLimit},
-		{"recursion limit 1: no special attribute followed", func(l *LDAPTable) { l.RecursionLimit = 1 }, 0, []string{"cn=team"}, nil, ErrExpansionLimit},
+		{"loop", nil, 0, []string{"cn=loop"}, nil, routing.ErrExpansionLimit},
+		{"recursion limit 1: no special attribute followed", func(l *LDAPTable) { l.RecursionLimit = 1 }, 0, []string{"cn=team"}, nil, routing.ErrExpansionLimit},
 		{"recursion limit 2: one level", func(l *LDAPTable) { l.RecursionLimit = 2 }, 0, []string{"cn=team"}, []string{"alice@x", "bob@x", "bob@elsewhere"}, nil},
-		{"recursion limit 2: two levels", func(l *LDAPTable) { l.RecursionLimit = 2 }, 0, []string{"cn=outer"}, nil, ErrExpansionLimit},
+		{"recursion limit 2: two levels", func(l *LDAPTable) { l.RecursionLimit = 2 }, 0, []string{"cn=outer"}, nil, routing.ErrExpansionLimit},
 		{"expansion limit reached", func(l *LDAPTable) { l.ExpansionLimit = 3 }, 0, []string{"cn=team"}, []string{"alice@x", "bob@x", "bob@elsewhere"}, nil},
-		{"expansion limit exceeded", func(l *LDAPTable) { l.ExpansionLimit = 2 }, 0, []string{"cn=team"}, nil, ErrExpansionLimit},
-		{"size limit", nil, 1, []string{"cn=alice", "cn=bob"}, nil, ErrExpansionLimit},
+		{"expansion limit exceeded", func(l *LDAPTable) { l.ExpansionLimit = 2 }, 0, []string{"cn=team"}, nil, routing.ErrExpansionLimit},
+		{"size limit", nil, 1, []string{"cn=alice", "cn=bob"}, nil, routing.ErrExpansionLimit},
 		{"size limit is per search", nil, 1, []string{"cn=outer"}, []string{"alice@x", "bob@x", "bob@elsewhere", "routed@lists", "archive@x"}, nil},
-		{"bad DN in a special attribute", nil, 0, []string{"cn=bad"}, nil, ErrUnavailable},
+		{"bad DN in a special attribute", nil, 0, []string{"cn=bad"}, nil, routing.ErrUnavailable},
 		{"LDAP URL in a special attribute", nil, 0, []string{"cn=url"}, []string{"alice@x", "bob@x", "bob@elsewhere"}, nil},
 		{"LDAP URL naming its attributes", nil, 0, []string{"cn=urlattrs"}, []string{"alice@x", "bob@x"}, nil},
-		{"malformed LDAP URL", nil, 0, []string{"cn=badurl"}, nil, ErrUnavailable},
+		{"malformed LDAP URL", nil, 0, []string{"cn=badurl"}, nil, routing.ErrUnavailable},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -538,12 +540,12 @@ func TestPostfixGather(t *testing.T) {
 			err = g.entries(es, 1)
 			if tt.wantErr != nil {
 				if !errors.Is(err, tt.wantErr) {
-					t.Errorf("got %q, %v; want %v", Values(g.out), err, tt.wantErr)
+					t.Errorf("got %q, %v; want %v", routing.Values(g.out), err, tt.wantErr)
 				}
 				return
 			}
-			if err != nil || !reflect.DeepEqual(Values(g.out), tt.want) {
-				t.Errorf("got %q, %v; want %q (searched %q)", Values(g.out), err, tt.want, searches)
+			if err != nil || !reflect.DeepEqual(routing.Values(g.out), tt.want) {
+				t.Errorf("got %q, %v; want %q (searched %q)", routing.Values(g.out), err, tt.want, searches)
 			}
 			for _, m := range g.out {
 				if m.Source != "ldap test" || m.DN == "" || m.Attribute == "" {
@@ -588,7 +590,7 @@ func TestSpecialAttributesDiamondAndDeadline(t *testing.T) {
 		t.Errorf("%d values, want Postfix's %d (one per path)", len(g.out), 1<<(depth-1))
 	}
 	// the walk is bounded: at the expansion limit, or by the entries it visits
-	if err != nil && !errors.Is(err, ErrExpansionLimit) {
+	if err != nil && !errors.Is(err, routing.ErrExpansionLimit) {
 		t.Errorf("diamond: %v", err)
 	}
 
@@ -597,7 +599,7 @@ func TestSpecialAttributesDiamondAndDeadline(t *testing.T) {
 	cancel()
 	searches = 0
 	g = &gather{ctx: ctx, t: s.table, s: s, search: search, source: "ldap test", k: splitKey("key@k"), key: "key@k"}
-	if err := g.entries([]*ldap.Entry{top}, 1); !errors.Is(err, ErrUnavailable) || searches > 0 {
-		t.Errorf("cancelled: %v after %d searches, want ErrUnavailable before any", err, searches)
+	if err := g.entries([]*ldap.Entry{top}, 1); !errors.Is(err, routing.ErrUnavailable) || searches > 0 {
+		t.Errorf("cancelled: %v after %d searches, want routing.ErrUnavailable before any", err, searches)
 	}
 }

@@ -1,4 +1,4 @@
-package routing
+package directory
 
 import (
 	"container/list"
@@ -7,6 +7,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"mailfwd/routing"
 )
 
 // Cache remembers a source's answers: Postfix's LDAP table asks the
@@ -16,7 +18,7 @@ import (
 // turn into "unknown user". Keys are case-folded because the directories
 // we serve match addresses case-insensitively.
 type Cache struct {
-	src         Source
+	src         routing.Source
 	positiveTTL time.Duration
 	negativeTTL time.Duration
 	max         int
@@ -32,20 +34,20 @@ type Cache struct {
 
 type cacheEntry struct {
 	key     string
-	matches []Match
+	matches []routing.Match
 	expires time.Time
 }
 
 // cacheCall lets concurrent misses for one key share one directory query.
 type cacheCall struct {
 	done    chan struct{}
-	matches []Match
+	matches []routing.Match
 	err     error
 }
 
 // NewCache wraps src. size bounds the number of keys kept (least recently
 // used go first).
-func NewCache(src Source, positiveTTL, negativeTTL time.Duration, size int) *Cache {
+func NewCache(src routing.Source, positiveTTL, negativeTTL time.Duration, size int) *Cache {
 	size = max(size, 1) // the size is configuration (directory.cache.size)
 	return &Cache{
 		src: src, positiveTTL: positiveTTL, negativeTTL: negativeTTL, max: size, now: time.Now,
@@ -57,7 +59,7 @@ func NewCache(src Source, positiveTTL, negativeTTL time.Duration, size int) *Cac
 func (c *Cache) Stats() (hits, misses uint64) { return c.hits.Load(), c.misses.Load() }
 
 // Lookup implements Source.
-func (c *Cache) Lookup(ctx context.Context, key string) ([]Match, error) {
+func (c *Cache) Lookup(ctx context.Context, key string) ([]routing.Match, error) {
 	k := strings.ToLower(key)
 	c.mu.Lock()
 	if el, ok := c.entries[k]; ok {

@@ -1,4 +1,4 @@
-package routing
+package directory
 
 import (
 	"bufio"
@@ -13,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"mailfwd/routing"
 )
 
 // Entry is one directory entry: attribute names are lower-cased, values
@@ -139,16 +141,16 @@ var MailRecipientSchema = Schema{
 }
 
 // results applies the schema's result rules to one matching entry.
-func (s Schema) results(source, dn string, attrs func(name string) []string) []Match {
-	var out []Match
+func (s Schema) results(source, dn string, attrs func(name string) []string) []routing.Match {
+	var out []routing.Match
 	for _, a := range s.ResultAttributes {
 		for _, v := range attrs(a) {
-			out = append(out, Match{Value: v, Source: source, DN: dn, Attribute: a})
+			out = append(out, routing.Match{Value: v, Source: source, DN: dn, Attribute: a})
 		}
 	}
 	if len(out) == 0 && s.FallbackAttribute != "" {
 		for _, v := range attrs(s.FallbackAttribute) {
-			out = append(out, Match{Value: v, Source: source, DN: dn, Attribute: s.FallbackAttribute})
+			out = append(out, routing.Match{Value: v, Source: source, DN: dn, Attribute: s.FallbackAttribute})
 		}
 	}
 	return out
@@ -283,14 +285,14 @@ func (s *LDIFSource) maybeReload() {
 }
 
 // Lookup returns the result values of every entry matching addr.
-func (s *LDIFSource) Lookup(_ context.Context, addr string) ([]Match, error) {
+func (s *LDIFSource) Lookup(_ context.Context, addr string) ([]routing.Match, error) {
 	s.maybeReload()
 	idx := *s.index.Load()
 	name := "ldif (embedded seed)"
 	if s.path != "" {
 		name = "ldif " + s.path
 	}
-	var out []Match
+	var out []routing.Match
 	for _, e := range idx[strings.ToLower(addr)] {
 		out = append(out, s.schema.results(name, e.DN, func(n string) []string { return e.Attrs[strings.ToLower(n)] })...)
 	}

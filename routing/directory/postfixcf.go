@@ -1,4 +1,4 @@
-package routing
+package directory
 
 import (
 	"fmt"
@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"mailfwd/routing"
 )
 
 // PostfixMap is a Postfix ldap_table(5) file (the NAME.cf of
@@ -374,7 +376,7 @@ func sortedKeys(m map[string]string) []string {
 
 // Source logs the map's warnings and returns an LDAP source answering as
 // the map does. It does not connect.
-func (m *PostfixMap) Source(log *slog.Logger) (Source, error) {
+func (m *PostfixMap) Source(log *slog.Logger) (routing.Source, error) {
 	if log == nil {
 		log = slog.Default()
 	}

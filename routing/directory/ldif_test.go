@@ -1,4 +1,4 @@
-package routing
+package directory
 
 import (
 	"bytes"
@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"mailfwd/routing"
 )
 
 func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
@@ -205,7 +207,7 @@ func TestParseLDIFErrors(t *testing.T) {
 }
 
 func TestParseSeedLDIF(t *testing.T) {
-	f, err := os.Open("../deploy/seed.ldif")
+	f, err := os.Open("../../deploy/seed.ldif")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -265,7 +267,7 @@ cn: nomail
 	if err != nil {
 		t.Fatal(err)
 	}
-	byUID, err := NewLDIFBytes(mustRead(t, "../deploy/seed.ldif"), Schema{
+	byUID, err := NewLDIFBytes(mustRead(t, "../../deploy/seed.ldif"), Schema{
 		QueryAttributes: []string{"UID"}, ResultAttributes: []string{"MAIL"},
 	})
 	if err != nil {
@@ -542,7 +544,7 @@ func writeEntries(entries []Entry) []byte {
 }
 
 func FuzzParseLDIF(f *testing.F) {
-	f.Add(mustReadF(f, "../deploy/seed.ldif"))
+	f.Add(mustReadF(f, "../../deploy/seed.ldif"))
 	for _, s := range []string{
 		"", "version: 1\n", "dn: cn=a\nmail: a@x.com\n", "dn: cn=a\r\nmail: a\r\n @x.com\r\n",
 		"dn:: " + b64("cn=ü") + "\nmail:: " + b64("ü@x") + "\n", "# c\n folded\ndn: x\n",
@@ -602,12 +604,12 @@ func mustReadF(f *testing.F, path string) []byte {
 }
 
 // lookupValues is Lookup reduced to the values (nil when there are none).
-func lookupValues(s Source, addr string) ([]string, error) {
+func lookupValues(s routing.Source, addr string) ([]string, error) {
 	ms, err := s.Lookup(context.Background(), addr)
 	if len(ms) == 0 {
 		return nil, err
 	}
-	return Values(ms), err
+	return routing.Values(ms), err
 }
 
 // A file caught between its truncation and its new content (an editor
@@ -633,4 +635,14 @@ func TestLDIFFileHalfWritten(t *testing.T) {
 	if got := lookup1(t, s, "a@x.com"); got != "v1@y.com" {
 		t.Errorf("a@x.com → %q once written, want v1@y.com", got)
 	}
+}
+
+// seedSource is deploy/seed.ldif, the directory of the examples.
+func seedSource(t *testing.T) *LDIFSource {
+	t.Helper()
+	s, err := NewLDIFBytes(mustRead(t, "../../deploy/seed.ldif"), MailRecipientSchema)
+	if err != nil {
+		t.Fatalf("seed.ldif: %v", err)
+	}
+	return s
 }
