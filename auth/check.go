@@ -188,7 +188,6 @@ type Check struct {
 	relaxed, simple *bodyHasher
 	dkimPW          *bufPipe
 	dkimDone        chan dkimOut
-	signer          *SignStream
 	spfDone         chan SPFResult
 	dmarcDone       chan dmarcOut
 	arcDone         chan arcVerdict
@@ -290,9 +289,6 @@ func (c *Check) body(p []byte) {
 	if c.simple != nil {
 		c.simple.Write(p)
 	}
-	if c.signer != nil {
-		c.signer.Write(p)
-	}
 	if c.dkimPW != nil {
 		c.dkimPW.Write(p) // buffered: the verifier may be waiting for DNS
 	}
@@ -304,7 +300,8 @@ func (c *Check) onHeader(fields, withBlank []byte) {
 	c.fields = parseHeader(fields)
 	c.chain = parseChain(c.fields)
 	a := c.a
-	needRelaxed := c.in.Forward && a.cfg.ARCKey != nil
+	// the ARC set and our DKIM signature both cover the relaxed body
+	needRelaxed := c.in.Forward && (a.cfg.ARCKey != nil || a.cfg.DKIMKey != nil)
 	if n := len(c.chain.sets); n > 0 && c.chain.err == "" {
 		bc := "simple"
 		if cv, ok := c.chain.sets[n-1].amsTags["c"]; ok {
@@ -323,10 +320,6 @@ func (c *Check) onHeader(fields, withBlank []byte) {
 	}
 	if needRelaxed {
 		c.relaxed = newBodyHasher(true, sha256.New())
-	}
-	if c.in.Forward && a.cfg.DKIMKey != nil {
-		c.signer = NewSignStream(a.cfg.DKIMKey)
-		c.signer.Write(withBlank)
 	}
 	hasSig := false
 	for _, f := range c.fields {
@@ -453,12 +446,6 @@ func (c *Check) Abort() {
 		c.done = true
 		if c.dkimPW != nil {
 			c.dkimPW.CloseWrite(errors.New("aborted"))
-		}
-		if c.signer != nil {
-			c.signer.done = true
-			if c.signer.signer != nil {
-				c.signer.signer.Close()
-			}
 		}
 		c.cancel()
 	})
@@ -587,8 +574,8 @@ func (c *Check) finish(v *Verdict) {
 			}
 			fh.WriteString(s)
 		}
-		if c.signer != nil {
-			s, err := c.signer.Finish()
+		if a.cfg.DKIMKey != nil {
+			s, err := dkimSignFields(a.cfg.DKIMKey, a.cfg.Now(), c.fields, c.relaxedSum())
 			if err != nil && v.Err == nil {
 				v.Err = err
 			}

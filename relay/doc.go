@@ -15,5 +15,6 @@
 //   - every reply code: replies.go, in one table, each provoked through a
 //     socket by TestDialogReplyTable;
 //   - the Received header and the hop count (loop guard): server.go's
-//     receivedHeader and received.go (receivedCounter).
+//     trace.field (golden cases in testdata/received.golden) and
+//     received.go (receivedCounter).
 package relay

@@ -735,27 +735,50 @@ func (s *session) storageReply(err error, id string) error {
 	return replyLocalError
 }
 
-// receivedHeader is our trace header (RFC 5321 §4.4). "for" is given only
-// for a single recipient, so fan-out does not disclose the other ones.
+// receivedHeader is our trace header for the session's message.
 func (s *session) receivedHeader(id string) string {
-	helo := s.helo
+	t := trace{helo: s.helo, clientIP: s.clientIP, hostname: s.p.cfg.Hostname, utf8: s.opts.UTF8, id: id}
+	if st, ok := s.conn.TLSConnectionState(); ok {
+		t.tls = &st
+	}
+	if len(s.rcpts) == 1 {
+		t.forRcpt = s.rcpts[0].OrigTo
+	}
+	return t.field(time.Now())
+}
+
+// trace is what our Received header says about a message's arrival.
+type trace struct {
+	helo, clientIP, hostname, id string
+	utf8                         bool
+	tls                          *tls.ConnectionState // nil: in clear
+	// forRcpt is the one recipient, or "": "for" is given only for a single
+	// recipient, so fan-out does not disclose the other ones.
+	forRcpt string
+}
+
+// field is the Received header field (RFC 5321 §4.4, the protocol names of
+// RFC 3848 and RFC 6531), CRLF-terminated; golden cases in
+// testdata/received.golden.
+func (t trace) field(now time.Time) string {
+	helo := t.helo
 	if helo == "" {
 		helo = "unknown"
 	}
 	proto, tlsInfo := "ESMTP", ""
-	if s.opts.UTF8 {
+	if t.utf8 {
 		proto = "UTF8SMTP"
 	}
-	if st, ok := s.conn.TLSConnectionState(); ok {
+	if t.tls != nil {
 		proto += "S"
-		tlsInfo = fmt.Sprintf(" (%s with cipher %s)", tls.VersionName(st.Version), tls.CipherSuiteName(st.CipherSuite))
+		tlsInfo = fmt.Sprintf(" (%s with cipher %s)", tls.VersionName(t.tls.Version), tls.CipherSuiteName(t.tls.CipherSuite))
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "Received: from %s ([%s])\r\n\tby %s (mailfwd) with %s%s id %s", sanitize(helo), s.clientIP, s.p.cfg.Hostname, proto, tlsInfo, id)
-	if len(s.rcpts) == 1 {
-		fmt.Fprintf(&b, "\r\n\tfor <%s>", sanitize(s.rcpts[0].OrigTo))
+	fmt.Fprintf(&b, "Received: from %s ([%s])\r\n\tby %s (mailfwd) with %s%s id %s", sanitize(helo), t.clientIP, t.hostname, proto, tlsInfo, t.id)
+	if t.forRcpt != "" {
+		fmt.Fprintf(&b, "\r\n\tfor <%s>", sanitize(t.forRcpt))
 	}
-	fmt.Fprintf(&b, ";\r\n\t%s\r\n", time.Now().Format(time.RFC1123Z))
+	fmt.Fprintf(&b, ";\r\n\t%s\r\n", now.Format(time.RFC1123Z))
 	return b.String()
 }
 
