@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"mailfwd/queue/envelope"
@@ -113,30 +114,36 @@ func TestSchedulerOutcomes(t *testing.T) {
 			[]string{"a@x.test", "b@x.test"}, nil, map[string]int{"a@x.test": 1, "b@x.test": 2}},
 	}
 	for _, tt := range tests {
+		// In a synctest bubble the retry timers run on the bubble's clock:
+		// the waits below take no real time, and "no retry after the
+		// outcome" is checked after every timer that could fire has.
 		t.Run(tt.name, func(t *testing.T) {
-			s := openTestSpool(t)
-			hop := newScriptHop(tt.script)
-			q, stop := runScheduler(t, s, hop)
-			defer stop()
-			env := commit(t, s, "msg\r\n", tt.rcpts...)
-			q.Submit(env)
-			waitFor(t, "spool to empty", spoolEmpty(s))
-			for _, r := range tt.delivered {
-				if b, ok := hop.delivered(r); !ok || b != "msg\r\n" {
-					t.Errorf("%s: delivered=%v body=%q", r, ok, b)
+			synctest.Test(t, func(t *testing.T) {
+				s := openTestSpool(t)
+				hop := newScriptHop(tt.script)
+				q, stop := runScheduler(t, s, hop)
+				defer stop()
+				env := commit(t, s, "msg\r\n", tt.rcpts...)
+				q.Submit(env)
+				waitFor(t, "spool to empty", spoolEmpty(s))
+				for _, r := range tt.delivered {
+					if b, ok := hop.delivered(r); !ok || b != "msg\r\n" {
+						t.Errorf("%s: delivered=%v body=%q", r, ok, b)
+					}
 				}
-			}
-			for _, r := range tt.failed {
-				if _, ok := hop.delivered(r); ok {
-					t.Errorf("%s delivered despite 5xx", r)
+				for _, r := range tt.failed {
+					if _, ok := hop.delivered(r); ok {
+						t.Errorf("%s delivered despite 5xx", r)
+					}
 				}
-			}
-			time.Sleep(100 * time.Millisecond) // a wrong retry would happen within Retry.Max
-			for r, n := range tt.minTries {
-				if got := hop.triesOf(r); got != n {
-					t.Errorf("%s tried %d times, want %d", r, got, n)
+				time.Sleep(time.Hour) // a wrong retry would happen within Retry.Max
+				synctest.Wait()
+				for r, n := range tt.minTries {
+					if got := hop.triesOf(r); got != n {
+						t.Errorf("%s tried %d times, want %d", r, got, n)
+					}
 				}
-			}
+			})
 		})
 	}
 }
@@ -274,25 +281,28 @@ func TestSchedulerBouncesPermanentFailures(t *testing.T) {
 
 // No bounce for a message from the null sender.
 func TestSchedulerNoBounceOfBounce(t *testing.T) {
-	s := openTestSpool(t)
-	hop := newScriptHop(map[string][]int{"bad@x.test": {550}})
-	q, stop := runScheduler(t, s, hop)
-	defer stop()
-	w, _ := s.Create()
-	io.WriteString(w, "x\r\n")
-	env := &envelope.Envelope{From: "", Recipients: []envelope.Recipient{{Addr: "bad@x.test", Status: envelope.Pending}}}
-	if err := w.Commit(env); err != nil {
-		t.Fatal(err)
-	}
-	q.Submit(env)
-	waitFor(t, "spool to empty", spoolEmpty(s))
-	time.Sleep(50 * time.Millisecond)
-	hop.mu.Lock()
-	sends := hop.sends
-	hop.mu.Unlock()
-	if sends != 1 {
-		t.Fatalf("%d transactions, want 1 (no bounce of a bounce)", sends)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		s := openTestSpool(t)
+		hop := newScriptHop(map[string][]int{"bad@x.test": {550}})
+		q, stop := runScheduler(t, s, hop)
+		defer stop()
+		w, _ := s.Create()
+		io.WriteString(w, "x\r\n")
+		env := &envelope.Envelope{From: "", Recipients: []envelope.Recipient{{Addr: "bad@x.test", Status: envelope.Pending}}}
+		if err := w.Commit(env); err != nil {
+			t.Fatal(err)
+		}
+		q.Submit(env)
+		waitFor(t, "spool to empty", spoolEmpty(s))
+		time.Sleep(time.Hour) // a bounce would be sent by now
+		synctest.Wait()
+		hop.mu.Lock()
+		sends := hop.sends
+		hop.mu.Unlock()
+		if sends != 1 {
+			t.Fatalf("%d transactions, want 1 (no bounce of a bounce)", sends)
+		}
+	})
 }
 
 // recordingHop records each transaction's sender and recipients.
@@ -375,25 +385,27 @@ func (h *gateHop) Send(ctx context.Context, _ *envelope.Envelope, _ string, rcpt
 // No more transactions run at once towards one destination than the
 // limit, however many workers are free.
 func TestDestinationConcurrency(t *testing.T) {
-	s := openTestSpool(t)
-	hop := &gateHop{release: make(chan struct{})}
-	q := limited(&Scheduler{Spool: s, Hop: hop, Workers: 8, DestinationConcurrency: 2, Retry: Retry{Min: time.Hour, Max: time.Hour}})
-	ctx, cancel := context.WithCancel(context.Background())
-	stopped := make(chan struct{})
-	go func() { q.Run(ctx); close(stopped) }()
-	defer func() { cancel(); <-stopped }()
-	for range 6 {
-		q.Submit(commit(t, s, "m\r\n", "a@x.test"))
-	}
-	time.Sleep(100 * time.Millisecond)
-	hop.mu.Lock()
-	peak := hop.peak
-	hop.mu.Unlock()
-	close(hop.release)
-	waitFor(t, "spool to empty", spoolEmpty(s))
-	if peak != 2 {
-		t.Fatalf("peak of %d concurrent transactions to one destination, want 2", peak)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		s := openTestSpool(t)
+		hop := &gateHop{release: make(chan struct{})}
+		q := limited(&Scheduler{Spool: s, Hop: hop, Workers: 8, DestinationConcurrency: 2, Retry: Retry{Min: time.Hour, Max: time.Hour}})
+		ctx, cancel := context.WithCancel(context.Background())
+		stopped := make(chan struct{})
+		go func() { q.Run(ctx); close(stopped) }()
+		defer func() { cancel(); <-stopped }()
+		for range 6 {
+			q.Submit(commit(t, s, "m\r\n", "a@x.test"))
+		}
+		synctest.Wait() // every worker that could start a transaction has
+		hop.mu.Lock()
+		peak := hop.peak
+		hop.mu.Unlock()
+		close(hop.release)
+		waitFor(t, "spool to empty", spoolEmpty(s))
+		if peak != 2 {
+			t.Fatalf("peak of %d concurrent transactions to one destination, want 2", peak)
+		}
+	})
 }
 
 // repeatReply is one reply for each of n recipients.
