@@ -2,7 +2,6 @@ package auth
 
 import (
 	"bytes"
-	"flag"
 	"fmt"
 	"net"
 	"os"
@@ -12,9 +11,9 @@ import (
 	"time"
 
 	"github.com/emersion/go-msgauth/dkim"
-)
 
-var updateGolden = flag.Bool("update", false, "rewrite the golden files in testdata/golden")
+	"mailfwd/internal/golden"
+)
 
 // goldenKey loads one of testdata/golden's keys (made for these tests only).
 func goldenKey(t *testing.T, domain, selector, file string) *Key {
@@ -146,24 +145,7 @@ func TestHeadersGolden(t *testing.T) {
 				added = r.ForwardHeader + v.Header
 			}
 			b.WriteString("\n" + strings.ReplaceAll(added, "\r\n", "\n"))
-			golden(t, filepath.Join("testdata", "golden", c.name+".result"), b.String())
+			golden.Check(t, filepath.Join("testdata", "golden", c.name+".result"), []byte(b.String()))
 		})
-	}
-}
-
-// golden compares got with the file, or writes it under -update.
-func golden(t *testing.T, path, got string) {
-	t.Helper()
-	if *updateGolden {
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (-update writes it)", err)
-	}
-	if got != string(want) {
-		t.Errorf("%s differs (-update rewrites it); got:\n%s", path, got)
 	}
 }

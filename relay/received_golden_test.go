@@ -2,15 +2,13 @@ package relay
 
 import (
 	"crypto/tls"
-	"flag"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
-)
 
-var updateGolden = flag.Bool("update", false, "rewrite the golden files in testdata/")
+	"mailfwd/internal/golden"
+)
 
 // The Received header we prepend, for the arrivals that change it, against
 // testdata/received.golden: one "## name" section per case, the field as
@@ -48,22 +46,5 @@ func TestReceivedGolden(t *testing.T) {
 		}
 		b.WriteString("## " + c.name + "\n" + strings.ReplaceAll(f, "\r\n", "\n") + "\n")
 	}
-	golden(t, filepath.Join("testdata", "received.golden"), b.String())
-}
-
-// golden compares got with the file, or writes it under -update.
-func golden(t *testing.T, path, got string) {
-	t.Helper()
-	if *updateGolden {
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (-update writes it)", err)
-	}
-	if got != string(want) {
-		t.Errorf("%s differs (-update rewrites it); got:\n%s", path, got)
-	}
+	golden.Check(t, filepath.Join("testdata", "received.golden"), []byte(b.String()))
 }

@@ -12,14 +12,15 @@ import (
 	"mailfwd/routing/directory"
 )
 
-// ldapMinimal is the smallest valid LDAP configuration.
-const ldapMinimal = `relay_domains: [example.com]
+// ldapRelay is a relay in front of a 389-DS, with no LDAP setting beyond
+// where the server is and where to search.
+const ldapRelay = `relay_domains: [company.com]
 directory:
   ldap:
-    servers: [ldap://127.0.0.1:389]
-    search_base: dc=example,dc=com
+    servers: [ldap://ds.company.com:389]
+    search_base: ou=people,dc=company,dc=com
 delivery:
-  next_hop: 127.0.0.1:25
+  next_hop: postfix.company.com:25
 `
 
 func parse(t *testing.T, y, dir string) *config.Config {
@@ -34,13 +35,13 @@ func parse(t *testing.T, y, dir string) *config.Config {
 // The LDAP source gets the config's defaults, and the routing package
 // takes them as they are.
 func TestLDAPConfigDefaults(t *testing.T) {
-	rc, err := ldapConfig(parse(t, ldapMinimal, "/etc/mailfwd"))
+	rc, err := ldapConfig(parse(t, ldapRelay, "/etc/mailfwd"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := directory.LDAPConfig{
-		URLs: []string{"ldap://127.0.0.1:389"}, RequireCert: true,
-		Base: "dc=example,dc=com", Filter: "(|(mail=%s)(mailAlternateAddress=%s))",
+		URLs: []string{"ldap://ds.company.com:389"}, RequireCert: true,
+		Base: "ou=people,dc=company,dc=com", Filter: "(|(mail=%s)(mailAlternateAddress=%s))",
 		Schema:  directory.Schema{QueryAttributes: []string{"mail", "mailAlternateAddress"}, ResultAttributes: []string{"mailForwardingAddress"}, FallbackAttribute: "mail"},
 		Timeout: 5 * time.Second, PoolSize: 8,
 	}
@@ -53,7 +54,7 @@ func TestLDAPConfigDefaults(t *testing.T) {
 }
 
 func TestLDAPConfigSettings(t *testing.T) {
-	c := parse(t, ldapMinimal, "/etc/mailfwd")
+	c := parse(t, ldapRelay, "/etc/mailfwd")
 	*c.Directory.LDAP = config.LDAP{
 		Servers: []string{"ldaps://a:636", "ldap://b:389"}, StartTLS: true, CAFile: "ca.pem", TLSRequireCert: false,
 		BindDN: "uid=relay,dc=x", BindPasswordEnv: "MAILFWD_TEST_PW", SearchBase: "dc=x", QueryFilter: "(&(uid=%u)(dc=%d))",
@@ -112,7 +113,7 @@ func TestBindPassword(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			y := strings.Replace(ldapMinimal, "    search_base:", "    bind_dn: uid=x\n    "+tt.setting+"\n    search_base:", 1)
+			y := strings.Replace(ldapRelay, "    search_base:", "    bind_dn: uid=x\n    "+tt.setting+"\n    search_base:", 1)
 			rc, err := ldapConfig(parse(t, y, dir))
 			if tt.wantErr != "" {
 				if err == nil {
@@ -134,7 +135,7 @@ func TestBindPassword(t *testing.T) {
 			}
 		})
 	}
-	if rc, err := ldapConfig(parse(t, ldapMinimal, dir)); err != nil || rc.BindPassword != "" {
+	if rc, err := ldapConfig(parse(t, ldapRelay, dir)); err != nil || rc.BindPassword != "" {
 		t.Errorf("anonymous: %+v, %v", rc, err)
 	}
 }

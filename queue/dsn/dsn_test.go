@@ -2,18 +2,15 @@ package dsn
 
 import (
 	"bytes"
-	"flag"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"mailfwd/internal/golden"
 	"mailfwd/queue/envelope"
 )
-
-var updateGolden = flag.Bool("update", false, "rewrite the golden files in testdata/dsn")
 
 // The DSNs we generate, byte for byte (boundary normalised), as golden
 // files: a failed local recipient, a failed forward (the outside address
@@ -52,16 +49,7 @@ func TestDSNGolden(t *testing.T) {
 			}
 			got := regexp.MustCompile(`mailfwd-[0-9a-f]{24}`).ReplaceAllString(b.String(), "mailfwd-BOUNDARY")
 			path := filepath.Join("testdata", "dsn", c.name+".eml")
-			if *updateGolden {
-				os.WriteFile(path, []byte(got), 0o644)
-			}
-			want, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatalf("%v (go test ./queue/dsn -run TestDSNGolden -update writes it)", err)
-			}
-			if got != string(want) {
-				t.Errorf("DSN differs from %s:\n%s", path, got)
-			}
+			golden.Check(t, path, []byte(got))
 			hidden := !c.reveal && c.rcpts[0].Forward
 			if leaks := strings.Contains(got, "john.private@gmail.example"); hidden && leaks {
 				t.Errorf("the DSN names the outside address:\n%s", got)

@@ -3,18 +3,16 @@ package tlsrpt
 import (
 	"bytes"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"net/netip"
 	"net/url"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
-)
 
-var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
+	"mailfwd/internal/golden"
+)
 
 func TestReportGolden(t *testing.T) {
 	clk := newClock("2016-04-01T10:00:00Z")
@@ -42,18 +40,7 @@ func TestReportGolden(t *testing.T) {
 			}
 			got = append(got, '\n')
 			path := filepath.Join("testdata", tt.golden)
-			if *update {
-				if err := os.WriteFile(path, got, 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			want, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatalf("%v (run with -update to create it)", err)
-			}
-			if !bytes.Equal(got, want) {
-				t.Errorf("report differs from %s (run with -update to accept):\n%s", path, got)
-			}
+			golden.Check(t, path, got)
 			if p := checkReport(got); len(p) > 0 {
 				t.Errorf("golden report fails the schema check:\n%s", strings.Join(p, "\n"))
 			}
