@@ -319,17 +319,7 @@ func TestKillAfterAccept(t *testing.T) {
 	deadline := time.Now().Add(60 * time.Second)
 	for _, tok := range toks {
 		for {
-			dumps, err := ReadSinkDumps(suite.servers["SINK_DIR"])
-			if err != nil {
-				t.Fatal(err)
-			}
-			var mine []Dumped
-			for _, d := range dumps {
-				if bytes.Contains(d.Raw, []byte(tok)) {
-					mine = append(mine, d)
-				}
-			}
-			got := CountRcpts(mine)
+			got := CountRcpts(suite.carrying(t, tok))
 			if got["central@company.com"] >= 1 && got["external.user@gmail.com"] >= 1 {
 				break
 			}

@@ -437,6 +437,23 @@ func (s *harness) token(t *testing.T) string {
 	return fmt.Sprintf("e2e-%d-%d-%s", os.Getpid(), s.tokens.Add(1), strings.NewReplacer("/", "-", " ", "_").Replace(t.Name()))
 }
 
+// carrying is what the sink has received so far of the messages carrying
+// tok.
+func (s *harness) carrying(t *testing.T, tok string) []Dumped {
+	t.Helper()
+	dumps, err := ReadSinkDumps(s.servers["SINK_DIR"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mine []Dumped
+	for _, d := range dumps {
+		if bytes.Contains(d.Raw, []byte(tok)) {
+			mine = append(mine, d)
+		}
+	}
+	return mine
+}
+
 // arrived waits until the sink has messages carrying tok whose envelope
 // recipients, counted, equal want, and returns them.
 func (s *harness) arrived(t *testing.T, tok string, want map[string]int, timeout time.Duration) []Dumped {
@@ -444,16 +461,7 @@ func (s *harness) arrived(t *testing.T, tok string, want map[string]int, timeout
 	deadline := time.Now().Add(timeout)
 	var got map[string]int
 	for {
-		dumps, err := ReadSinkDumps(s.servers["SINK_DIR"])
-		if err != nil {
-			t.Fatal(err)
-		}
-		var mine []Dumped
-		for _, d := range dumps {
-			if bytes.Contains(d.Raw, []byte(tok)) {
-				mine = append(mine, d)
-			}
-		}
+		mine := s.carrying(t, tok)
 		got = CountRcpts(mine)
 		if fmt.Sprint(got) == fmt.Sprint(want) {
 			return mine
