@@ -156,8 +156,8 @@ func (c *Check) forwardHeader(fields []field, r *Results) (string, error) {
 }
 
 // dkimSignFields is a DKIM-Signature (relaxed/relaxed, RFC 6376) over
-// fields, with bh the relaxed body hash: the same fields and form as
-// SignStream signs.
+// fields, with bh the relaxed body hash: the one signer of forwards (as
+// received or with their From rewritten) and of our DSNs (SignStream).
 func dkimSignFields(key *Key, now time.Time, fields []field, bh []byte) (string, error) {
 	h := headerList(fields)
 	noB := fmt.Sprintf("DKIM-Signature: v=1; a=%s; c=relaxed/relaxed; d=%s; s=%s;\r\n\tt=%s; h=%s;\r\n\tbh=%s; b=",

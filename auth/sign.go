@@ -2,23 +2,24 @@ package auth
 
 import (
 	"bytes"
-	"crypto"
+	"crypto/sha256"
 	"errors"
 	"io"
-
-	"github.com/emersion/go-msgauth/dkim"
+	"time"
 )
 
-// SignStream DKIM-signs (relaxed/relaxed, go-msgauth) the message written
-// to it: Write the whole message (header and body), then Finish returns
-// the DKIM-Signature field (CRLF-terminated) to prepend. The signature
-// covers From, Subject, Date, To, Cc, Message-ID, MIME and List fields as
-// present — never a field mailfwd adds — so prepending other fields later
-// keeps it valid.
+// SignStream DKIM-signs (relaxed/relaxed) the message written to it: Write
+// the whole message (header and body), then Finish returns the
+// DKIM-Signature field (CRLF-terminated) to prepend. The signature covers
+// From, Subject, Date, To, Cc, Message-ID, MIME and List fields as present —
+// never a field mailfwd adds — so prepending other fields later keeps it
+// valid. It signs as forwards are signed (dkimSignFields), with the body
+// hashed as it streams.
 type SignStream struct {
 	key    *Key
 	hdr    []byte
-	signer *dkim.Signer
+	fields []field
+	body   *bodyHasher // nil until the header is complete
 	err    error
 	done   bool
 }
@@ -32,10 +33,8 @@ func (s *SignStream) Write(p []byte) (int, error) {
 	if s.err != nil || s.done {
 		return len(p), nil
 	}
-	if s.signer != nil {
-		if _, err := s.signer.Write(p); err != nil {
-			s.err = err
-		}
+	if s.body != nil {
+		s.body.Write(p)
 		return len(p), nil
 	}
 	scanned := len(s.hdr)
@@ -50,25 +49,9 @@ func (s *SignStream) Write(p []byte) (int, error) {
 }
 
 func (s *SignStream) start(header, body []byte) {
-	fields := parseHeader(header)
-	s.signer, s.err = dkim.NewSigner(&dkim.SignOptions{
-		Domain: s.key.Domain, Selector: s.key.Selector, Signer: s.key.Signer,
-		Hash: crypto.SHA256, HeaderCanonicalization: dkim.CanonicalizationRelaxed,
-		BodyCanonicalization: dkim.CanonicalizationRelaxed, HeaderKeys: headerList(fields),
-	})
-	if s.err != nil {
-		return
-	}
-	blank := []byte("\r\n")
-	if bytes.HasSuffix(header, []byte("\n")) && !bytes.HasSuffix(header, []byte("\r\n")) {
-		blank = []byte("\n")
-	}
-	for _, b := range [][]byte{header, blank, body} {
-		if _, err := s.signer.Write(b); err != nil {
-			s.err = err
-			return
-		}
-	}
+	s.fields = parseHeader(header)
+	s.body = newBodyHasher(true, sha256.New())
+	s.body.Write(body)
 }
 
 // Finish returns the DKIM-Signature field.
@@ -76,7 +59,7 @@ func (s *SignStream) Finish() (string, error) {
 	if s.done {
 		return "", errors.New("dkim sign: already finished")
 	}
-	if s.signer == nil && s.err == nil {
+	if s.body == nil && s.err == nil {
 		// a message without body separator: all header
 		h := s.hdr
 		if len(h) > 0 && h[len(h)-1] != '\n' {
@@ -85,15 +68,10 @@ func (s *SignStream) Finish() (string, error) {
 		s.start(h, nil)
 	}
 	s.done = true
-	if s.signer != nil {
-		if err := s.signer.Close(); err != nil && s.err == nil {
-			s.err = err
-		}
-	}
 	if s.err != nil {
 		return "", s.err
 	}
-	return s.signer.Signature(), nil
+	return dkimSignFields(s.key, time.Now(), s.fields, s.body.sumOnce())
 }
 
 // Sign reads a whole message and returns its DKIM-Signature field.

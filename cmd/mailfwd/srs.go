@@ -146,7 +146,7 @@ func srsRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		}
 		s.LegacyUntil = d
 	}
-	if *hashLen < 1 || *hashMin < 1 { // 0 would mean "default" to srs.Rewriter
+	if *hashLen < 1 || *hashMin < 1 { // said with the flags' names, before Validate says it in the codec's
 		return errExit{2, "-hash-length, -hash-min and -max-age must be at least 1"}
 	}
 	if err := s.Validate(); err != nil {
@@ -176,14 +176,14 @@ func srsRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	return nil
 }
 
-// importPostsrsd stores the k, v, lt rows of postsrsd's kv table. A key
-// (<KEY>@1) may have been minted on any day of the SRS lifetime before its
-// lt (postsrsd renews lt each time it forwards the sender again), so each
-// sender is stored for every such day.
 // postsrsdKeyDays is the lifetime postsrsd 2.x (on its defaults) gives a
 // database key, which its lt column counts from the forward.
 const postsrsdKeyDays = 21
 
+// importPostsrsd stores the k, v, lt rows of postsrsd's kv table. A key
+// (<KEY>@1) may have been minted on any day of the SRS lifetime before its
+// lt (postsrsd renews lt each time it forwards the sender again), so each
+// sender is stored for every such day.
 func importPostsrsd(r io.Reader, store srs.Store, maxAge int, now time.Time) (int, error) {
 	ctx := context.Background()
 	sc := bufio.NewScanner(r)
